@@ -1,0 +1,49 @@
+"""Text encoder: a Hugging Face BERT keeping only its first layers."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn as nn
+from transformers import BertConfig, BertModel
+
+
+def truncated_bert_config(config: BertConfig | dict, num_layers: int) -> BertConfig:
+    """A copy of ``config`` with ``num_hidden_layers = num_layers`` (checked against the source)."""
+    config = BertConfig(**config) if isinstance(config, dict) else BertConfig(**config.to_dict())
+    if num_layers > config.num_hidden_layers:
+        raise ValueError(f"text_layers={num_layers} but the BERT config has only "
+                         f"{config.num_hidden_layers} layers")
+    config.num_hidden_layers = num_layers
+    return config
+
+
+class TextEncoder(nn.Module):
+    """BERT (first ``num_layers`` layers, no pooler). Output: token features (B, L, Dt)."""
+
+    def __init__(self, *, config: BertConfig | dict, num_layers: int) -> None:
+        """Random weights from a BertConfig (or its dict); use :meth:`from_pretrained` for weights."""
+        super().__init__()
+        self.bert = BertModel(truncated_bert_config(config, num_layers), add_pooling_layer=False)
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike, num_layers: int) -> "TextEncoder":
+        """Load a pretrained BERT from a local Hugging Face model directory (or a hub id when
+        online) and keep its first ``num_layers`` layers."""
+        config = BertConfig.from_pretrained(source)
+        bert = BertModel.from_pretrained(source, config=truncated_bert_config(config, num_layers),
+                                         add_pooling_layer=False)
+        encoder = cls.__new__(cls)
+        nn.Module.__init__(encoder)
+        encoder.bert = bert
+        return encoder
+
+    @property
+    def hidden_size(self) -> int:
+        return self.bert.config.hidden_size
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) ids and mask (1 = token) -> (B, L, Dt) last hidden state."""
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                         token_type_ids=token_type_ids).last_hidden_state

@@ -1,0 +1,129 @@
+"""The assembled VG-LAW model: text encoder -> weight generator -> language-adaptive ViTDet
+-> box and mask heads."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from .heads import BoxHead, MaskHead
+from .law import LawFactors, WeightGenerator
+from .text import TextEncoder
+from .vit import ViT
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class VGLAW(nn.Module):
+    """Language Adaptive Weight Generation for multi-task visual grounding (Su et al., CVPR 2023).
+
+    Build it with :func:`vglaw.build_model`; the parts are given as arguments here.
+    """
+
+    def __init__(self, *, text_encoder: TextEncoder, generator: WeightGenerator | None,
+                 backbone: ViT, box_head: BoxHead, mask_head: MaskHead, img_size: int,
+                 config=None) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.generator = generator
+        self.backbone = backbone
+        self.box_head = box_head
+        self.mask_head = mask_head
+        self.img_size = img_size
+        self.config = config  # the VGLAWConfig it was built from (for save_pretrained)
+
+    def law_factors(self, text: torch.Tensor, text_mask: torch.Tensor) -> list[LawFactors] | None:
+        """Per-block LAW factors for the text features, or None for ``law_type="none"``."""
+        return None if self.generator is None else self.generator(text, text_mask)
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None, use_law: bool = True) -> dict[str, torch.Tensor]:
+        """
+        Args:
+            images: (B, 3, S, S) letterboxed, ImageNet-normalised canvas, S = ``img_size``.
+            input_ids, attention_mask: (B, L) BERT token ids and mask (1 = token, 0 = padding).
+            token_type_ids: (B, L), zeros when None.
+            use_law: False runs the static backbone (the generator is skipped), to see what
+                the language does to the features.
+        Returns:
+            dict with
+              ``boxes`` (B, 4): normalised (cx, cy, w, h) on the canvas, in [0, 1];
+              ``box_logits`` (B, 4): the same before the sigmoid;
+              ``mask_logits`` (B, 1, S, S): mask logits on the canvas;
+              ``features`` (B, C, S/p, S/p): the backbone's last feature map.
+        """
+        if images.shape[-2:] != (self.img_size, self.img_size):
+            raise ValueError(f"images must be (B, 3, {self.img_size}, {self.img_size}), got {tuple(images.shape)}")
+        text = self.text_encoder(input_ids, attention_mask, token_type_ids)  # (B, L, Dt)
+        law = self.law_factors(text, attention_mask) if use_law else None
+        features = self.backbone(images, law)  # (B, C, h, w)
+        text_cls = text[:, 0]  # (B, Dt)
+        box_logits = self.box_head(features, text_cls)
+        return {
+            "boxes": box_logits.sigmoid(),
+            "box_logits": box_logits,
+            "mask_logits": self.mask_head(features, text_cls, self.img_size),
+            "features": features,
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_pretrained(self, directory: str | os.PathLike, include_text_encoder: bool = True) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory``.
+
+        With ``include_text_encoder=False`` the text encoder's weights are left out; loading
+        then takes them from ``config.text_encoder`` (a local pretrained directory).
+        """
+        if self.config is None:
+            raise ValueError("this model has no config; build it with vglaw.build_model")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()
+                 if include_text_encoder or not k.startswith("text_encoder.")}
+        config = asdict(self.config)
+        config["text_config"] = self.text_encoder.bert.config.to_diff_dict()
+        config["includes_text_encoder"] = include_text_encoder
+        _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        _atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, **overrides) -> "VGLAW":
+        """Rebuild a model saved by :meth:`save_pretrained` (no pickle is read)."""
+        from .build import build_model, config_from_dict
+
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} not found: {directory} is not a vglaw checkpoint directory")
+        try:
+            raw = json.loads(config_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{config_path} is not valid JSON: {e}") from None
+        includes_text = raw.pop("includes_text_encoder", True)
+        config = config_from_dict({**raw, **overrides})
+        # the architecture comes from the saved text_config; weights from the file (or the
+        # pretrained text encoder directory when the file leaves them out)
+        model = build_model(config, load_text_weights=not includes_text)
+        state = load_file(str(weights_path))
+        from ..weights import load_state  # local import: weights imports this module
+
+        load_state(model, state, source=str(weights_path), strict=True,
+                   allow_missing=() if includes_text else ("text_encoder.",))
+        return model
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
