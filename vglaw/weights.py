@@ -36,6 +36,7 @@ _SAFE_GLOBALS = {
     ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
     ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex"),
     ("__builtin__", "set"), ("__builtin__", "frozenset"),
+    ("_codecs", "encode"),  # how protocol-2 pickles store bytes
 }
 
 
@@ -81,7 +82,7 @@ class LoadReport:
     resized: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        lines = [f"{self.source}: loaded {len(self.loaded)} tensors"]
+        lines = [f"{self.source}: {len(self.loaded)} tensors match"]
         for what in ("missing", "unexpected", "mismatched", "resized"):
             names = getattr(self, what)
             if names:
@@ -104,10 +105,10 @@ def load_state(module: nn.Module, state: dict[str, torch.Tensor], *, source: str
         else:
             to_load[name] = tensor
     report.missing = [n for n in own if n not in state and not n.startswith(allow_missing or ("\0",))]
-    if strict and (report.missing or report.unexpected or report.mismatched):
-        raise ValueError(f"checkpoint does not match the model:\n{report}")
-    module.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
+    if strict and (report.missing or report.unexpected or report.mismatched):
+        raise ValueError(f"checkpoint does not match the model (nothing was loaded):\n{report}")
+    module.load_state_dict(to_load, strict=False)
     return report
 
 
