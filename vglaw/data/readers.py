@@ -1,0 +1,155 @@
+"""Readers of the annotation formats people have, each yielding one record per sentence.
+
+A record is a plain dict::
+
+    split, image (file name relative to the image root), width, height, box [x, y, w, h]
+    (pixels), sentence, ref_id, ann_id, sent_id, category_id, image_id,
+    mask (COCO RLE {"size": [h, w], "counts": str}, or None when the source has no masks)
+
+Formats:
+* REFER API layout (lichengunc/refer): ``<root>/<dataset>/refs(<splitBy>).p`` +
+  ``instances.json``; the pickle is read with the restricted unpickler.
+* TransVG / ReSC split files: ``<root>/<dataset>/<dataset>_<split>.pth``, tuples
+  ``(img_file, mask_file, bbox, phrase, ...)`` or ``(img_file, bbox, phrase)`` (flickr);
+  loaded with ``torch.load(weights_only=True)``. REC only.
+* SeqTR / SimVG ``instances.json``: ``{split: [{image_id, bbox, expressions, mask, width,
+  height, ...}]}``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+from ..weights import safe_pickle_load
+
+# dataset -> (splitBy options, image file pattern from the image id)
+REFER_DATASETS = {
+    "refcoco": ("unc", "google"),
+    "refcoco+": ("unc",),
+    "refcocog": ("umd", "google"),
+    "refclef": ("berkeley", "unc"),
+}
+COCO_PATTERN = "COCO_train2014_{:012d}.jpg"
+SAIAPR_PATTERN = "{}.jpg"
+XYXY_TRANSVG = ("referit", "flickr")  # TransVG stores these boxes as x0, y0, x1, y1
+
+
+def image_pattern(dataset: str) -> str:
+    return SAIAPR_PATTERN if dataset == "refclef" else COCO_PATTERN
+
+
+def encode_rle(segmentation, height: int, width: int) -> dict:
+    """Polygons, uncompressed RLE or compressed RLE -> compressed RLE with str counts."""
+    if isinstance(segmentation, list):  # polygons
+        rles = mask_utils.frPyObjects(segmentation, height, width)
+        rle = mask_utils.merge(rles)
+    elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    elif isinstance(segmentation, dict):
+        rle = dict(segmentation)
+    else:
+        raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
+    counts = rle["counts"]
+    return {"size": [int(s) for s in rle["size"]], "counts": counts.decode() if isinstance(counts, bytes) else counts}
+
+
+def decode_rle(rle: dict) -> np.ndarray:
+    """COCO RLE -> (H, W) uint8 mask."""
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()
+                              if isinstance(rle["counts"], str) else rle["counts"]})
+
+
+def read_refer(root: str | os.PathLike, dataset: str, split_by: str) -> list[dict]:
+    """Records of a REFER-layout dataset (all splits)."""
+    folder = Path(root) / dataset
+    refs_path = folder / f"refs({split_by}).p"
+    instances_path = folder / "instances.json"
+    for path in (refs_path, instances_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found (REFER layout: <data_root>/<dataset>/refs(<splitBy>).p "
+                                    "and instances.json)")
+    refs = safe_pickle_load(refs_path)
+    if not isinstance(refs, list):
+        raise ValueError(f"{refs_path}: expected a list of refs, got {type(refs).__name__}")
+    with open(instances_path) as f:
+        instances = json.load(f)
+    images = {img["id"]: img for img in instances["images"]}
+    anns = {ann["id"]: ann for ann in instances["annotations"]}
+    pattern = image_pattern(dataset)
+    records = []
+    for ref in refs:
+        ann = anns.get(ref["ann_id"])
+        img = images.get(ref["image_id"], {})
+        base = {"split": ref["split"], "image_id": ref["image_id"], "ref_id": ref["ref_id"], "ann_id": ref["ann_id"],
+                "category_id": ref.get("category_id"),
+                "image": img.get("file_name") or pattern.format(ref["image_id"]),
+                "width": img.get("width"), "height": img.get("height")}
+        if ann is None:
+            records.append({**base, "box": None, "mask": None, "sentence": None, "sent_id": None,
+                            "error": f"annotation {ref['ann_id']} missing from instances.json"})
+            continue
+        box = [float(v) for v in ann["bbox"]]
+        mask = None
+        if ann.get("segmentation") and base["width"] and base["height"]:
+            mask = encode_rle(ann["segmentation"], base["height"], base["width"])
+        for sent in ref["sentences"]:
+            records.append({**base, "box": box, "mask": mask, "sentence": sent.get("sent", sent.get("raw", "")),
+                            "sent_id": sent.get("sent_id")})
+    return records
+
+
+def read_transvg(root: str | os.PathLike, dataset: str, splits: list[str] | None = None) -> list[dict]:
+    """Records of TransVG/ReSC split files ``<root>/<dataset>/<dataset>_<split>.pth`` (REC only)."""
+    folder = Path(root) / dataset
+    paths = sorted(folder.glob(f"{dataset}_*.pth"))
+    if splits:
+        paths = [folder / f"{dataset}_{s}.pth" for s in splits]
+    if not paths:
+        raise FileNotFoundError(f"no {dataset}_<split>.pth files in {folder}")
+    xyxy = dataset in XYXY_TRANSVG
+    records = []
+    for path in paths:
+        split = path.stem[len(dataset) + 1:]
+        try:
+            items = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - report any unreadable file by name
+            raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True): {e}") from None
+        for i, item in enumerate(items):
+            if len(item) == 3:  # flickr: (img_file, bbox, phrase)
+                img_file, box, phrase = item
+            else:
+                img_file, _mask_file, box, phrase = item[:4]
+            box = [float(v) for v in (box.tolist() if hasattr(box, "tolist") else box)]
+            if xyxy:
+                box = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
+            records.append({"split": split, "image": img_file, "width": None, "height": None, "box": box,
+                            "sentence": phrase, "ref_id": i, "ann_id": None, "sent_id": i, "category_id": None,
+                            "image_id": None, "mask": None})
+    return records
+
+
+def read_seqtr(path: str | os.PathLike, dataset: str = "refcoco") -> list[dict]:
+    """Records of a SeqTR/SimVG ``instances.json`` (``{split: [record, ...]}``)."""
+    path = Path(path)
+    with open(path) as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected {{split: [records]}}")
+    pattern = image_pattern(dataset)
+    records = []
+    for split, items in data.items():
+        for i, item in enumerate(items):
+            h, w = item.get("height"), item.get("width")
+            mask = encode_rle(item["mask"], h, w) if item.get("mask") and h and w else None
+            box = [float(v) for v in item["bbox"]]
+            for j, sentence in enumerate(item.get("expressions", [])):
+                records.append({"split": split, "image": pattern.format(item["image_id"]), "width": w, "height": h,
+                                "box": box, "sentence": sentence, "ref_id": item.get("ref_id", i),
+                                "ann_id": item.get("ann_id"), "sent_id": j, "category_id": item.get("category_id"),
+                                "image_id": item["image_id"], "mask": mask})
+    return records

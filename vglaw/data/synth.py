@@ -1,0 +1,204 @@
+"""A synthetic referring-expression dataset written in the REFER layout (lichengunc/refer).
+
+Each image holds three to five shapes (circle, square, triangle) in four colours and two
+sizes on a varied background; every shape is an exact polygon. Expressions name a target
+uniquely and need the language to do so: distractors share its shape or colour, and the
+expressions combine attributes and spatial relations ("the small red circle", "the square
+left of the blue triangle", "the rightmost green shape").
+
+Layout written under ``out``::
+
+    out/<name>/refs(unc).p        pickle (protocol 2, plain containers) of the refs
+    out/<name>/instances.json     COCO-style images, annotations (polygons), categories
+    out/images/COCO_train2014_<image id, 12 digits>.jpg
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import pickle
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+COLOURS = {"red": (215, 45, 40), "green": (45, 170, 65), "blue": (45, 85, 215), "yellow": (230, 205, 40)}
+SHAPES = ("circle", "square", "triangle")
+SIZES = {"small": 0.075, "large": 0.14}  # radius as a fraction of min(W, H)
+CATEGORIES = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
+SPLITS = ("train", "val", "testA", "testB")
+
+
+@dataclass
+class Shape:
+    shape: str
+    colour: str
+    size: str
+    cx: float
+    cy: float
+    r: float
+
+    def polygon(self) -> list[float]:
+        """Vertices as a flat COCO polygon [x0, y0, x1, y1, ...]."""
+        if self.shape == "circle":
+            angles = [2 * math.pi * k / 24 for k in range(24)]
+            pts = [(self.cx + self.r * math.cos(a), self.cy + self.r * math.sin(a)) for a in angles]
+        elif self.shape == "square":
+            h = self.r * 0.85
+            pts = [(self.cx - h, self.cy - h), (self.cx + h, self.cy - h), (self.cx + h, self.cy + h),
+                   (self.cx - h, self.cy + h)]
+        else:  # triangle pointing up
+            pts = [(self.cx, self.cy - self.r), (self.cx + self.r * 0.95, self.cy + self.r * 0.75),
+                   (self.cx - self.r * 0.95, self.cy + self.r * 0.75)]
+        return [round(v, 2) for p in pts for v in p]
+
+
+def _background(rng: random.Random, w: int, h: int) -> Image.Image:
+    """A smooth two-colour gradient with mild noise and a few faint stripes."""
+    a = np.array([rng.randint(60, 200) for _ in range(3)], np.float32)
+    b = np.array([rng.randint(60, 200) for _ in range(3)], np.float32)
+    angle = rng.uniform(0, math.pi)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    t = (xx * math.cos(angle) + yy * math.sin(angle))
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1.0)
+    img = a[None, None] * (1 - t[..., None]) + b[None, None] * t[..., None]
+    noise = np.random.default_rng(rng.randrange(2**32)).normal(0, 6, img.shape)
+    period = rng.uniform(12, 40)
+    img += 8 * np.sin(xx / period + rng.uniform(0, 6))[..., None] + noise
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def _place_shapes(rng: random.Random, w: int, h: int) -> list[Shape]:
+    """3-5 non-overlapping shapes drawn mostly from two colours and two shapes, so that
+    distractors share the target's attributes."""
+    colours = rng.sample(list(COLOURS), 2) + [rng.choice(list(COLOURS))]
+    shapes = rng.sample(SHAPES, 2) + [rng.choice(SHAPES)]
+    placed: list[Shape] = []
+    n = rng.randint(3, 5)
+    for _ in range(200):
+        if len(placed) == n:
+            break
+        size = rng.choice(list(SIZES))
+        r = SIZES[size] * min(w, h) * rng.uniform(0.9, 1.1)
+        cx, cy = rng.uniform(r + 2, w - r - 2), rng.uniform(r + 2, h - r - 2)
+        if all(math.hypot(cx - o.cx, cy - o.cy) > r + o.r + 6 for o in placed):
+            placed.append(Shape(rng.choice(shapes), rng.choice(colours), size, cx, cy, r))
+    return placed
+
+
+def _phrase(attrs: dict) -> str:
+    words = [attrs[k] for k in ("size", "colour") if k in attrs]
+    return " ".join(words + [attrs.get("shape", "shape")])
+
+
+def _matches(o: Shape, attrs: dict) -> bool:
+    return all(getattr(o, k) == v for k, v in attrs.items())
+
+
+def _descriptors(o: Shape):
+    """All attribute subsets of a shape, as dicts (the empty one means "shape")."""
+    keys = ("size", "colour", "shape")
+    for k in range(0, 4):
+        for subset in itertools.combinations(keys, k):
+            yield {key: getattr(o, key) for key in subset}
+
+
+def expressions(target: Shape, shapes: list[Shape], w: int, h: int) -> list[str]:
+    """Every expression of the templates that identifies ``target`` uniquely among ``shapes``."""
+    others = [o for o in shapes if o is not target]
+    out = []
+    unique = [d for d in _descriptors(target) if d and not any(_matches(o, d) for o in others)]
+    for d in unique:
+        if len(d) >= 2 or any(o.shape == target.shape or o.colour == target.colour for o in others):
+            out.append(f"the {_phrase(d)}")
+    # extremes: the target is the leftmost / ... of the shapes matching a descriptor, clearly
+    extremes = (("leftmost", lambda o: o.cx, w), ("rightmost", lambda o: -o.cx, w),
+                ("topmost", lambda o: o.cy, h), ("bottommost", lambda o: -o.cy, h))
+    for d in _descriptors(target):
+        group = [o for o in shapes if _matches(o, d)]
+        if len(group) < 2:
+            continue
+        for word, key, extent in extremes:
+            ranked = sorted(group, key=key)
+            if ranked[0] is target and key(ranked[1]) - key(target) > 0.08 * extent:
+                out.append(f"the {word} {_phrase(d)}")
+    # relations to an anchor that has a unique description
+    relations = (("left of", lambda t, a: t.cx < a.cx - a.r), ("right of", lambda t, a: t.cx > a.cx + a.r),
+                 ("above", lambda t, a: t.cy < a.cy - a.r), ("below", lambda t, a: t.cy > a.cy + a.r))
+    for anchor in others:
+        anchor_desc = min((d for d in _descriptors(anchor) if d and not any(
+            _matches(o, d) for o in shapes if o is not anchor)), key=len, default=None)
+        if anchor_desc is None:
+            continue
+        for d in _descriptors(target):
+            group = [o for o in others if o is not anchor and _matches(o, d)] + [target]
+            if len(group) < 2:
+                continue
+            for rel, holds in relations:
+                if holds(target, anchor) and not any(holds(o, anchor) for o in group if o is not target):
+                    out.append(f"the {_phrase(d)} {rel} the {_phrase(anchor_desc)}")
+    return sorted(set(out))
+
+
+def generate(out: str | Path, *, name: str = "synthref", seed: int = 0, split_sizes: dict | None = None,
+             min_size: int = 160, max_size: int = 256, refs_per_image: int = 2, sents_per_ref: int = 3,
+             progress: bool = True) -> Path:
+    """Write a synthetic REFER-format dataset; returns ``out/<name>``.
+
+    Args:
+        split_sizes: images per split, default train 800, val 100, testA 100, testB 100.
+        min_size, max_size: range of image width and height in pixels.
+        refs_per_image, sents_per_ref: targets per image and expressions per target (at most).
+    """
+    split_sizes = split_sizes or {"train": 800, "val": 100, "testA": 100, "testB": 100}
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / name).mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    images, annotations, refs = [], [], []
+    sent_count = 0
+    splits = [s for s, n in split_sizes.items() for _ in range(n)]
+    for image_id, split in enumerate(tqdm(splits, desc="synth", disable=not progress), start=1):
+        w, h = rng.randint(min_size, max_size), rng.randint(min_size, max_size)
+        img = _background(rng, w, h)
+        shapes = _place_shapes(rng, w, h)
+        draw = ImageDraw.Draw(img)
+        ann_ids = []
+        for shape in shapes:
+            jitter = [max(0, min(255, c + rng.randint(-20, 20))) for c in COLOURS[shape.colour]]
+            poly = shape.polygon()
+            draw.polygon(poly, fill=tuple(jitter))
+            xs, ys = poly[0::2], poly[1::2]
+            ann_id = len(annotations) + 1
+            annotations.append({"id": ann_id, "image_id": image_id, "category_id": SHAPES.index(shape.shape) + 1,
+                                "segmentation": [poly], "area": _polygon_area(xs, ys), "iscrowd": 0,
+                                "bbox": [min(xs), min(ys), round(max(xs) - min(xs), 2), round(max(ys) - min(ys), 2)]})
+            ann_ids.append(ann_id)
+        file_name = f"COCO_train2014_{image_id:012d}.jpg"
+        img.save(out / "images" / file_name, quality=95)
+        images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
+        candidates = [(s, a, expressions(s, shapes, w, h)) for s, a in zip(shapes, ann_ids)]
+        candidates = [c for c in candidates if c[2]]
+        for shape, ann_id, sents in rng.sample(candidates, min(refs_per_image, len(candidates))):
+            chosen = rng.sample(sents, min(sents_per_ref, len(sents)))
+            ref_id = len(refs) + 1
+            sentences = []
+            for sent in chosen:
+                sent_count += 1
+                sentences.append({"sent_id": sent_count, "sent": sent, "raw": sent, "tokens": sent.split()})
+            refs.append({"ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "split": split,
+                         "category_id": SHAPES.index(shape.shape) + 1, "file_name": file_name,
+                         "sent_ids": [s["sent_id"] for s in sentences], "sentences": sentences})
+    with open(out / name / "refs(unc).p", "wb") as f:
+        pickle.dump(refs, f, protocol=2)
+    with open(out / name / "instances.json", "w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": CATEGORIES}, f)
+    return out / name
+
+
+def _polygon_area(xs: list[float], ys: list[float]) -> float:
+    return round(abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs)))) / 2, 2)

@@ -1,0 +1,169 @@
+"""Image loading, letterboxing and the paper's augmentation, on torchvision.transforms.v2.
+
+Image, box (``tv_tensors.BoundingBoxes``) and mask (``tv_tensors.Mask``) go through the same
+``transforms.v2.functional`` calls, so boxes and masks follow the image. The expression is
+part of the sample because two augmentations depend on it: the horizontal flip swaps
+"left" and "right", and spatial words switch off cropping and up-scaling.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_SPATIAL = re.compile(r"\b(left|right|top|bottom|middle)", re.IGNORECASE)
+_LEFT_RIGHT = re.compile(r"\b(left|right)(most|ward|wards)?\b", re.IGNORECASE)
+
+
+def load_image(path) -> Image.Image:
+    """An RGB PIL image with EXIF orientation applied; grayscale, RGBA, palette and 16-bit
+    images are converted. An unreadable file raises an OSError that names it."""
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            img.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise OSError(f"cannot read image {path}: {e}") from None
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA"):  # composite on black, the canvas colour
+        background = Image.new("RGB", img.size)
+        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        img = background
+    return img.convert("RGB")
+
+
+def has_spatial_word(text: str) -> bool:
+    return _SPATIAL.search(text) is not None
+
+
+def swap_left_right(text: str) -> str:
+    """"the man on the left" -> "the man on the right" (also leftmost/rightmost)."""
+    def swap(m: re.Match) -> str:
+        word = {"left": "right", "right": "left"}[m.group(1).lower()]
+        word = word.capitalize() if m.group(1)[0].isupper() else word
+        return word + (m.group(2) or "")
+
+    return _LEFT_RIGHT.sub(swap, text)
+
+
+@dataclass
+class Sample:
+    """One image with its target box (XYXY pixels), optional mask and expression."""
+
+    image: tv_tensors.Image  # (3, H, W) uint8, later float
+    box: tv_tensors.BoundingBoxes  # (1, 4) XYXY
+    mask: tv_tensors.Mask | None  # (1, H, W) uint8
+    text: str
+
+    def apply(self, fn, *args, **kwargs) -> "Sample":
+        """Apply one ``transforms.v2.functional`` op to image, box and mask alike."""
+        return Sample(fn(self.image, *args, **kwargs), fn(self.box, *args, **kwargs),
+                      None if self.mask is None else fn(self.mask, *args, **kwargs), self.text)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.shape[-2], self.image.shape[-1]
+
+
+def make_sample(image: Image.Image, box_xywh, mask: np.ndarray | None, text: str) -> Sample:
+    h, w = image.height, image.width
+    x, y, bw, bh = box_xywh
+    box = tv_tensors.BoundingBoxes([[x, y, x + bw, y + bh]], format="XYXY", canvas_size=(h, w), dtype=torch.float32)
+    img = tv_tensors.Image(torch.from_numpy(np.array(image)).permute(2, 0, 1))
+    m = None if mask is None else tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask))[None])
+    return Sample(img, box, m, text)
+
+
+def resize_longer(sample: Sample, size: int) -> Sample:
+    h, w = sample.size
+    scale = size / max(h, w)
+    new = [max(1, round(h * scale)), max(1, round(w * scale))]
+    return sample.apply(TF.resize, new, antialias=True)
+
+
+def crop_keeping_box(sample: Sample, gen: torch.Generator) -> Sample:
+    """A random crop of random size that contains the whole target box."""
+    h, w = sample.size
+    x0, y0, x1, y1 = sample.box[0].tolist()
+    x0, y0 = max(0, math.floor(x0)), max(0, math.floor(y0))
+    x1, y1 = min(w, math.ceil(x1)), min(h, math.ceil(y1))
+
+    def randint(lo: int, hi: int) -> int:  # inclusive
+        return lo if hi <= lo else int(torch.randint(lo, hi + 1, (1,), generator=gen))
+
+    cw, ch = randint(x1 - x0, w), randint(y1 - y0, h)
+    left = randint(max(0, x1 - cw), min(x0, w - cw))
+    top = randint(max(0, y1 - ch), min(y0, h - ch))
+    return sample.apply(TF.crop, top, left, ch, cw)
+
+
+def normalize_and_pad(sample: Sample, size: int, offset: tuple[int, int]) -> Sample:
+    """ImageNet-normalise, then pad with zeros to a (size, size) canvas at ``offset`` (dx, dy)."""
+    h, w = sample.size
+    image = TF.normalize(TF.to_dtype(sample.image, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
+    dx, dy = offset
+    padding = [dx, dy, size - w - dx, size - h - dy]
+    return Sample(TF.pad(image, padding, fill=0), TF.pad(sample.box, padding),
+                  None if sample.mask is None else TF.pad(sample.mask, padding, fill=0), sample.text)
+
+
+def eval_transform(sample: Sample, size: int) -> tuple[Sample, dict]:
+    """Resize the longer side to ``size`` and centre it on the canvas. Returns the sample and
+    the letterbox (``scale`` (sx, sy), ``offset`` (dx, dy)) that maps canvas pixels back:
+    x_original = (x_canvas - dx) / sx."""
+    h0, w0 = sample.size
+    sample = resize_longer(sample, size)
+    h, w = sample.size
+    offset = ((size - w) // 2, (size - h) // 2)
+    return normalize_and_pad(sample, size, offset), {"scale": (w / w0, h / h0), "offset": offset}
+
+
+@dataclass
+class TrainAugment:
+    """DESIGN section 3: multi-scale resize (capped at ``size`` for spatial words), a crop
+    keeping the box (skipped for spatial words), a flip that swaps left/right in the text,
+    and a random position on the canvas."""
+
+    size: int
+    multiscale: bool = True
+    scale_step: int = 32  # longer side = size + scale_step * k, k in -4..4
+    crop_prob: float = 0.5
+    flip_prob: float = 0.5
+    translate: bool = True
+
+    def __call__(self, sample: Sample, gen: torch.Generator | None = None) -> tuple[Sample, dict]:
+        h0, w0 = sample.size
+        spatial = has_spatial_word(sample.text)
+        longer = self.size
+        if self.multiscale:
+            longer = max(self.size + self.scale_step * int(torch.randint(-4, 5, (1,), generator=gen)), 16)
+            if spatial:
+                longer = min(longer, self.size)
+        sample = resize_longer(sample, longer)
+        if not spatial and float(torch.rand(1, generator=gen)) < self.crop_prob:
+            sample = crop_keeping_box(sample, gen)
+        if max(sample.size) > self.size:
+            sample = resize_longer(sample, self.size)
+        if float(torch.rand(1, generator=gen)) < self.flip_prob:
+            sample = sample.apply(TF.horizontal_flip)
+            sample.text = swap_left_right(sample.text)
+        h, w = sample.size
+        if self.translate:
+            offset = (int(torch.randint(0, self.size - w + 1, (1,), generator=gen)),
+                      int(torch.randint(0, self.size - h + 1, (1,), generator=gen)))
+        else:
+            offset = ((self.size - w) // 2, (self.size - h) // 2)
+        return normalize_and_pad(sample, self.size, offset), {"scale": (w / w0, h / h0), "offset": offset}
