@@ -3,6 +3,7 @@ import os
 import pytest
 import torch
 
+os.environ.setdefault("TQDM_DISABLE", "1")  # keep test logs readable
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

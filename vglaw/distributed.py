@@ -1,0 +1,77 @@
+"""A small torch.distributed layer that is a no-op in a single process.
+
+Launch with ``torchrun --nproc_per_node N -m vglaw train ...``: the process group is set up
+from torchrun's environment (NCCL on GPU, gloo on CPU).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_enabled() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_enabled() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_enabled() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init(device: str) -> torch.device:
+    """Join the process group when launched by torchrun; returns this process's device."""
+    if "cuda" in device and torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        chosen = torch.device("cuda", local)
+    else:
+        chosen = torch.device("cpu")
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_enabled():
+        backend = "nccl" if chosen.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    return chosen
+
+
+def shutdown() -> None:
+    if is_enabled():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over processes (in place; returned for convenience)."""
+    if is_enabled():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier() -> None:
+    if is_enabled():
+        dist.barrier()
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every process."""
+    if not is_enabled():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_object(obj) -> list:
+    """Every process's ``obj``, in rank order (on every process)."""
+    if not is_enabled():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out

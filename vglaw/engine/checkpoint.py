@@ -1,0 +1,78 @@
+"""Training checkpoints: everything needed to continue a run exactly, written atomically.
+
+A checkpoint is a ``torch.save`` dict of tensors and plain values (``torch.load`` with
+``weights_only=True`` reads it): model and model config, optimizer, scheduler, grad scaler,
+epoch / step counters, RNG states, the run config and the best score so far.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def rng_state() -> dict:
+    """This process's RNG states as plain lists (so they can be gathered across processes)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state().tolist(), "python": random.getstate(),
+             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """Write ``state`` to ``path`` through a temporary file and an atomic rename, so that a
+    crash mid-write leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - name the file whatever went wrong
+        raise ValueError(f"{path} is not a readable vglaw training checkpoint: {e}") from None
+    missing = {"model", "model_config"} - set(state if isinstance(state, dict) else ())
+    if missing:
+        raise ValueError(f"{path} is not a vglaw training checkpoint (lacks {sorted(missing)})")
+    return state
+
+
+def load_model(path: str | os.PathLike):
+    """A VGLAW model from a checkpoint directory (``save_pretrained``) or a training
+    checkpoint file (``last.pt`` / ``best.pt``)."""
+    from ..model import VGLAW
+
+    path = Path(path)
+    if path.is_dir():
+        return VGLAW.from_pretrained(path)
+    state = load_checkpoint(path)
+    return VGLAW.from_config_dict(state["model_config"], state["model"], source=str(path))

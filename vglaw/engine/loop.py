@@ -1,0 +1,106 @@
+"""One training epoch and one evaluation pass."""
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+from torchvision.ops import box_convert
+from tqdm import tqdm
+
+from .. import distributed as dist
+from .losses import grounding_loss
+from .metrics import GroundingMeter, box_to_original, mask_to_original
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch: int, accum_steps: int, cfg,
+                    device: torch.device, global_step: int, on_step=None, writer=None) -> tuple[dict, int]:
+    """Run the epoch's micro-batches; every ``accum_steps`` of them make one optimizer step.
+
+    ``on_step(global_step, step_in_epoch)`` is called after each optimizer step (checkpoints).
+    Returns (mean of each loss term, global_step). Raises NonFiniteLossError on NaN/inf.
+    """
+    model.train()
+    core = model.module if hasattr(model, "module") else model
+    if cfg.model.freeze_text:
+        core.text_encoder.eval()
+    sums, count, seen, start = {}, 0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not dist.is_main(), dynamic_ncols=True, unit="batch")
+    for i, batch in enumerate(bar):
+        batch = to_device(batch, device)
+        last = (i + 1) % accum_steps == 0
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(device, cfg.run.precision):
+                out = model(batch["image"], batch["input_ids"], batch["attention_mask"])
+            losses = grounding_loss(out, batch, cfg.loss)
+            finite = torch.tensor(float(torch.isfinite(losses["loss"]).item()))
+            if dist.all_reduce_sum(finite).item() < dist.world_size():
+                raise NonFiniteLossError(
+                    f"non-finite loss at epoch {epoch}, optimizer step {global_step} "
+                    f"({ {k: float(v) for k, v in losses.items()} }); stopping. The last checkpoint is intact; "
+                    "lower the learning rate or check the data, then --resume")
+            scaler.scale(losses["loss"] / accum_steps).backward()
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().item()
+        count += 1
+        seen += batch["image"].shape[0] * dist.world_size()
+        if last:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.optim.clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            global_step += 1
+            lr = optimizer.param_groups[-1]["lr"]
+            bar.set_postfix(loss=f"{losses['loss'].detach().item():.3f}", lr=f"{lr:.2e}",
+                            samples_s=f"{seen / (time.perf_counter() - start):.1f}")
+            if writer is not None:
+                writer.add_scalar("train/loss", losses["loss"].detach().item(), global_step)
+                writer.add_scalar("train/lr", lr, global_step)
+            if on_step is not None:
+                on_step(global_step, (i + 1) // accum_steps)
+            if cfg.run.max_steps and global_step >= cfg.run.max_steps:
+                break
+    bar.close()
+    return {k: v / max(count, 1) for k, v in sums.items()}, global_step
+
+
+@torch.no_grad()
+def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "fp32",
+             mask_threshold: float = 0.35, desc: str = "eval") -> dict:
+    """REC and RES metrics of a split, in original image pixels, over all processes."""
+    model.eval()
+    meter = GroundingMeter(mask_threshold)
+    for batch in tqdm(loader, desc=desc, disable=not dist.is_main(), dynamic_ncols=True, unit="batch"):
+        batch = to_device(batch, device)
+        with autocast(device, precision):
+            out = model(batch["image"], batch["input_ids"], batch["attention_mask"])
+        probs = out["mask_logits"][:, 0].float().sigmoid().cpu()
+        for j, meta in enumerate(batch["meta"]):
+            record = dataset.records[meta["index"]]
+            box = box_to_original(out["boxes"][j].cpu(), dataset.img_size, meta["scale"], meta["offset"],
+                                  meta["orig_size"])
+            gt_box = box_convert(torch.tensor(record["box"])[None], "xywh", "xyxy")[0]
+            gt_mask = dataset.gt_mask(meta["index"])
+            pred_mask = None
+            if gt_mask is not None:
+                pred_mask = mask_to_original(probs[j], meta["scale"], meta["offset"], meta["orig_size"]) > mask_threshold
+            meter.add(box, gt_box, pred_mask, gt_mask)
+    return meter.summary()

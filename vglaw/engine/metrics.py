@@ -1,0 +1,70 @@
+"""The papers' metrics, computed in original image pixels (DESIGN section 5).
+
+REC: Prec@0.5 of box IoU. RES: the canvas mask (sigmoid > threshold) is un-padded and
+resized back to the original image; mIoU = mean per-sample IoU, oIoU = total intersection /
+total union, and Prec@{0.5, ..., 0.9} of mask IoU. A sample whose predicted and true masks
+are both empty has IoU 1.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.ops import box_convert, box_iou
+
+from .. import distributed as dist
+
+MASK_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def box_to_original(box_cxcywh: torch.Tensor, img_size: int, scale, offset, orig_size) -> torch.Tensor:
+    """(4,) normalised cxcywh on the canvas -> (4,) xyxy in original pixels, clipped to the image."""
+    (sx, sy), (dx, dy), (h, w) = scale, offset, orig_size
+    x0, y0, x1, y1 = (box_convert(box_cxcywh.float()[None], "cxcywh", "xyxy")[0] * img_size).tolist()
+    return torch.tensor([min(max((x0 - dx) / sx, 0), w), min(max((y0 - dy) / sy, 0), h),
+                         min(max((x1 - dx) / sx, 0), w), min(max((y1 - dy) / sy, 0), h)])
+
+
+def mask_to_original(prob: torch.Tensor, scale, offset, orig_size) -> torch.Tensor:
+    """(S, S) canvas probabilities -> (H, W) probabilities on the original image."""
+    (sx, sy), (dx, dy), (h, w) = scale, offset, orig_size
+    rh, rw = max(1, round(h * sy)), max(1, round(w * sx))
+    region = prob[dy:dy + rh, dx:dx + rw].float()
+    return F.interpolate(region[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+
+
+class GroundingMeter:
+    """Accumulates per-sample results; ``summary`` all-reduces them over processes."""
+
+    def __init__(self, mask_threshold: float = 0.35) -> None:
+        self.mask_threshold = mask_threshold
+        # n, box hits, n with mask, IoU sum, I total, U total, hits at each mask threshold
+        self.sums = torch.zeros(6 + len(MASK_THRESHOLDS), dtype=torch.float64)
+
+    def add(self, pred_box_xyxy: torch.Tensor, gt_box_xyxy: torch.Tensor,
+            pred_mask: torch.Tensor | None = None, gt_mask: torch.Tensor | np.ndarray | None = None) -> None:
+        """One sample, everything in original pixels; masks (H, W) bool or {0, 1}."""
+        iou = box_iou(pred_box_xyxy[None].double(), gt_box_xyxy[None].double())[0, 0].item()
+        self.sums[0] += 1
+        self.sums[1] += iou >= 0.5
+        if pred_mask is None or gt_mask is None:
+            return
+        p, g = torch.as_tensor(pred_mask).bool(), torch.as_tensor(gt_mask).bool()
+        inter, union = (p & g).sum().item(), (p | g).sum().item()
+        mask_iou = inter / union if union else 1.0
+        self.sums[2] += 1
+        self.sums[3] += mask_iou
+        self.sums[4] += inter
+        self.sums[5] += union
+        for k, t in enumerate(MASK_THRESHOLDS):
+            self.sums[6 + k] += mask_iou >= t
+
+    def summary(self) -> dict[str, float]:
+        s = dist.all_reduce_sum(self.sums.clone())
+        n, n_mask = int(s[0]), int(s[2])
+        out = {"samples": n, "prec@0.5": float(s[1] / n) if n else 0.0}
+        if n_mask:
+            out.update({"mIoU": float(s[3] / n_mask), "oIoU": float(s[4] / s[5]) if s[5] else 1.0,
+                        "mask_samples": n_mask})
+            out.update({f"mask_prec@{t}": float(s[6 + k] / n_mask) for k, t in enumerate(MASK_THRESHOLDS)})
+        return out
