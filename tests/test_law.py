@@ -119,3 +119,17 @@ def test_gradients_reach_every_part():
                  "text_encoder.bert.encoder.layer.1.output.dense.weight"):
         grad = named[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_mask_head_equals_pixel_embeddings_dot_text():
+    """The folded forward equals the literal one: ConvT -> LN -> GELU -> ConvT, then the
+    per-pixel dot product with [CLS] and bilinear (align_corners=True) to the canvas."""
+    from vglaw.model import MaskHead
+
+    torch.manual_seed(0)
+    head = randomize_(MaskHead(embed_dim=16, text_dim=12, hidden_dim=8), seed=1, std=0.3)
+    features, cls = torch.randn(2, 16, 3, 5), torch.randn(2, 12)
+    pixels = head.upsample(features)  # (2, 12, 12, 20) via torch's ConvTranspose2d
+    literal = torch.einsum("bchw,bc->bhw", pixels, cls)[:, None]
+    literal = torch.nn.functional.interpolate(literal, size=(24, 24), mode="bilinear", align_corners=True)
+    assert torch.allclose(head(features, cls, 24), literal, atol=1e-5)

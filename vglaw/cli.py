@@ -61,6 +61,35 @@ def _eval(args: argparse.Namespace) -> None:
     distributed.shutdown()
 
 
+def _predict(args: argparse.Namespace) -> None:
+    from .commands import predict
+
+    result = predict(args.checkpoint, args.image, args.text, out=args.out, json_path=args.json,
+                     device=args.device, precision=args.precision, mask_threshold=args.mask_threshold)
+    for p in result["predictions"]:
+        box = ", ".join(f"{v:.1f}" for v in p["box_xyxy"])
+        print(f'"{p["text"]}": box ({box}), mask {p["mask_area"]} px')
+    print(f"wrote {result['png']} and {result['json']}")
+
+
+def _visualize(args: argparse.Namespace) -> None:
+    from .commands import visualize
+
+    for entry in visualize(args.checkpoint, args.data, args.split, args.index, args.out, law=args.law,
+                           device=args.device, mask_threshold=args.mask_threshold):
+        ious = "  ".join(f"{k} {v:.3f}" for k, v in entry.items() if k.endswith("iou"))
+        print(f"{entry['index']}: \"{entry['text']}\"  {ious}  -> {entry['png']}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo, train_demo_checkpoint
+
+    if args.train:
+        print(f"wrote {train_demo_checkpoint(args.work, overrides=args.overrides)}")
+        return
+    run_demo(args.out, checkpoint=args.checkpoint, images=args.images, seed=args.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vglaw", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +140,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--json", default=None, help="where to write the results (default: beside the checkpoint)")
     p.set_defaults(run=_eval)
+
+    p = commands.add_parser("predict", help="ground expressions in your own image")
+    p.add_argument("--checkpoint", required=True, help="a vglaw checkpoint directory or training .pt")
+    p.add_argument("--image", required=True)
+    p.add_argument("--text", action="append", required=True, help="an expression (repeat for several)")
+    p.add_argument("--out", default=None, help="picture to write (default <image>.vglaw.png)")
+    p.add_argument("--json", default=None, help="JSON to write (default beside --out)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--mask-threshold", type=float, default=0.35)
+    p.set_defaults(run=_predict)
+
+    p = commands.add_parser("visualize", help="ground truth vs prediction panels for dataset samples")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="prepared dataset folder")
+    p.add_argument("--split", default="val")
+    p.add_argument("--index", type=int, nargs="+", required=True, help="sample indexes in the split")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--law", action="store_true", help="also show LAW on/off feature maps for each image")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--mask-threshold", type=float, default=0.35)
+    p.set_defaults(run=_visualize)
+
+    p = commands.add_parser("demo", help="run the bundled demo model on a fresh synthetic set")
+    p.add_argument("--out", default="vglaw-demo", help="output folder (replaced)")
+    p.add_argument("--checkpoint", default=None, help="another checkpoint to demo")
+    p.add_argument("--images", type=int, default=100, help="images in the fresh set")
+    p.add_argument("--seed", type=int, default=20261127)
+    p.add_argument("--train", action="store_true", help="retrain the bundled checkpoint instead (from a repo checkout)")
+    p.add_argument("--work", default="data/demo-train", help="with --train: where data and run go")
+    p.add_argument("overrides", nargs="*", help="with --train: config overrides key=value")
+    p.set_defaults(run=_demo)
     return parser
 
 

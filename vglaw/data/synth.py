@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 COLOURS = {"red": (215, 45, 40), "green": (45, 170, 65), "blue": (45, 85, 215), "yellow": (230, 205, 40)}
 SHAPES = ("circle", "square", "triangle")
-SIZES = {"small": 0.075, "large": 0.14}  # radius as a fraction of min(W, H)
+SIZES = {"small": 0.09, "large": 0.15}  # radius as a fraction of min(W, H)
 CATEGORIES = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
 SPLITS = ("train", "val", "testA", "testB")
 

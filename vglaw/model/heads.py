@@ -47,9 +47,26 @@ class BoxHead(nn.Module):
         return self.mlp(pooled[:, 0, 0])
 
 
+def conv_transpose_2x2(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """``conv`` (kernel 2, stride 2) on a channels-last map as one matmul:
+    (B, H, W, Cin) -> (B, 2H, 2W, Cout). Equal to ``conv`` on (B, Cin, H, W), permuted."""
+    B, H, W, _ = x.shape
+    cout = conv.out_channels
+    y = x @ conv.weight.flatten(1)  # (B, H, W, Cin) @ (Cin, Cout*2*2) -> (B, H, W, Cout*4)
+    # (B, H, W, Cout, 2, 2) -> (B, H, 2, W, 2, Cout) -> (B, 2H, 2W, Cout)
+    y = y.view(B, H, W, cout, 2, 2).permute(0, 1, 4, 2, 5, 3).reshape(B, 2 * H, 2 * W, cout)
+    return y + conv.bias
+
+
 class MaskHead(nn.Module):
     """Up-samples the features x4 into pixel embeddings of width Dt and scores each pixel by
-    its dot product with the text [CLS] feature; bilinear (align_corners=True) to the canvas."""
+    its dot product with the text [CLS] feature; bilinear (align_corners=True) to the canvas.
+
+    ``upsample`` is ConvT(C->hidden, k2 s2) -> channel LayerNorm -> GELU -> ConvT(hidden->Dt, k2 s2).
+    The forward folds the [CLS] dot product into the last ConvT (sum_c cls_c (W_c h + b_c) =
+    (sum_c cls_c W_c) h + cls.b), so the (B, Dt, 4H, 4W) pixel embeddings are never built;
+    :meth:`pixel_embeddings` returns them for inspection.
+    """
 
     def __init__(self, *, embed_dim: int = 768, text_dim: int = 768, hidden_dim: int = 256,
                  ln_eps: float = 1e-6) -> None:
@@ -61,6 +78,16 @@ class MaskHead(nn.Module):
             nn.ConvTranspose2d(hidden_dim, text_dim, kernel_size=2, stride=2),
         )
 
+    def _hidden(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, 2H, 2W, hidden): the first ConvT, LayerNorm and GELU, channels-last."""
+        conv, norm, act, _ = self.upsample
+        x = conv_transpose_2x2(features.permute(0, 2, 3, 1), conv)
+        return act(F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps))
+
+    def pixel_embeddings(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, Dt, 4H, 4W)."""
+        return self.upsample(features)
+
     def forward(self, features: torch.Tensor, text_cls: torch.Tensor, size: int) -> torch.Tensor:
         """
         Args:
@@ -68,6 +95,14 @@ class MaskHead(nn.Module):
         Returns:
             (B, 1, S, S) mask logits.
         """
-        pixels = self.upsample(features)  # (B, Dt, 4H, 4W)
-        logits = torch.einsum("bchw,bc->bhw", pixels, text_cls)[:, None]  # (B, 1, 4H, 4W)
+        conv = self.upsample[3]
+        x = self._hidden(features)  # (B, 2H, 2W, hid)
+        B, H2, W2, hid = x.shape
+        # the last ConvT contracted with the text: (hid, Dt, 2, 2) x (B, Dt) -> (B, hid, 2*2)
+        w = torch.einsum("idkl,bd->bikl", conv.weight, text_cls).reshape(B, hid, 4)
+        bias = text_cls @ conv.bias  # (B,)
+        logits = torch.bmm(x.reshape(B, H2 * W2, hid), w)  # (B, H2*W2, hid) @ (B, hid, 4) -> (B, H2*W2, 4)
+        # (B, H2, W2, 2, 2) -> (B, H2, 2, W2, 2) -> (B, 1, 2*H2, 2*W2)
+        logits = logits.view(B, H2, W2, 2, 2).permute(0, 1, 3, 2, 4).reshape(B, 1, 2 * H2, 2 * W2)
+        logits = logits + bias[:, None, None, None]
         return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=True)

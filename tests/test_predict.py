@@ -1,0 +1,103 @@
+"""The front door: the predictor, `vglaw predict` and `vglaw visualize`."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from vglaw.cli import main
+from vglaw.data.readers import decode_rle
+from vglaw.model import build_model
+from vglaw.predictor import Grounder
+
+from conftest import randomize_
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = randomize_(build_model("tiny", img_size=64, pretrain_img_size=64, window_size=2), seed=3)
+    path = tmp_path_factory.mktemp("ck") / "tiny"
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def grounder(checkpoint):
+    return Grounder.from_pretrained(checkpoint)
+
+
+@pytest.mark.parametrize("size", [(37, 81), (120, 33), (1, 1), (501, 64)])
+def test_boxes_inside_and_masks_at_original_size(grounder, size):
+    w, h = size
+    image = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    texts = ["the red circle", "a blue square on the left", "rightmost thing"]
+    preds = grounder.predict(image, texts)
+    assert [p.text for p in preds] == texts
+    for p in preds:
+        x0, y0, x1, y1 = p.box
+        assert 0 <= x0 <= x1 <= w and 0 <= y0 <= y1 <= h
+        assert p.mask.shape == p.prob.shape == (h, w) and p.mask.dtype == bool
+        assert np.array_equal(p.mask, p.prob > 0.35)
+    single = grounder.predict(Image.fromarray(image), texts[1])
+    assert single.box == preds[1].box  # a batch of expressions = each one alone
+
+
+def test_expressions_in_one_batch_differ(grounder):
+    image = np.random.default_rng(1).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    a, b = grounder.predict(image, ["the red circle", "the green triangle at the bottom"])
+    assert a.box != b.box
+
+
+def test_predict_cli_writes_png_and_json(tmp_path, checkpoint):
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (45, 60, 3), dtype=np.uint8)).save(tmp_path / "x.jpg")
+    assert main(["predict", "--checkpoint", str(checkpoint), "--image", str(tmp_path / "x.jpg"), "--text", "a cat",
+                 "--text", "the dog", "--out", str(tmp_path / "out.png")]) == 0
+    picture = Image.open(tmp_path / "out.png")
+    picture.verify()
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert (result["width"], result["height"]) == (60, 45) and len(result["predictions"]) == 2
+    for p in result["predictions"]:
+        mask = decode_rle(p["mask_rle"])
+        assert mask.shape == (45, 60) and mask.sum() == p["mask_area"]
+        assert mask_utils.area(dict(p["mask_rle"], counts=p["mask_rle"]["counts"].encode())) == p["mask_area"]
+
+
+def test_predict_errors_are_clear(tmp_path, checkpoint, capsys):
+    Image.new("RGB", (10, 10)).save(tmp_path / "ok.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    cases = [
+        (["--image", str(tmp_path / "missing.jpg"), "--text", "x"], "missing.jpg"),
+        (["--image", str(tmp_path / "broken.jpg"), "--text", "x"], "broken.jpg"),
+        (["--image", str(tmp_path / "ok.png"), "--text", "   "], "empty expression"),
+    ]
+    for args, message in cases:
+        assert main(["predict", "--checkpoint", str(checkpoint)] + args) == 2
+        assert message in capsys.readouterr().err
+    (tmp_path / "notack").mkdir()
+    assert main(["predict", "--checkpoint", str(tmp_path / "notack"), "--image", str(tmp_path / "ok.png"),
+                 "--text", "x"]) == 2
+    assert "not a vglaw checkpoint" in capsys.readouterr().err
+    (tmp_path / "random.pt").write_bytes(b"\x00" * 10)
+    assert main(["predict", "--checkpoint", str(tmp_path / "random.pt"), "--image", str(tmp_path / "ok.png"),
+                 "--text", "x"]) == 2
+    assert "random.pt" in capsys.readouterr().err
+
+
+def test_visualize_cli(tmp_path, checkpoint):
+    from vglaw.data import prepare
+    from vglaw.data.synth import generate
+
+    generate(tmp_path / "s", seed=4, split_sizes={"val": 2}, progress=False)
+    prepare(fmt="refer", data_root=tmp_path / "s", dataset="synthref", image_root=tmp_path / "s/images",
+            out=tmp_path / "p", progress=False)
+    assert main(["visualize", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "p"), "--split", "val",
+                 "--index", "0", "3", "--out", str(tmp_path / "viz"), "--law"]) == 0
+    entries = json.loads((tmp_path / "viz/visualize.json").read_text())
+    assert [e["index"] for e in entries] == [0, 3]
+    for e in entries:
+        assert 0 <= e["box_iou"] <= 1 and 0 <= e["mask_iou"] <= 1
+        Image.open(e["png"]).verify()
+        Image.open(e["law_png"]).verify()

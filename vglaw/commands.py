@@ -1,0 +1,74 @@
+"""The user-facing inference commands: predict and visualize."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torchvision.ops import box_convert
+
+from .data.readers import decode_rle
+from .predictor import Grounder, as_rgb
+from .visualize import draw_predictions, law_panel, sample_panel
+
+
+def mask_to_rle(mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode()}
+
+
+def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=None, device="cpu",
+            precision="fp32", mask_threshold=0.35) -> dict:
+    """``vglaw predict``: ground the expressions, write the picture and the JSON."""
+    grounder = Grounder.from_pretrained(checkpoint, device=device, precision=precision,
+                                        mask_threshold=mask_threshold)
+    image = as_rgb(image_path)
+    preds = grounder.predict(image, texts)
+    stem = Path(image_path).stem
+    out = Path(out or f"{stem}.vglaw.png")
+    json_path = Path(json_path or out.with_suffix(".json"))
+    result = {"image": str(image_path), "width": image.width, "height": image.height,
+              "predictions": [{"text": p.text, "box_xyxy": list(p.box), "mask_rle": mask_to_rle(p.mask),
+                               "mask_area": int(p.mask.sum())} for p in preds]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    draw_predictions(image, preds).save(out)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    return {"png": str(out), "json": str(json_path), **result}
+
+
+def visualize(checkpoint, prepared, split: str, indexes: list[int], out_dir, *, law: bool = False,
+              device="cpu", mask_threshold=0.35) -> list[dict]:
+    """``vglaw visualize``: a ground truth vs prediction panel per sample (and with ``law``, a
+    LAW on/off panel for each sample's image and its expression beside another one)."""
+    from .data.prepare import load_split
+
+    grounder = Grounder.from_pretrained(checkpoint, device=device, mask_threshold=mask_threshold)
+    meta, records = load_split(prepared, split)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index in indexes:
+        if not 0 <= index < len(records):
+            raise ValueError(f"index {index} is outside split {split!r} (0..{len(records) - 1})")
+        record = records[index]
+        image = as_rgb(Path(meta["image_root"]) / record["image"])
+        pred = grounder.predict(image, record["sentence"])
+        gt_box = box_convert(torch.tensor([record["box"]]), "xywh", "xyxy")[0].tolist()
+        gt_mask = decode_rle(record["mask"]).astype(bool) if record.get("mask") else None
+        panel, ious = sample_panel(image, record["sentence"], gt_box, pred.box, gt_mask, pred.mask)
+        path = out_dir / f"{split}_{index:05d}.png"
+        panel.save(path)
+        entry = {"index": index, "text": record["sentence"], "png": str(path), **ious}
+        if law:
+            others = [r["sentence"] for r in records if r["image"] == record["image"]
+                      and r["sentence"] != record["sentence"]]
+            texts = [record["sentence"]] + others[:1]
+            law_path = out_dir / f"{split}_{index:05d}_law.png"
+            law_panel(grounder, image, texts).save(law_path)
+            entry["law_png"] = str(law_path)
+        written.append(entry)
+    (out_dir / "visualize.json").write_text(json.dumps(written, indent=2) + "\n")
+    return written

@@ -1,0 +1,107 @@
+"""Ground any expression in any image: ``Grounder.from_pretrained(dir).predict(image, text)``."""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data.dataset import load_tokenizer
+from .data.transforms import eval_transform, load_image, make_sample
+from .engine.checkpoint import load_model
+from .engine.metrics import box_to_original, mask_to_original
+
+ImageLike = str | os.PathLike | Image.Image | np.ndarray
+
+
+@dataclass
+class Prediction:
+    """One expression's result, in original image pixels."""
+
+    text: str
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1
+    mask: np.ndarray  # (H, W) bool
+    prob: np.ndarray  # (H, W) float32, sigmoid of the mask logits
+
+
+def as_rgb(image: ImageLike) -> Image.Image:
+    """A path, PIL image or HxWx3 / HxW uint8 array -> RGB PIL image (EXIF orientation applied
+    for files)."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise ValueError(f"a numpy image must be HxW or HxWxC uint8, got {image.dtype} {image.shape}")
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a path, PIL image or numpy array, got {type(image).__name__}")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+class Grounder:
+    """A VG-LAW model with its tokenizer and letterbox, for inference on your own images.
+
+    The expression changes the backbone's weights, so image features cannot be shared across
+    expressions: several expressions for one image run as one batch instead.
+    """
+
+    def __init__(self, model, tokenizer, *, device: str | torch.device = "cpu", precision: str = "fp32",
+                 mask_threshold: float = 0.35) -> None:
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.precision, self.mask_threshold = precision, mask_threshold
+
+    @classmethod
+    def from_pretrained(cls, checkpoint: str | os.PathLike, *, device: str = "cpu", precision: str = "fp32",
+                        tokenizer: str | None = None, mask_threshold: float = 0.35) -> "Grounder":
+        """From a vglaw checkpoint directory or a training checkpoint file."""
+        model = load_model(checkpoint)
+        return cls(model, load_tokenizer(tokenizer or model.config.text_encoder), device=device,
+                   precision=precision, mask_threshold=mask_threshold)
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    @torch.inference_mode()
+    def predict(self, image: ImageLike, text: str | list[str], *, use_law: bool = True):
+        """
+        Args:
+            image: a path, a PIL image, or an HxWx3 uint8 numpy array.
+            text: one expression, or a list of expressions for the same image (one batch).
+            use_law: False runs the static backbone (to see what the language does).
+        Returns:
+            a :class:`Prediction`, or a list of them for a list of expressions.
+        """
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            raise ValueError("no expression given")
+        for t in texts:
+            if not isinstance(t, str) or not t.strip():
+                raise ValueError(f"empty expression {t!r}: say what to find in the image")
+        rgb = as_rgb(image)
+        size = self.model.img_size
+        sample, letterbox = eval_transform(make_sample(rgb, (0, 0, 1, 1), None, texts[0]), size)
+        orig = (rgb.height, rgb.width)
+        tokens = self.tokenizer(texts, padding="max_length", truncation=True,
+                                max_length=self.model.config.max_len, return_tensors="pt")
+        images = sample.image.as_subclass(torch.Tensor)[None].expand(len(texts), -1, -1, -1).to(self.device)
+        with self._autocast():
+            out = self.model(images, tokens["input_ids"].to(self.device),
+                             tokens["attention_mask"].to(self.device), use_law=use_law)
+        probs = out["mask_logits"][:, 0].float().sigmoid().cpu()
+        results = []
+        for i, t in enumerate(texts):
+            box = box_to_original(out["boxes"][i].float().cpu(), size, letterbox["scale"], letterbox["offset"], orig)
+            prob = mask_to_original(probs[i], letterbox["scale"], letterbox["offset"], orig).numpy()
+            results.append(Prediction(t, tuple(round(v, 2) for v in box.tolist()), prob > self.mask_threshold,
+                                      prob.astype(np.float32)))
+        return results[0] if isinstance(text, str) else results
