@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -180,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (FileNotFoundError, ValueError, KeyError, TypeError, OSError, ImportError) as e:
+    except (FileNotFoundError, ValueError, KeyError, TypeError, OSError, ImportError, pickle.UnpicklingError,
+            RuntimeError) as e:
+        if os.environ.get("VGLAW_DEBUG"):
+            raise
         print(f"vglaw {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

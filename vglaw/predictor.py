@@ -49,21 +49,24 @@ class Grounder:
     """
 
     def __init__(self, model, tokenizer, *, device: str | torch.device = "cpu", precision: str = "fp32",
-                 mask_threshold: float = 0.35) -> None:
+                 mask_threshold: float = 0.35, compile: bool = False) -> None:
+        """``compile`` runs the model through ``torch.compile`` (first call slower, later faster)."""
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self._forward = torch.compile(self.model) if compile else self.model
         self.tokenizer = tokenizer
         self.precision, self.mask_threshold = precision, mask_threshold
 
     @classmethod
     def from_pretrained(cls, checkpoint: str | os.PathLike, *, device: str = "cpu", precision: str = "fp32",
-                        tokenizer: str | None = None, mask_threshold: float = 0.35) -> "Grounder":
+                        tokenizer: str | None = None, mask_threshold: float = 0.35,
+                        compile: bool = False) -> "Grounder":
         """From a vglaw checkpoint directory or a training checkpoint file."""
         model = load_model(checkpoint)
         return cls(model, load_tokenizer(tokenizer or model.config.text_encoder), device=device,
-                   precision=precision, mask_threshold=mask_threshold)
+                   precision=precision, mask_threshold=mask_threshold, compile=compile)
 
     def _autocast(self):
         if self.precision == "fp32":
@@ -95,8 +98,8 @@ class Grounder:
                                 max_length=self.model.config.max_len, return_tensors="pt")
         images = sample.image.as_subclass(torch.Tensor)[None].expand(len(texts), -1, -1, -1).to(self.device)
         with self._autocast():
-            out = self.model(images, tokens["input_ids"].to(self.device),
-                             tokens["attention_mask"].to(self.device), use_law=use_law)
+            out = self._forward(images, tokens["input_ids"].to(self.device),
+                                tokens["attention_mask"].to(self.device), use_law=use_law)
         probs = out["mask_logits"][:, 0].float().sigmoid().cpu()
         results = []
         for i, t in enumerate(texts):

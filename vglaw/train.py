@@ -67,11 +67,18 @@ def _setup_logging(out: Path) -> None:
 
 
 def train(cfg: Config, resume: bool = False) -> dict:
-    """Train (or with ``resume`` continue) the run in ``cfg.run.out``; returns the last metrics."""
+    """Train (or with ``resume`` continue) the run in ``cfg.run.out``; returns the last metrics.
+
+    ``resume`` continues from ``checkpoints/last.pt`` when it exists and starts afresh
+    otherwise, so ``torchrun --max-restarts N ... --resume`` recovers from a lost worker."""
     device = dist.init(resolve_device(cfg.run.device))
     out = Path(cfg.run.out)
     last_path, best_path = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
-    state = load_checkpoint(last_path) if resume else None
+    state = None
+    if resume and last_path.is_file():
+        state = load_checkpoint(last_path)
+    elif resume:
+        log.warning("--resume: no checkpoint at %s yet, starting from the beginning", last_path)
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
@@ -87,7 +94,8 @@ def train(cfg: Config, resume: bool = False) -> dict:
     augment = TrainAugment(img_size, multiscale=cfg.data.multiscale, scale_step=cfg.data.scale_step,
                            crop_prob=cfg.data.crop_prob, flip_prob=cfg.data.flip_prob, translate=cfg.data.translate)
     train_ds = GroundingDataset(cfg.data.prepared, cfg.data.train_split, tokenizer=tokenizer, img_size=img_size,
-                                max_len=max_len, train=True, augment=augment, seed=cfg.run.seed)
+                                max_len=max_len, train=True, augment=augment, seed=cfg.run.seed,
+                                skip_bad=cfg.data.skip_bad_images)
     eval_sets = {s: GroundingDataset(cfg.data.prepared, s, tokenizer=tokenizer, img_size=img_size, max_len=max_len)
                  for s in cfg.data.eval_splits}
     sampler = GlobalBatchSampler(len(train_ds), effective_batch=cfg.optim.effective_batch,

@@ -1,6 +1,7 @@
 """The grounding dataset over a prepared split, and its collate function."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from torchvision.ops import box_convert
 from .prepare import load_split
 from .readers import decode_rle
 from .transforms import TrainAugment, eval_transform, load_image, make_sample
+
+log = logging.getLogger(__name__)
 
 
 def load_tokenizer(source: str | os.PathLike | None = None):
@@ -39,15 +42,19 @@ class GroundingDataset(Dataset):
 
     def __init__(self, prepared: str | os.PathLike, split: str, *, tokenizer, img_size: int = 448,
                  max_len: int = 40, train: bool = False, augment: TrainAugment | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, skip_bad: bool = False) -> None:
         """With ``train``, items are augmented; the randomness of item i in epoch e depends on
-        (seed, e, i) only, so runs repeat exactly whatever the workers or processes."""
+        (seed, e, i) only, so runs repeat exactly whatever the workers or processes.
+        With ``skip_bad``, an unreadable image or an unusable box is skipped: the next good
+        sample takes its place and the item's ``skipped`` counts what was passed over;
+        otherwise it raises an error naming the file."""
         self.meta, self.records = load_split(prepared, split)
         self.image_root = Path(self.meta["image_root"])
         self.tokenizer = tokenizer
         self.img_size, self.max_len = img_size, max_len
         self.augment = (augment or TrainAugment(img_size)) if train else None
         self.seed, self.epoch = seed, 0
+        self.skip_bad = skip_bad
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -61,8 +68,24 @@ class GroundingDataset(Dataset):
         return None if rle is None else decode_rle(rle)
 
     def __getitem__(self, index: int) -> dict:
+        if not self.skip_bad:
+            return self._item(index)
+        for skipped in range(len(self)):
+            try:
+                item = self._item((index + skipped) % len(self))
+            except (OSError, ValueError) as e:
+                log.warning("skipping sample %d: %s", (index + skipped) % len(self), e)
+                continue
+            item["skipped"] = skipped
+            return item
+        raise RuntimeError(f"no usable sample in {self.meta.get('dataset')}: every one was skipped")
+
+    def _item(self, index: int) -> dict:
         record = self.records[index]
         path = self.image_root / record["image"]
+        x, y, w, h = record["box"]
+        if w <= 0 or h <= 0:
+            raise ValueError(f"sample {index} ({path}): box {record['box']} has zero or negative size")
         image = load_image(path)
         if (image.width, image.height) != (record["width"], record["height"]):
             raise ValueError(f"{path} is {image.width}x{image.height}, but the prepared record says "
@@ -84,6 +107,7 @@ class GroundingDataset(Dataset):
             "box": box.clamp(0, 1),
             "mask": canvas_mask,
             "has_mask": mask is not None,
+            "skipped": 0,
             "input_ids": tokens["input_ids"][0],
             "attention_mask": tokens["attention_mask"][0],
             "meta": {"index": index, "image_path": str(path), "text": sample.text,
@@ -96,5 +120,6 @@ def collate(items: list[dict]) -> dict:
     batch = {key: torch.stack([item[key] for item in items]) for key in
              ("image", "box", "mask", "input_ids", "attention_mask")}
     batch["has_mask"] = torch.tensor([item["has_mask"] for item in items])
+    batch["skipped"] = sum(item["skipped"] for item in items)
     batch["meta"] = [item["meta"] for item in items]
     return batch

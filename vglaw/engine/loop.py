@@ -33,15 +33,17 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch: int, 
     """Run the epoch's micro-batches; every ``accum_steps`` of them make one optimizer step.
 
     ``on_step(global_step, step_in_epoch)`` is called after each optimizer step (checkpoints).
-    Returns (mean of each loss term, global_step). Raises NonFiniteLossError on NaN/inf.
+    Returns (mean of each loss term and the count of skipped bad samples, global_step).
+    Raises NonFiniteLossError on NaN/inf.
     """
     model.train()
     core = model.module if hasattr(model, "module") else model
     if cfg.model.freeze_text:
         core.text_encoder.eval()
-    sums, count, seen, start = {}, 0, 0, time.perf_counter()
+    sums, count, seen, skipped, start = {}, 0, 0, 0, time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not dist.is_main(), dynamic_ncols=True, unit="batch")
     for i, batch in enumerate(bar):
+        skipped += batch["skipped"]
         batch = to_device(batch, device)
         last = (i + 1) % accum_steps == 0
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
@@ -53,7 +55,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch: int, 
             if dist.all_reduce_sum(finite).item() < dist.world_size():
                 raise NonFiniteLossError(
                     f"non-finite loss at epoch {epoch}, optimizer step {global_step} "
-                    f"({ {k: float(v) for k, v in losses.items()} }); stopping. The last checkpoint is intact; "
+                    f"({ {k: v.detach().item() for k, v in losses.items()} }); stopping. The last checkpoint is intact; "
                     "lower the learning rate or check the data, then --resume")
             scaler.scale(losses["loss"] / accum_steps).backward()
         for k, v in losses.items():
@@ -79,7 +81,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch: int, 
             if cfg.run.max_steps and global_step >= cfg.run.max_steps:
                 break
     bar.close()
-    return {k: v / max(count, 1) for k, v in sums.items()}, global_step
+    means = {k: v / max(count, 1) for k, v in sums.items()}
+    means["skipped_samples"] = int(dist.all_reduce_sum(torch.tensor(float(skipped))).item())
+    return means, global_step
 
 
 @torch.no_grad()

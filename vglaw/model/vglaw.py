@@ -125,7 +125,11 @@ class VGLAW(nn.Module):
             raise ValueError(f"{config_path} is not a vglaw model config")
         # the architecture comes from the saved text_config; weights from the file (or the
         # pretrained text encoder directory when the file leaves them out)
-        return cls.from_config_dict({**raw, **overrides}, load_file(str(weights_path)), source=str(weights_path))
+        try:
+            state = load_file(str(weights_path))
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
+            raise ValueError(f"{weights_path} is not a readable safetensors file: {e}") from None
+        return cls.from_config_dict({**raw, **overrides}, state, source=str(weights_path))
 
 
 def _atomic_write(path: Path, write) -> None:
