@@ -95,12 +95,14 @@ def test_kill_9_while_writing_a_checkpoint_keeps_the_previous_one_and_resume_con
     state = load_checkpoint(tmp_path / "run/checkpoints/last.pt")  # the previous checkpoint, whole
     assert state["global_step"] == 2
     assert any(p.name.startswith(".last.pt.tmp") for p in (tmp_path / "run/checkpoints").iterdir())
-    assert main(["train", "--config", str(cfg), "--resume"]) == 0
+    # resume and the uninterrupted reference run with the killed run's settings (threads included)
+    vglaw = [sys.executable, "-m", "vglaw", "train"]
+    subprocess.run(vglaw + ["--config", str(cfg), "--resume"], env=ENV, check=True, capture_output=True)
     resumed = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
     n_train = sum(1 for _ in open(prepared / "train.jsonl"))
     assert (resumed["epoch"], resumed["global_step"]) == (2, 2 * (n_train // 4))
     full = write_config(tmp_path / "full.yaml", prepared, tmp_path / "full", checkpoint_every=1)
-    assert main(["train", "--config", str(full)]) == 0
+    subprocess.run(vglaw + ["--config", str(full)], env=ENV, check=True, capture_output=True)
     reference = load_checkpoint(tmp_path / "full/checkpoints/last.pt")["model"]
     assert all(torch.equal(reference[k], resumed["model"][k]) for k in reference)
 
@@ -108,9 +110,11 @@ def test_kill_9_while_writing_a_checkpoint_keeps_the_previous_one_and_resume_con
 def test_torchrun_restarts_a_killed_rank_and_finishes_with_the_same_step_count_and_a_complete_log(tmp_path):
     data = make_data(tmp_path / "data", train_images=16)
     cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "run", checkpoint_every=1, epochs=6)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts", "1",
-           "-m", "vglaw", "train", "--config", str(cfg), "--resume"]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # --standalone: a c10d rendezvous on a free port, which re-forms the group after a restart
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "--max-restarts", "1", "-m", "vglaw", "train", "--config", str(cfg), "--resume"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     last = tmp_path / "run/checkpoints/last.pt"
     try:
         deadline = time.time() + 180
@@ -122,7 +126,8 @@ def test_torchrun_restarts_a_killed_rank_and_finishes_with_the_same_step_count_a
         os.kill(int(workers[1]), signal.SIGKILL)
         assert proc.wait(300) == 0
     finally:
-        proc.kill()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its workers
     state = load_checkpoint(last)
     n_train = sum(1 for _ in open(data / "train.jsonl"))
     assert state["epoch"] == 6 and state["global_step"] == 6 * (n_train // 4)
