@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test bench
+.PHONY: install test bench demo
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,3 +18,6 @@ test: install
 
 bench: install
 	$(PY) benchmarks/forward.py
+
+demo: install
+	$(PY) -m vglaw demo

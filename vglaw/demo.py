@@ -51,16 +51,16 @@ def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = 
              seed: int = DEMO_SEED, panels: int = 12) -> dict:
     start = time.time()
     out = Path(out)
+    checkpoint = Path(checkpoint or DEMO_CHECKPOINT)
+    print(f"[1/4] loading {checkpoint}")
+    grounder = Grounder.from_pretrained(checkpoint)
+    model = grounder.model
     if out.exists():
         shutil.rmtree(out)
     data = out / "data"
-    print(f"[1/4] generating a fresh synthetic set ({images} images, seed {seed}) in {data}")
+    print(f"[2/4] generating a fresh synthetic set ({images} images, seed {seed}) in {data}")
     generate(data, seed=seed, split_sizes={"val": images})
     prepare(fmt="refer", data_root=data, dataset="synthref", image_root=data / "images", out=data / "prepared")
-    checkpoint = Path(checkpoint or DEMO_CHECKPOINT)
-    print(f"[2/4] loading {checkpoint}")
-    grounder = Grounder.from_pretrained(checkpoint)
-    model = grounder.model
     ds = GroundingDataset(data / "prepared", "val", tokenizer=grounder.tokenizer, img_size=model.img_size,
                           max_len=model.config.max_len)
     print(f"[3/4] evaluating on {len(ds)} expressions, then with the expressions shuffled")

@@ -1,0 +1,73 @@
+"""The demo: the bundled checkpoint on a fresh synthetic set, and the demo config's training."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from vglaw.cli import main
+from vglaw.config import load_config
+from vglaw.data import prepare
+from vglaw.data.synth import generate
+from vglaw.demo import DEMO_CHECKPOINT, REPO_CONFIG, THRESHOLDS, run_demo, shuffled
+from vglaw.train import train
+
+needs_checkpoint = pytest.mark.skipif(not (DEMO_CHECKPOINT / "model.safetensors").is_file(),
+                                      reason="no bundled demo checkpoint")
+
+
+@needs_checkpoint
+def test_demo_end_to_end_on_a_small_fresh_set(tmp_path):
+    result = run_demo(tmp_path / "demo", images=40, seed=777)
+    out = tmp_path / "demo"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["checks"] == result["checks"]
+    n = sum(1 for _ in open(out / "data/prepared/val.jsonl"))
+    for name, m in saved["results"].items():
+        assert m["samples"] == m["mask_samples"] == n, name
+        assert set(m) >= {"prec@0.5", "mIoU", "oIoU", "mask_prec@0.5", "mask_prec@0.9"}
+        assert all(0 <= m[k] <= 1 for k in m if k not in ("samples", "mask_samples"))
+        assert m["mask_prec@0.5"] >= m["mask_prec@0.7"] >= m["mask_prec@0.9"]
+    drop = saved["results"]["val"]["prec@0.5"] - saved["results"]["val (expressions shuffled)"]["prec@0.5"]
+    assert abs(drop - saved["shuffled_prec_drop"]) < 1e-12
+    # the bundled checkpoint meets the thresholds
+    val = saved["results"]["val"]
+    assert val["prec@0.5"] >= THRESHOLDS["prec@0.5"] and val["mIoU"] >= THRESHOLDS["mIoU"]
+    assert drop >= THRESHOLDS["shuffled_drop"] and all(saved["checks"].values())
+    # every file the summary names exists, and every picture is named
+    summary = (out / "summary.md").read_text()
+    named = set(re.findall(r"`([^`]+\.(?:png|json|md))`", summary))
+    assert all((out / name).is_file() for name in named)
+    assert {str(p.relative_to(out)) for p in (out / "pictures").glob("*.png")} <= named
+    assert len(list((out / "pictures").glob("sample_*.png"))) == 12
+
+
+def test_shuffled_control_gives_every_sample_another_expression(tmp_path):
+    from vglaw.data import GroundingDataset, load_tokenizer
+
+    generate(tmp_path, seed=5, split_sizes={"val": 3}, progress=False)
+    prepare(fmt="refer", data_root=tmp_path, dataset="synthref", image_root=tmp_path / "images",
+            out=tmp_path / "p", progress=False)
+    ds = GroundingDataset(tmp_path / "p", "val", tokenizer=load_tokenizer(), img_size=64, max_len=12)
+    other = shuffled(ds)
+    assert sorted(r["sentence"] for r in other.records) == sorted(r["sentence"] for r in ds.records)
+    assert all(a["sent_id"] == b["sent_id"] and a is not b for a, b in zip(ds.records, other.records))
+    assert sum(a["sentence"] != b["sentence"] for a, b in zip(ds.records, other.records)) >= len(ds) - 2
+
+
+def test_a_short_run_of_the_demo_config_lowers_the_loss(tmp_path):
+    generate(tmp_path / "s", seed=9, split_sizes={"train": 30, "val": 3}, progress=False)
+    prepare(fmt="refer", data_root=tmp_path / "s", dataset="synthref", image_root=tmp_path / "s/images",
+            out=tmp_path / "p", progress=False)
+    cfg = load_config(REPO_CONFIG, [f"data.prepared={tmp_path / 'p'}", f"run.out={tmp_path / 'run'}",
+                                    "run.epochs=4", "data.num_workers=0", "optim.warmup_epochs=0.2"])
+    train(cfg)
+    log = [json.loads(x) for x in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    assert log[-1]["train"]["loss"] < 0.8 * log[0]["train"]["loss"]
+    assert (tmp_path / "run/best/config.json").is_file()
+
+
+def test_demo_cli_reports_a_missing_checkpoint(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "d"), "--images", "2", "--checkpoint", str(tmp_path / "none")]) == 2
+    assert "none not found" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()  # stopped before generating anything
