@@ -127,7 +127,7 @@ def train_step_table(args, device) -> list[dict]:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
         weights = argparse.Namespace(l1=1.0, giou=1.0, focal=1.0, dice=1.0)
 
-        def step():
+        def step(model=model, optimizer=optimizer, images=images, ids=ids, mask=mask, target=target):
             loss = grounding_loss(model(images, ids, mask), target, weights)["loss"]
             loss.backward()
             optimizer.step()
@@ -137,7 +137,6 @@ def train_step_table(args, device) -> list[dict]:
         rows.append({"model": name, "batch": batch, "img_size": size, "ms": seconds * 1000,
                      "images_s": batch / seconds, "peak_mb": peak_memory_mb(device)})
         print(f"  train step {name} batch {batch}: {seconds * 1000:.0f} ms", flush=True)
-        del model, optimizer
     return rows
 
 

@@ -1,7 +1,6 @@
 """The demo: the bundled checkpoint on a fresh synthetic set, and the demo config's training."""
 import json
 import re
-from pathlib import Path
 
 import pytest
 

@@ -1,5 +1,4 @@
 """MindSpore .ckpt files (written here in the protobuf wire format) convert and round-trip."""
-import struct
 
 import numpy as np
 import pytest

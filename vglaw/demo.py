@@ -82,13 +82,14 @@ def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = 
     summary = [f"# vglaw demo ({time.strftime('%Y-%m-%d')})", "",
                f"Checkpoint `{checkpoint}` on a fresh synthetic set (seed {seed}, {images} images, "
                f"{len(ds)} expressions); {result['machine']}; {result['seconds']} s.", "", table, "",
-               f"Shuffling the expressions across samples lowers REC Prec@0.5 by {drop:.3f}: "
-               "the language drives the result.", "",
+               f"Shuffling the expressions across samples changes REC Prec@0.5 by {-drop:+.3f} and mIoU by "
+               f"{control.get('mIoU', 0) - metrics.get('mIoU', 0):+.3f} (the same images and targets with "
+               "another sample's expression: what is left without the language).", "",
                "Checks: " + ", ".join(f"{k}: {'pass' if v else 'FAIL'}" for k, v in checks.items()), "",
                "## Files", "",
                "- `metrics.json`: both result sets, the checks, timing and machine",
                "- `metrics.md`: the table above",
-               f"- `data/`: the generated set (REFER layout) and `data/prepared/` (vglaw's prepared form)"]
+               "- `data/`: the generated set (REFER layout) and `data/prepared/` (vglaw's prepared form)"]
     summary += [f"- `{f.relative_to(out)}`: {desc}" for f, desc in files]
     (out / "summary.md").write_text("\n".join(summary) + "\n")
     print()

@@ -153,11 +153,11 @@ def train(cfg: Config, resume: bool = False) -> dict:
                             pin_memory=device.type == "cuda")
         started = time.time()
 
-        def on_step(step: int, step_in_epoch: int, epoch=epoch) -> None:
+        def on_step(step: int, step_in_epoch: int, epoch: int = epoch, first: int = start_step) -> None:
             nonlocal global_step
             global_step = step
             if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
-                checkpoint(last_path, epoch, start_step + step_in_epoch)
+                checkpoint(last_path, epoch, first + step_in_epoch)
 
         steps_before = global_step - start_step
         losses, global_step = train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch=epoch,
