@@ -213,7 +213,9 @@ def test_two_gloo_processes_match_one_process(tmp_path, prepared):
         subprocess.run(common + [str(n), "-m", "vglaw", "train", "--config", str(path), "run.epochs=2",
                                  "optim.batch_size=2", f"run.out={tmp_path / out}", "data.eval_splits=[odd]"],
                        check=True, env=env, cwd=tmp_path, capture_output=True, timeout=300)
-    worst = assert_same_params(final_params(tmp_path / "one"), final_params(tmp_path / "two"), atol=1e-5)
+    # float32 sums in another order, through AdamW's normalised updates: measured 5e-6 to 3e-5
+    # after 4 steps at lr 1e-3 (each step moves a parameter by up to 1e-3)
+    worst = assert_same_params(final_params(tmp_path / "one"), final_params(tmp_path / "two"), atol=1e-4)
     print(f"max parameter difference, 1 vs 2 processes: {worst:.2e}")
     # distributed eval on an odd number of samples counts each once
     n_odd = sum(1 for _ in open(prepared / "odd.jsonl"))
