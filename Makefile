@@ -17,7 +17,7 @@ test: install
 	$(PY) -m pytest -q
 
 bench: install
-	$(PY) benchmarks/forward.py
+	$(PY) benchmarks/bench.py
 
 demo: install
 	$(PY) -m vglaw demo

@@ -104,15 +104,19 @@ class Config:
     run: RunSection = field(default_factory=RunSection)
 
 
-def _type_ok(value, annotation) -> bool:
+def type_matches(value, annotation) -> bool:
+    """Whether ``value`` fits a config annotation (int, float, str, bool, lists, tuples of ints, dicts,
+    unions with None)."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+        return any(type_matches(value, a) for a in typing.get_args(annotation))
     if annotation is type(None):
         return value is None
     if origin is list:
         (inner,) = typing.get_args(annotation)
-        return isinstance(value, list) and all(_type_ok(v, inner) for v in value)
+        return isinstance(value, list) and all(type_matches(v, inner) for v in value)
+    if origin is tuple:
+        return isinstance(value, (tuple, list)) and all(type_matches(v, int) for v in value)
     if annotation is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if annotation is int:
@@ -133,7 +137,7 @@ def _build(cls, values: dict, where: str):
             if not isinstance(value, dict):
                 raise TypeError(f"config key {where}{key} must be a mapping, got {value!r}")
             kwargs[key] = _build(annotation, value, f"{where}{key}.")
-        elif not _type_ok(value, annotation):
+        elif not type_matches(value, annotation):
             raise TypeError(f"config key {where}{key} must be {annotation}, got {value!r}")
         else:
             kwargs[key] = float(value) if annotation is float else value

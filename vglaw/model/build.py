@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass
 
+from ..config import type_matches
 from .heads import BoxHead, MaskHead
 from .law import LAW_TYPES, WeightGenerator
 from .text import TextEncoder, resolve_text_source
@@ -76,22 +76,6 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def _check_type(value, annotation) -> bool:
-    """Whether ``value`` fits a config annotation (int, float, str, bool, tuples, dicts, None)."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return any(_check_type(value, a) for a in typing.get_args(annotation))
-    if annotation is None or annotation is type(None):
-        return value is None
-    if origin is tuple:
-        return isinstance(value, (tuple, list)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, origin or annotation)
-
-
 def config_from_dict(values: dict) -> VGLAWConfig:
     """A VGLAWConfig from a dict (a saved config.json), rejecting unknown keys and wrong types
     with the key named."""
@@ -100,7 +84,7 @@ def config_from_dict(values: dict) -> VGLAWConfig:
     if unknown:
         raise ValueError(f"unknown model config key(s) {unknown}; known keys: {sorted(known)}")
     for key, value in values.items():
-        if not _check_type(value, known[key]):
+        if not type_matches(value, known[key]):
             raise TypeError(f"model config key {key!r} must be {known[key]}, got {value!r}")
     return VGLAWConfig(**values)
 
