@@ -1,7 +1,9 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # keep test logs readable
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -38,3 +40,22 @@ def tiny_model():
     torch.manual_seed(0)
     from vglaw import build_model
     return build_model("tiny").eval()
+
+
+def write_run_config(path: Path, prepared: Path, out: Path, *, batch: int = 2, effective_batch: int = 4,
+                     drop_epochs=(50,), **run) -> Path:
+    """A tiny training run as YAML: 64 px, 2 blocks, a frozen small random BERT (no dropout
+    randomness), fp32, no loader workers. ``run`` entries override the run section."""
+    cfg = {"model": {"name": "tiny", "freeze_text": True,
+                     "overrides": {"img_size": 64, "pretrain_img_size": 64, "embed_dim": 32, "depth": 2,
+                                   "num_heads": 2, "window_size": 2, "global_blocks": [1], "max_len": 12,
+                                   "text_config": {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 1,
+                                                   "num_attention_heads": 2, "intermediate_size": 64},
+                                   "text_layers": 1, "generator_heads": 2, "generator_reduction": 4}},
+           "data": {"prepared": str(prepared), "eval_splits": ["val"], "num_workers": 0, "scale_step": 4},
+           "optim": {"effective_batch": effective_batch, "batch_size": batch, "lr": 1e-3, "lr_backbone": 1e-3,
+                     "warmup_epochs": 0.5, "drop_epochs": list(drop_epochs)},
+           "run": {"out": str(out), "epochs": 2, "seed": 1, **run}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from vglaw.config import load_config
 from vglaw.data import prepare
@@ -19,6 +18,8 @@ from vglaw.engine.optim import build_optimizer, build_scheduler, param_groups
 from vglaw.engine.samplers import GlobalBatchSampler, ShardSampler
 from vglaw.model import build_model
 from vglaw.train import train
+
+from conftest import write_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,21 +36,9 @@ def prepared(tmp_path_factory):
 
 
 def small_config(tmp_path: Path, prepared: Path, **run) -> Path:
-    """A tiny run: 64 px, frozen small random BERT (no dropout randomness), fp32."""
-    cfg = {"model": {"name": "tiny", "freeze_text": True,
-                     "overrides": {"img_size": 64, "pretrain_img_size": 64, "embed_dim": 32, "depth": 2,
-                                   "num_heads": 2, "window_size": 2, "global_blocks": [1], "max_len": 12,
-                                   "text_config": {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 1,
-                                                   "num_attention_heads": 2, "intermediate_size": 64},
-                                   "text_layers": 1, "generator_heads": 2, "generator_reduction": 4}},
-           "data": {"prepared": str(prepared), "eval_splits": ["val"], "num_workers": 0, "scale_step": 4},
-           "optim": {"effective_batch": 8, "batch_size": 4, "lr": 1e-3, "lr_backbone": 1e-3, "warmup_epochs": 0.5,
-                     "drop_epochs": [3]},
-           "run": {"out": str(tmp_path / "run"), "epochs": 3, "seed": 1, **run}}
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    """The conftest run with batch 4 (two accumulated to 8), 3 epochs and a drop after the third."""
+    return write_run_config(tmp_path / "cfg.yaml", prepared, tmp_path / "run", batch=4, effective_batch=8,
+                            drop_epochs=(3,), **{"epochs": 3, **run})
 
 
 def final_params(run_dir: Path) -> dict:

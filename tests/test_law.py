@@ -133,3 +133,17 @@ def test_mask_head_equals_pixel_embeddings_dot_text():
     literal = torch.einsum("bchw,bc->bhw", pixels, cls)[:, None]
     literal = torch.nn.functional.interpolate(literal, size=(24, 24), mode="bilinear", align_corners=True)
     assert torch.allclose(head(features, cls, 24), literal, atol=1e-5)
+
+
+def test_box_head_starts_with_spread_boxes():
+    """At init the box MLP (He-uniform) maps different pooled features to clearly different
+    boxes; PyTorch's default Linear init would give logits ~0.02 and every box ~ the canvas centre."""
+    from vglaw.model import BoxHead
+
+    torch.manual_seed(0)
+    head = BoxHead(embed_dim=128, text_dim=384, attn_dim=32, hidden_dim=64)
+    features = torch.randn(64, 128, 6, 6) * torch.linspace(0.5, 3, 64)[:, None, None, None]
+    logits = head(features, torch.randn(64, 384))
+    assert logits.std(0).min() > 0.1, logits.std(0)
+    default = torch.nn.Linear(64, 4)  # what the last layer would be without reset_parameters
+    assert default.weight.abs().max() < head.mlp.layers[-1].weight.abs().max()

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from vglaw.cli import main
@@ -27,6 +26,8 @@ from vglaw.model import VGLAW, build_model
 from vglaw.predictor import Grounder
 from vglaw.train import train
 
+from conftest import write_run_config
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
 
@@ -36,20 +37,6 @@ def make_data(root: Path, train_images: int = 6) -> Path:
     prepare(fmt="refer", data_root=root, dataset="synthref", image_root=root / "images", out=root / "prep",
             progress=False)
     return root / "prep"
-
-
-def write_config(path: Path, prepared: Path, out: Path, **run) -> Path:
-    cfg = {"model": {"name": "tiny", "freeze_text": True,
-                     "overrides": {"img_size": 64, "pretrain_img_size": 64, "embed_dim": 32, "depth": 2,
-                                   "num_heads": 2, "window_size": 2, "global_blocks": [1], "max_len": 12,
-                                   "text_config": {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 1,
-                                                   "num_attention_heads": 2, "intermediate_size": 64},
-                                   "text_layers": 1, "generator_heads": 2, "generator_reduction": 4}},
-           "data": {"prepared": str(prepared), "eval_splits": ["val"], "num_workers": 0, "scale_step": 4},
-           "optim": {"effective_batch": 4, "batch_size": 2, "lr": 1e-3, "lr_backbone": 1e-3, "drop_epochs": [50]},
-           "run": {"out": str(out), "epochs": 2, "seed": 3, **run}}
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +66,7 @@ sys.exit(main(sys.argv[2:]))
 
 
 def test_kill_9_while_writing_a_checkpoint_keeps_the_previous_one_and_resume_continues(tmp_path, prepared):
-    cfg = write_config(tmp_path / "cfg.yaml", prepared, tmp_path / "run", checkpoint_every=1)
+    cfg = write_run_config(tmp_path / "cfg.yaml", prepared, tmp_path / "run", checkpoint_every=1)
     marker = tmp_path / "writing"
     proc = subprocess.Popen([sys.executable, "-c", KILL_IN_SAVE, str(marker), "train", "--config", str(cfg)],
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -101,7 +88,7 @@ def test_kill_9_while_writing_a_checkpoint_keeps_the_previous_one_and_resume_con
     resumed = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
     n_train = sum(1 for _ in open(prepared / "train.jsonl"))
     assert (resumed["epoch"], resumed["global_step"]) == (2, 2 * (n_train // 4))
-    full = write_config(tmp_path / "full.yaml", prepared, tmp_path / "full", checkpoint_every=1)
+    full = write_run_config(tmp_path / "full.yaml", prepared, tmp_path / "full", checkpoint_every=1)
     subprocess.run(vglaw + ["--config", str(full)], env=ENV, check=True, capture_output=True)
     reference = load_checkpoint(tmp_path / "full/checkpoints/last.pt")["model"]
     assert all(torch.equal(reference[k], resumed["model"][k]) for k in reference)
@@ -111,7 +98,7 @@ def test_kill_9_while_writing_a_checkpoint_keeps_the_previous_one_and_resume_con
                                         "fails to re-form or hangs (passed 2 of 4 runs here)")
 def test_torchrun_restarts_a_killed_rank_and_finishes_with_the_same_step_count_and_a_complete_log(tmp_path):
     data = make_data(tmp_path / "data", train_images=16)
-    cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "run", checkpoint_every=1, epochs=6)
+    cfg = write_run_config(tmp_path / "cfg.yaml", data, tmp_path / "run", checkpoint_every=1, epochs=6)
     # --standalone: a c10d rendezvous on a free port, which re-forms the group after a restart
     # up to 3 restarts: on a loaded 2-core machine a restarted gloo group can fail to connect once
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -173,13 +160,13 @@ def test_corrupt_truncated_or_missing_image_and_zero_area_box_stop_training_with
             ds[index]
     with pytest.raises(ValueError, match="zero or negative size"):
         ds[what["zero_index"]]
-    cfg = write_config(tmp_path / "cfg.yaml", damaged, tmp_path / "run")
+    cfg = write_run_config(tmp_path / "cfg.yaml", damaged, tmp_path / "run")
     assert main(["train", "--config", str(cfg)]) == 2  # stops with the error (the CLI prints it)
 
 
 def test_with_skip_bad_images_bad_samples_are_skipped_counted_in_the_log_and_training_continues(tmp_path, prepared):
     damaged, what = damage(prepared, tmp_path)
-    cfg = write_config(tmp_path / "cfg.yaml", damaged, tmp_path / "run")
+    cfg = write_run_config(tmp_path / "cfg.yaml", damaged, tmp_path / "run")
     assert main(["train", "--config", str(cfg), "data.skip_bad_images=true"]) == 0
     log = [json.loads(x) for x in (tmp_path / "run/log.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in log] == [0, 1]
@@ -199,7 +186,7 @@ def test_nan_loss_stops_with_a_clear_message_and_the_last_good_checkpoint_stays_
         return losses
 
     monkeypatch.setattr(loop, "grounding_loss", poisoned)
-    cfg = load_config(write_config(tmp_path / "cfg.yaml", prepared, tmp_path / "run", checkpoint_every=1))
+    cfg = load_config(write_run_config(tmp_path / "cfg.yaml", prepared, tmp_path / "run", checkpoint_every=1))
     with pytest.raises(NonFiniteLossError, match="non-finite loss at epoch 0, optimizer step 2"):
         train(cfg)
     state = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
@@ -324,7 +311,7 @@ def test_boxes_on_the_image_border_are_kept_and_stay_on_the_canvas(tmp_path):
 
 
 def test_configs_with_unknown_keys_or_wrong_types_are_rejected_with_the_key_named(tmp_path, prepared, capsys):
-    cfg = write_config(tmp_path / "cfg.yaml", prepared, tmp_path / "run")
+    cfg = write_run_config(tmp_path / "cfg.yaml", prepared, tmp_path / "run")
     for override, key in (("optim.lrr=1", "optim.lrr"), ("run.epochs=two", "run.epochs"),
                           ("data.eval_splits=val", "data.eval_splits"), ("model.overrides.depthh=3", "depthh"),
                           ("model.overrides.depth=3.5", "depth")):
@@ -404,7 +391,7 @@ def test_planted_pickles_never_run_at_any_entry_point(tmp_path, prepared):
                 ["predict", "--checkpoint", str(planted / "ck"), "--image", str(image), "--text", "x"]]
     for args in commands:
         assert main(args) == 2, args
-    cfg = write_config(tmp_path / "cfg.yaml", prepared, planted)
+    cfg = write_run_config(tmp_path / "cfg.yaml", prepared, planted)
     (planted / "checkpoints").mkdir()
     (planted / "checkpoints/last.pt").write_bytes(buf.getvalue())
     assert main(["train", "--config", str(cfg), "--resume"]) == 2

@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     for split, n in (("train", 800), ("val", 100), ("testA", 100), ("testB", 100)):
         p.add_argument(f"--{split}", type=int, default=n, help=f"images in {split} (default {n})")
-    p.add_argument("--min-size", type=int, default=160, help="smallest image side in pixels")
-    p.add_argument("--max-size", type=int, default=256, help="largest image side in pixels")
+    p.add_argument("--min-size", type=int, default=176, help="smallest image side in pixels")
+    p.add_argument("--max-size", type=int, default=224, help="largest image side in pixels")
     p.set_defaults(run=_synth)
 
     p = commands.add_parser("prepare", help="check a dataset and write vglaw's prepared form")

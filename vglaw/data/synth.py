@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 COLOURS = {"red": (215, 45, 40), "green": (45, 170, 65), "blue": (45, 85, 215), "yellow": (230, 205, 40)}
 SHAPES = ("circle", "square", "triangle")
-SIZES = {"small": 0.09, "large": 0.15}  # radius as a fraction of min(W, H)
+SIZES = {"small": 0.12, "large": 0.18}  # radius as a fraction of min(W, H)
 CATEGORIES = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
 SPLITS = ("train", "val", "testA", "testB")
 
@@ -145,7 +145,7 @@ def expressions(target: Shape, shapes: list[Shape], w: int, h: int) -> list[str]
 
 
 def generate(out: str | Path, *, name: str = "synthref", seed: int = 0, split_sizes: dict | None = None,
-             min_size: int = 160, max_size: int = 256, refs_per_image: int = 2, sents_per_ref: int = 3,
+             min_size: int = 176, max_size: int = 224, refs_per_image: int = 2, sents_per_ref: int = 3,
              progress: bool = True) -> Path:
     """Write a synthetic REFER-format dataset; returns ``out/<name>``.
 

@@ -32,6 +32,16 @@ class BoxHead(nn.Module):
         self.q_proj = nn.Linear(text_dim, attn_dim)
         self.k_proj = nn.Linear(embed_dim, attn_dim)
         self.mlp = MLP(in_dim=embed_dim, hidden_dim=hidden_dim, out_dim=4, num_layers=3)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He-uniform weights for the ReLU layers of the MLP and a variance-keeping last layer,
+        so that the box logits start O(1) and the box is not stuck at the canvas centre."""
+        for i, layer in enumerate(self.mlp.layers):
+            last = i == len(self.mlp.layers) - 1
+            nn.init.uniform_(layer.weight, -(3.0 if last else 6.0) ** 0.5 / layer.in_features ** 0.5,
+                             (3.0 if last else 6.0) ** 0.5 / layer.in_features ** 0.5)
+            nn.init.zeros_(layer.bias)
 
     def forward(self, features: torch.Tensor, text_cls: torch.Tensor) -> torch.Tensor:
         """

@@ -63,6 +63,14 @@ def adaptive_qkv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """
     if law is None:
         return F.linear(x, weight, bias)
+    if law.in_scale is None and law.out_scale is None and law.Phi is not None:
+        # svd: x W0^T + b, then S Phi D x accumulated into the same buffer by a second GEMM
+        # (beta = 1), so the low-rank term costs no extra pass over the (B, N, 3C) output
+        B, N, C = x.shape
+        low = torch.bmm(F.linear(x, law.D), law.Phi.transpose(1, 2))  # (B, N, K)
+        flat = x.reshape(B * N, C)
+        out = flat @ weight.t() if bias is None else torch.addmm(bias, flat, weight.t())
+        return out.addmm_(low.reshape(B * N, -1), law.S.t()).view(B, N, -1)
     if law.in_scale is None:
         out = F.linear(x, weight)
     else:
