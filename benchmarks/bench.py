@@ -8,6 +8,8 @@ Prints markdown tables (and writes JSON) of:
   law_type svd and none, next to timm's bare ``samvit_base_patch16`` configured as ViTDet-B
   (window 14, global blocks 2, 5, 8, 11, no neck);
 * the share of the forward in text encoder, generator, backbone and heads;
+* LAW's own cost: svd vs none timed in interleaved pairs (so that the machine's drift hits
+  both alike), and the profiler's time in LAW's low-rank ops (``law.low_rank``) and the generator;
 * achieved GFLOP/s (torch's FLOP counter) against the measured peak;
 * one training step (forward + backward + AdamW) of `tiny` and `vitb`;
 * peak memory (max RSS of this process after each part, or CUDA peak on a GPU).
@@ -115,6 +117,42 @@ def parts_table(args, device) -> dict:
     return {"seconds": parts, "whole_seconds": whole, "gflop": counter.get_total_flops() / 1e9}
 
 
+def law_table(args, device) -> dict:
+    """LAW's cost in the `vitb` forward (fp32): the median ratio of svd to none over interleaved
+    pairs of runs, and torch.profiler's share of the forward spent in LAW's own work."""
+    svd, none = build_model("vitb").eval().to(device), build_model("vitb", law_type="none").eval().to(device)
+    pairs = {}
+    for batch in (1, 4):
+        images = torch.randn(batch, 3, 448, 448, device=device)
+        ids = torch.randint(1000, 29000, (batch, 40), device=device)
+        mask = torch.ones(batch, 40, dtype=torch.long, device=device)
+        ratios = []
+        with torch.inference_mode():
+            for model in (svd, none):
+                model(images, ids, mask)  # warm-up
+            for _ in range(args.repeats + 2):
+                t_none = timed(lambda: none(images, ids, mask), 1, warmup=0)
+                t_svd = timed(lambda: svd(images, ids, mask), 1, warmup=0)
+                ratios.append(t_svd / t_none)
+        pairs[batch] = {"ratios": ratios, "median_cost_pct": (statistics.median(ratios) - 1) * 100}
+        print(f"  LAW pairs batch {batch}: {pairs[batch]['median_cost_pct']:+.1f} %", flush=True)
+    images = torch.randn(1, 3, 448, 448, device=device)
+    ids = torch.randint(1000, 29000, (1, 40), device=device)
+    mask = torch.ones(1, 40, dtype=torch.long, device=device)
+    with torch.inference_mode():
+        text = svd.text_encoder(ids, mask)
+        with torch.profiler.profile() as prof:
+            with torch.profiler.record_function("law.generator"):
+                svd.generator(text, mask)
+            with torch.profiler.record_function("forward"):
+                svd(images, ids, mask)
+    totals = {e.key: e.cpu_time_total for e in prof.key_averages() if e.key.startswith(("law.", "forward"))}
+    # the forward runs the generator once more inside; count the standalone call's time for it
+    share = {k: totals[k] / totals["forward"] * 100 for k in ("law.low_rank", "law.generator")}
+    print(f"  LAW profiler share: {share}", flush=True)
+    return {"pairs": pairs, "profiler_share_pct": share}
+
+
 def train_step_table(args, device) -> list[dict]:
     rows = []
     for name, batch in (("tiny", 8), ("vitb", 1)):
@@ -159,9 +197,12 @@ def main() -> None:
     forward = forward_table(args, device)
     print("parts ...", flush=True)
     parts = parts_table(args, device)
+    print("LAW cost ...", flush=True)
+    law = law_table(args, device)
     print("training step ...", flush=True)
     train = train_step_table(args, device)
-    results = {"info": info, "matmul_peak_gflops": peak, "forward": forward, "parts": parts, "train_step": train}
+    results = {"info": info, "matmul_peak_gflops": peak, "forward": forward, "parts": parts, "law": law,
+               "train_step": train}
     print_tables(results)
     if args.json:
         with open(args.json, "w") as f:
@@ -186,6 +227,16 @@ def print_tables(r: dict) -> None:
     for b in (1, 4):
         print(f"| {b} | {ms[(svd, 'fp32', b)] / ms[(svd, 'bf16', b)]:.2f}x | "
               f"{(ms[(svd, 'fp32', b)] / ms[(none, 'fp32', b)] - 1) * 100:+.1f} % |")
+    law = r["law"]
+    print("\nLAW's own cost in the fp32 forward (svd vs none, median of interleaved pairs; profiler, batch 1):\n")
+    print("| batch | svd / none - 1 | pairs |")
+    print("|---:|---:|---:|")
+    for b, x in law["pairs"].items():
+        print(f"| {b} | {x['median_cost_pct']:+.1f} % | {len(x['ratios'])} |")
+    share = law["profiler_share_pct"]
+    print(f"\nProfiler: LAW's low-rank ops (D x, Phi, S accumulated into the qkv GEMM) "
+          f"{share['law.low_rank']:.2f} % of the forward, the generator {share['law.generator']:.2f} %, "
+          f"together {sum(share.values()):.2f} %.")
     p = r["parts"]
     total = sum(p["seconds"].values())
     print(f"\n`vitb` forward, batch 1, fp32: {p['whole_seconds'] * 1000:.0f} ms, {p['gflop']:.1f} GFLOP, "

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 LAW_TYPES = ("svd", "la", "od1", "od2", "od3", "none")
 _OD_GROUPS = {"od1": 1, "od2": 2, "od3": 3}
@@ -67,10 +68,12 @@ def adaptive_qkv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         # svd: x W0^T + b, then S Phi D x accumulated into the same buffer by a second GEMM
         # (beta = 1), so the low-rank term costs no extra pass over the (B, N, 3C) output
         B, N, C = x.shape
-        low = torch.bmm(F.linear(x, law.D), law.Phi.transpose(1, 2))  # (B, N, K)
         flat = x.reshape(B * N, C)
         out = flat @ weight.t() if bias is None else torch.addmm(bias, flat, weight.t())
-        return out.addmm_(low.reshape(B * N, -1), law.S.t()).view(B, N, -1)
+        with record_function("law.low_rank"):  # a profiler label for LAW's own work (benchmarks/bench.py)
+            low = torch.bmm(F.linear(x, law.D), law.Phi.transpose(1, 2))  # (B, N, K)
+            out = out.addmm_(low.reshape(B * N, -1), law.S.t())
+        return out.view(B, N, -1)
     if law.in_scale is None:
         out = F.linear(x, weight)
     else:
