@@ -38,8 +38,26 @@ def init(device: str) -> torch.device:
         chosen = torch.device("cpu")
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_enabled():
         backend = "nccl" if chosen.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        timeout = datetime.timedelta(minutes=30)
+        store = _restart_store(timeout)
+        if store is None:
+            dist.init_process_group(backend, timeout=timeout)
+        else:
+            dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]),
+                                    world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
     return chosen
+
+
+def _restart_store(timeout: datetime.timedelta) -> dist.Store | None:
+    """Under torchrun with the agent's store, that store outlives a restart (--max-restarts), and
+    a restarted group could read the connection addresses of the workers it replaces (seen as
+    gloo "connectFullMesh ... Connection refused" to a dead port). Keys are therefore prefixed
+    with the restart count. None outside torchrun or when the agent hosts no store."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timeout)
+    return dist.PrefixStore(f"vglaw/restart_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def shutdown() -> None:
