@@ -16,8 +16,8 @@ needs_checkpoint = pytest.mark.skipif(not (DEMO_CHECKPOINT / "model.safetensors"
 
 
 @needs_checkpoint
-def test_demo_end_to_end_on_a_small_fresh_set(tmp_path):
-    result = run_demo(tmp_path / "demo", images=40, seed=777)
+def test_demo_end_to_end_on_the_fresh_demo_set(tmp_path):
+    result = run_demo(tmp_path / "demo")  # what `vglaw demo` runs: 100 images, seed 20261127
     out = tmp_path / "demo"
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["checks"] == result["checks"]
@@ -29,14 +29,15 @@ def test_demo_end_to_end_on_a_small_fresh_set(tmp_path):
         assert m["mask_prec@0.5"] >= m["mask_prec@0.7"] >= m["mask_prec@0.9"]
     drop = saved["results"]["val"]["prec@0.5"] - saved["results"]["val (expressions shuffled)"]["prec@0.5"]
     assert abs(drop - saved["shuffled_prec_drop"]) < 1e-12
-    # the checks are what the metrics say against the thresholds (the bundled model's
-    # standing against them is reported in the README and BENCHMARKS, measured on 100 images)
+    # the checks are what the metrics say against the thresholds
     val = saved["results"]["val"]
     assert saved["checks"] == {"prec@0.5 >= 0.85": val["prec@0.5"] >= THRESHOLDS["prec@0.5"],
                                "mIoU >= 0.70": val["mIoU"] >= THRESHOLDS["mIoU"],
                                "shuffled prec@0.5 at least 0.40 lower": drop >= THRESHOLDS["shuffled_drop"]}
-    # the bundled model uses the language: the true expressions beat shuffled ones on the masks
-    assert val["mIoU"] > saved["results"]["val (expressions shuffled)"]["mIoU"]
+    # the bundled model meets the mIoU and shuffled-control targets (not yet REC Prec@0.5 >= 0.85:
+    # it measures 0.80, see the README's "Demo numbers")
+    assert val["mIoU"] >= THRESHOLDS["mIoU"]
+    assert drop >= THRESHOLDS["shuffled_drop"]
     # every file the summary names exists, and every picture is named
     summary = (out / "summary.md").read_text()
     named = set(re.findall(r"`([^`]+\.(?:png|json|md))`", summary))

@@ -116,8 +116,10 @@ def test_torchrun_restarts_a_killed_rank_and_finishes_with_the_same_step_count_a
         assert proc.wait(120) == 0, (tmp_path / "torchrun.log").read_text()[-3000:]
     finally:
         output.close()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its workers
+        if proc.poll() is None:  # a hung run: kill the workers (torchrun gives them their own sessions), then torchrun
+            for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split():
+                os.kill(int(pid), signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
     state = load_checkpoint(last)
     n_train = sum(1 for _ in open(data / "train.jsonl"))
     assert state["epoch"] == 6 and state["global_step"] == 6 * (n_train // 4)
