@@ -147,3 +147,16 @@ def test_box_head_starts_with_spread_boxes():
     assert logits.std(0).min() > 0.1, logits.std(0)
     default = torch.nn.Linear(64, 4)  # what the last layer would be without reset_parameters
     assert default.weight.abs().max() < head.mlp.layers[-1].weight.abs().max()
+
+
+def test_svd_law_runs_under_bf16_autocast_and_stays_close_to_fp32():
+    torch.manual_seed(0)
+    model = randomize_(build_model("tiny", img_size=64, pretrain_img_size=64), seed=2, std=0.02).eval()
+    ids, mask = text_batch(2, 12, (7, 12))
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(images, ids, mask)["boxes"]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = model(images, ids, mask)["boxes"]
+    assert half.dtype in (torch.bfloat16, torch.float32)
+    assert torch.allclose(half.float(), ref, atol=0.05), (half, ref)

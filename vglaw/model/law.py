@@ -72,7 +72,8 @@ def adaptive_qkv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         out = flat @ weight.t() if bias is None else torch.addmm(bias, flat, weight.t())
         with record_function("law.low_rank"):  # a profiler label for LAW's own work (benchmarks/bench.py)
             low = torch.bmm(F.linear(x, law.D), law.Phi.transpose(1, 2))  # (B, N, K)
-            out = out.addmm_(low.reshape(B * N, -1), law.S.t())
+            # addmm_ is not autocast-aware: under bf16/fp16 autocast ``out`` and ``low`` are half, S is not
+            out = out.addmm_(low.reshape(B * N, -1).to(out.dtype), law.S.t().to(out.dtype))
         return out.view(B, N, -1)
     if law.in_scale is None:
         out = F.linear(x, weight)
