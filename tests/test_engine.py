@@ -165,7 +165,7 @@ def test_loss_falls_and_a_small_batch_is_overfit(prepared):
     batch = collate([ds[i] for i in range(0, 16, 4)])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
-    for _ in range(150):
+    for _ in range(300):
         out = model(batch["image"], batch["input_ids"], batch["attention_mask"])
         loss = grounding_loss(out, batch, LossSection())
         optimizer.zero_grad()
