@@ -38,9 +38,9 @@ class BoxHead(nn.Module):
         """He-uniform weights for the ReLU layers of the MLP and a variance-keeping last layer,
         so that the box logits start O(1) and the box is not stuck at the canvas centre."""
         for i, layer in enumerate(self.mlp.layers):
-            last = i == len(self.mlp.layers) - 1
-            nn.init.uniform_(layer.weight, -(3.0 if last else 6.0) ** 0.5 / layer.in_features ** 0.5,
-                             (3.0 if last else 6.0) ** 0.5 / layer.in_features ** 0.5)
+            gain = 3.0 if i == len(self.mlp.layers) - 1 else 6.0
+            bound = (gain / layer.in_features) ** 0.5
+            nn.init.uniform_(layer.weight, -bound, bound)
             nn.init.zeros_(layer.bias)
 
     def forward(self, features: torch.Tensor, text_cls: torch.Tensor) -> torch.Tensor:

@@ -64,18 +64,9 @@ def adaptive_qkv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """
     if law is None:
         return F.linear(x, weight, bias)
-    if law.in_scale is None and law.out_scale is None and law.Phi is not None:
-        # svd: x W0^T + b, then S Phi D x accumulated into the same buffer by a second GEMM
-        # (beta = 1), so the low-rank term costs no extra pass over the (B, N, 3C) output
-        B, N, C = x.shape
-        flat = x.reshape(B * N, C)
-        out = flat @ weight.t() if bias is None else torch.addmm(bias, flat, weight.t())
-        with record_function("law.low_rank"):  # a profiler label for LAW's own work (benchmarks/bench.py)
-            low = torch.bmm(F.linear(x, law.D), law.Phi.transpose(1, 2))  # (B, N, K)
-            # addmm_ is not autocast-aware: under bf16/fp16 autocast ``out`` and ``low`` are half, S is not
-            out = out.addmm_(low.reshape(B * N, -1).to(out.dtype), law.S.t().to(out.dtype))
-        return out.view(B, N, -1)
-    if law.in_scale is None:
+    if law.in_scale is None and law.out_scale is None:
+        out, bias = F.linear(x, weight, bias), None  # the bias is fused into the GEMM
+    elif law.in_scale is None:
         out = F.linear(x, weight)
     else:
         rows = _group_rows(weight.shape[0], law.in_scale.shape[1])
@@ -85,9 +76,12 @@ def adaptive_qkv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if law.out_scale is not None:
         out = out * law.out_scale[:, None, :]  # (B, N, 3C) * (B, 1, 3C)
     if law.Phi is not None:
-        # S Phi D x for every token: (B, N, C) @ (C, K) @ (B, K, K)^T @ (K, 3C) -> (B, N, 3C)
-        low = torch.bmm(F.linear(x, law.D), law.Phi.transpose(1, 2))
-        out = out + F.linear(low, law.S)
+        # S Phi D x for every token, (B, N, C) @ (C, K) @ (B, K, K)^T @ (K, 3C), accumulated into
+        # ``out`` by a second GEMM (beta = 1): no extra pass over the (B, N, 3C) output
+        with record_function("law.low_rank"):  # a profiler label for LAW's own work (benchmarks/bench.py)
+            low = torch.bmm(F.linear(x, law.D), law.Phi.transpose(1, 2))  # (B, N, K)
+            # addmm_ is not autocast-aware: under bf16/fp16 autocast ``out`` and ``low`` are half, S is not
+            out.view(-1, out.shape[-1]).addmm_(low.flatten(0, 1).to(out.dtype), law.S.t().to(out.dtype))
     return out if bias is None else out + bias
 
 
