@@ -69,6 +69,13 @@ def autocast(device, precision):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def inputs(batch: int, device, size: int = 448, length: int = 40):
+    """Random images and token ids with an all-ones attention mask."""
+    images = torch.randn(batch, 3, size, size, device=device)
+    ids = torch.randint(1000, 29000, (batch, length), device=device)
+    return images, ids, torch.ones(batch, length, dtype=torch.long, device=device)
+
+
 def forward_table(args, device) -> list[dict]:
     models = {"timm ViTDet-B backbone": timm_backbone().to(device),
               "vglaw vitb, law_type=none": build_model("vitb", law_type="none").eval().to(device),
@@ -76,9 +83,7 @@ def forward_table(args, device) -> list[dict]:
     rows = []
     for precision in ("fp32", "bf16"):
         for batch in (1, 4):
-            images = torch.randn(batch, 3, 448, 448, device=device)
-            ids = torch.randint(1000, 29000, (batch, 40), device=device)
-            mask = torch.ones(batch, 40, dtype=torch.long, device=device)
+            images, ids, mask = inputs(batch, device)
             for name, model in models.items():
                 def run(model=model, name=name):
                     with torch.inference_mode(), autocast(device, precision):
@@ -96,9 +101,7 @@ def forward_table(args, device) -> list[dict]:
 def parts_table(args, device) -> dict:
     """Seconds of each part of the `vitb` forward, batch 1 fp32, and the whole forward's FLOPs."""
     model = build_model("vitb").eval().to(device)
-    images = torch.randn(1, 3, 448, 448, device=device)
-    ids = torch.randint(1000, 29000, (1, 40), device=device)
-    mask = torch.ones(1, 40, dtype=torch.long, device=device)
+    images, ids, mask = inputs(1, device)
     with torch.inference_mode():
         text = model.text_encoder(ids, mask)
         law = model.generator(text, mask)
@@ -123,9 +126,7 @@ def law_table(args, device) -> dict:
     svd, none = build_model("vitb").eval().to(device), build_model("vitb", law_type="none").eval().to(device)
     pairs = {}
     for batch in (1, 4):
-        images = torch.randn(batch, 3, 448, 448, device=device)
-        ids = torch.randint(1000, 29000, (batch, 40), device=device)
-        mask = torch.ones(batch, 40, dtype=torch.long, device=device)
+        images, ids, mask = inputs(batch, device)
         ratios = []
         with torch.inference_mode():
             for model in (svd, none):
@@ -136,9 +137,7 @@ def law_table(args, device) -> dict:
                 ratios.append(t_svd / t_none)
         pairs[batch] = {"ratios": ratios, "median_cost_pct": (statistics.median(ratios) - 1) * 100}
         print(f"  LAW pairs batch {batch}: {pairs[batch]['median_cost_pct']:+.1f} %", flush=True)
-    images = torch.randn(1, 3, 448, 448, device=device)
-    ids = torch.randint(1000, 29000, (1, 40), device=device)
-    mask = torch.ones(1, 40, dtype=torch.long, device=device)
+    images, ids, mask = inputs(1, device)
     with torch.inference_mode():
         text = svd.text_encoder(ids, mask)
         with torch.profiler.profile() as prof:
@@ -158,9 +157,7 @@ def train_step_table(args, device) -> list[dict]:
     for name, batch in (("tiny", 8), ("vitb", 1)):
         model = build_model(name).train().to(device)
         size, length = model.img_size, model.config.max_len
-        images = torch.randn(batch, 3, size, size, device=device)
-        ids = torch.randint(1000, 29000, (batch, length), device=device)
-        mask = torch.ones(batch, length, dtype=torch.long, device=device)
+        images, ids, mask = inputs(batch, device, size, length)
         target = {"box": torch.rand(batch, 4, device=device) * 0.5 + 0.25,
                   "mask": (torch.rand(batch, size, size, device=device) > 0.5).to(torch.uint8),
                   "has_mask": torch.ones(batch, dtype=torch.bool, device=device)}

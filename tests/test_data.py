@@ -17,6 +17,7 @@ from vglaw.data.readers import decode_rle, read_refer, read_seqtr, read_transvg
 from vglaw.data.synth import generate
 from vglaw.data.transforms import (TrainAugment, crop_keeping_box, eval_transform, has_spatial_word, make_sample,
                                    swap_left_right)
+from vglaw.model import build_model
 
 
 @pytest.fixture(scope="module")
@@ -253,8 +254,13 @@ def test_dataset_items_and_collate(synth, tmp_path, tokenizer):
     prepare(fmt="refer", data_root=synth, dataset="synthref", image_root=synth / "images", out=tmp_path / "p",
             progress=False)
     ds = GroundingDataset(tmp_path / "p", "val", tokenizer=tokenizer, img_size=128, max_len=20)
-    batch = collate([ds[i] for i in range(3)])
-    assert batch["image"].shape == (3, 3, 128, 128) and batch["input_ids"].shape == (3, 20)
+    items = [ds[i] for i in range(3)]
+    batch = collate(items)
+    longest = max(int(item["attention_mask"].sum()) for item in items)
+    assert items[0]["input_ids"].shape == (20,) and longest < 20
+    # the token columns are cut to the longest expression, and that one keeps its [SEP]
+    assert batch["image"].shape == (3, 3, 128, 128) and batch["input_ids"].shape == (3, longest)
+    assert batch["attention_mask"][:, -1].any() and (batch["input_ids"] == 102).sum() == 3
     assert batch["has_mask"].all() and batch["input_ids"][:, 0].eq(101).all()
     # the canvas box is the box of the canvas mask
     for i in range(3):
@@ -262,6 +268,23 @@ def test_dataset_items_and_collate(synth, tmp_path, tokenizer):
         assert (xyxy - torch.tensor(mask_box(batch["mask"][i]), dtype=torch.float)).abs().max() <= 2.0
     train = GroundingDataset(tmp_path / "p", "train", tokenizer=tokenizer, img_size=128, max_len=20, train=True)
     assert train[0]["image"].shape == (3, 128, 128)
+
+
+def test_cutting_the_padding_leaves_the_model_output_unchanged(synth, tmp_path, tokenizer):
+    prepare(fmt="refer", data_root=synth, dataset="synthref", image_root=synth / "images", out=tmp_path / "p",
+            progress=False)
+    ds = GroundingDataset(tmp_path / "p", "val", tokenizer=tokenizer, img_size=64, max_len=20)
+    items = [ds[i] for i in range(4)]
+    full = {key: torch.stack([item[key] for item in items]) for key in ("image", "input_ids", "attention_mask")}
+    cut = collate(items)
+    assert cut["input_ids"].shape[1] < 20
+    torch.manual_seed(0)
+    model = build_model("tiny", img_size=64, pretrain_img_size=64).eval()
+    with torch.no_grad():
+        a = model(full["image"], full["input_ids"], full["attention_mask"])
+        b = model(cut["image"], cut["input_ids"], cut["attention_mask"])
+    for key in ("boxes", "mask_logits", "features"):
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- image loading

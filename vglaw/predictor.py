@@ -94,7 +94,7 @@ class Grounder:
         size = self.model.img_size
         sample, letterbox = eval_transform(make_sample(rgb, (0, 0, 1, 1), None, texts[0]), size)
         orig = (rgb.height, rgb.width)
-        tokens = self.tokenizer(texts, padding="max_length", truncation=True,
+        tokens = self.tokenizer(texts, padding="longest", truncation=True,
                                 max_length=self.model.config.max_len, return_tensors="pt")
         images = sample.image.as_subclass(torch.Tensor)[None].expand(len(texts), -1, -1, -1).to(self.device)
         with self._autocast():

@@ -182,7 +182,7 @@ def train(cfg: Config, resume: bool = False) -> dict:
             if dist.is_main():
                 core.save_pretrained(out / "best")
         if dist.is_main():
-            record = {"epoch": epoch, "global_step": global_step, "lr": optimizer.param_groups[-1]["lr"],
+            record = {"epoch": epoch, "global_step": global_step, "lr": losses.pop("lr"),
                       "train": losses, "eval": metrics, "best": best, "seconds": round(time.time() - started, 1)}
             with open(out / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")

@@ -126,7 +126,7 @@ def law_panel(grounder, image: Image.Image, texts: list[str]) -> Image.Image:
 
     model, size = grounder.model, grounder.model.img_size
     sample, lb = eval_transform(make_sample(image, (0, 0, 1, 1), None, texts[0]), size)
-    tokens = grounder.tokenizer(texts, padding="max_length", truncation=True, max_length=model.config.max_len,
+    tokens = grounder.tokenizer(texts, padding="longest", truncation=True, max_length=model.config.max_len,
                                 return_tensors="pt")
     images = sample.image.as_subclass(torch.Tensor)[None].expand(len(texts), -1, -1, -1).to(grounder.device)
     ids, mask = tokens["input_ids"].to(grounder.device), tokens["attention_mask"].to(grounder.device)

@@ -116,9 +116,13 @@ class GroundingDataset(Dataset):
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack the tensors of a list of items; ``meta`` stays a list of dicts."""
+    """Stack the tensors of a list of items; ``meta`` stays a list of dicts. The token columns
+    are cut to the batch's longest expression: the text encoder then skips the padding that no
+    token attends to (half of its work on short expressions), with the same result."""
     batch = {key: torch.stack([item[key] for item in items]) for key in
              ("image", "box", "mask", "input_ids", "attention_mask")}
+    length = int(batch["attention_mask"].sum(1).max())
+    batch["input_ids"], batch["attention_mask"] = batch["input_ids"][:, :length], batch["attention_mask"][:, :length]
     batch["has_mask"] = torch.tensor([item["has_mask"] for item in items])
     batch["skipped"] = sum(item["skipped"] for item in items)
     batch["meta"] = [item["meta"] for item in items]

@@ -41,6 +41,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch: int, 
     if cfg.model.freeze_text:
         core.text_encoder.eval()
     sums, count, seen, skipped, start = {}, 0, 0, 0, time.perf_counter()
+    lr = optimizer.param_groups[-1]["lr"]
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not dist.is_main(), dynamic_ncols=True, unit="batch")
     for i, batch in enumerate(bar):
         skipped += batch["skipped"]
@@ -63,6 +64,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch: int, 
         count += 1
         seen += batch["image"].shape[0] * dist.world_size()
         if last:
+            lr = optimizer.param_groups[-1]["lr"]  # the lr this step uses (the scheduler then moves on)
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.optim.clip_grad_norm)
             scaler.step(optimizer)
@@ -70,7 +72,6 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch: int, 
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             global_step += 1
-            lr = optimizer.param_groups[-1]["lr"]
             bar.set_postfix(loss=f"{losses['loss'].detach().item():.3f}", lr=f"{lr:.2e}",
                             samples_s=f"{seen / (time.perf_counter() - start):.1f}")
             if writer is not None:
@@ -82,6 +83,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch: int, 
                 break
     bar.close()
     means = {k: v / max(count, 1) for k, v in sums.items()}
+    means["lr"] = lr  # of the epoch's last optimizer step
     means["skipped_samples"] = int(dist.all_reduce_sum(torch.tensor(float(skipped))).item())
     return means, global_step
 
