@@ -74,6 +74,20 @@ class Grounder:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
+    def inputs(self, rgb: Image.Image, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """The model's inputs for expressions on one RGB image: the letterboxed image repeated
+        per expression, token ids and mask on the device, and the letterbox (``scale``, ``offset``)."""
+        if not texts:
+            raise ValueError("no expression given")
+        for t in texts:
+            if not isinstance(t, str) or not t.strip():
+                raise ValueError(f"empty expression {t!r}: say what to find in the image")
+        sample, letterbox = eval_transform(make_sample(rgb, (0, 0, 1, 1), None, texts[0]), self.model.img_size)
+        tokens = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.model.config.max_len,
+                                return_tensors="pt")
+        images = sample.image.as_subclass(torch.Tensor)[None].expand(len(texts), -1, -1, -1).to(self.device)
+        return images, tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device), letterbox
+
     @torch.inference_mode()
     def predict(self, image: ImageLike, text: str | list[str], *, use_law: bool = True):
         """
@@ -85,22 +99,12 @@ class Grounder:
             a :class:`Prediction`, or a list of them for a list of expressions.
         """
         texts = [text] if isinstance(text, str) else list(text)
-        if not texts:
-            raise ValueError("no expression given")
-        for t in texts:
-            if not isinstance(t, str) or not t.strip():
-                raise ValueError(f"empty expression {t!r}: say what to find in the image")
         rgb = as_rgb(image)
-        size = self.model.img_size
-        sample, letterbox = eval_transform(make_sample(rgb, (0, 0, 1, 1), None, texts[0]), size)
-        orig = (rgb.height, rgb.width)
-        tokens = self.tokenizer(texts, padding="longest", truncation=True,
-                                max_length=self.model.config.max_len, return_tensors="pt")
-        images = sample.image.as_subclass(torch.Tensor)[None].expand(len(texts), -1, -1, -1).to(self.device)
+        images, ids, mask, letterbox = self.inputs(rgb, texts)
         with self._autocast():
-            out = self._forward(images, tokens["input_ids"].to(self.device),
-                                tokens["attention_mask"].to(self.device), use_law=use_law)
+            out = self._forward(images, ids, mask, use_law=use_law)
         probs = out["mask_logits"][:, 0].float().sigmoid().cpu()
+        orig, size = (rgb.height, rgb.width), self.model.img_size
         results = []
         for i, t in enumerate(texts):
             box = box_to_original(out["boxes"][i].float().cpu(), size, letterbox["scale"], letterbox["offset"], orig)

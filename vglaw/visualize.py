@@ -122,14 +122,8 @@ def _heat(values: torch.Tensor, size: tuple[int, int], vmax: float) -> Image.Ima
 def law_panel(grounder, image: Image.Image, texts: list[str]) -> Image.Image:
     """For each expression: the image with its prediction, the norm of the last block's
     features with LAW on and with LAW off, and the norm of their difference."""
-    from .data.transforms import eval_transform, make_sample
-
     model, size = grounder.model, grounder.model.img_size
-    sample, lb = eval_transform(make_sample(image, (0, 0, 1, 1), None, texts[0]), size)
-    tokens = grounder.tokenizer(texts, padding="longest", truncation=True, max_length=model.config.max_len,
-                                return_tensors="pt")
-    images = sample.image.as_subclass(torch.Tensor)[None].expand(len(texts), -1, -1, -1).to(grounder.device)
-    ids, mask = tokens["input_ids"].to(grounder.device), tokens["attention_mask"].to(grounder.device)
+    images, ids, mask, lb = grounder.inputs(image, texts)
     on = model(images, ids, mask)["features"].float().cpu()
     off = model(images, ids, mask, use_law=False)["features"].float().cpu()
     # crop the feature grid to the image region of the canvas
