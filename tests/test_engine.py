@@ -35,10 +35,10 @@ def prepared(tmp_path_factory):
     return root / "prep"
 
 
-def small_config(tmp_path: Path, prepared: Path, **run) -> Path:
-    """The conftest run with batch 4 (two accumulated to 8), 3 epochs and a drop after the third."""
+def small_config(tmp_path: Path, prepared: Path, drop_epochs=(3,), **run) -> Path:
+    """The conftest run with batch 4 (two accumulated to 8), 3 epochs and by default a drop after the third."""
     return write_run_config(tmp_path / "cfg.yaml", prepared, tmp_path / "run", batch=4, effective_batch=8,
-                            drop_epochs=(3,), **{"epochs": 3, **run})
+                            drop_epochs=drop_epochs, **{"epochs": 3, **run})
 
 
 def final_params(run_dir: Path) -> dict:
@@ -181,7 +181,7 @@ def test_loss_falls_and_a_small_batch_is_overfit(prepared):
 
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, prepared):
-    path = small_config(tmp_path / "a", prepared, checkpoint_every=1)
+    path = small_config(tmp_path / "a", prepared, drop_epochs=(1,), checkpoint_every=1)
     full = load_config(path, ["run.epochs=2"])
     train(full)
     cut = load_config(path, ["run.epochs=2", f"run.out={tmp_path / 'b'}", "run.max_steps=1"])
@@ -190,8 +190,10 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, prepared):
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (0, 1, 1)
     train(load_config(path, ["run.epochs=2", f"run.out={tmp_path / 'b'}"]), resume=True)
     assert_same_params(final_params(tmp_path / "a/run"), final_params(tmp_path / "b"), atol=0.0)
-    epochs = [json.loads(x)["epoch"] for x in (tmp_path / "b/log.jsonl").read_text().splitlines()]
-    assert epochs == [0, 1]
+    log = [json.loads(x) for x in (tmp_path / "b/log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1]
+    # each epoch logs the lr it trained with: 1e-3, then 1e-4 after the drop at epoch 1
+    assert [r["lr"] for r in log] == pytest.approx([1e-3, 1e-4])
 
 
 def test_two_gloo_processes_match_one_process(tmp_path, prepared):

@@ -163,6 +163,7 @@ def train(cfg: Config, resume: bool = False) -> dict:
         losses, global_step = train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch=epoch,
                                               accum_steps=sampler.accum_steps, cfg=cfg, device=device,
                                               global_step=global_step, on_step=on_step, writer=writer)
+        lr = losses.pop("lr")
         start_step = 0
         done_in_epoch = global_step - steps_before
         stopped = bool(cfg.run.max_steps and global_step >= cfg.run.max_steps)
@@ -182,7 +183,7 @@ def train(cfg: Config, resume: bool = False) -> dict:
             if dist.is_main():
                 core.save_pretrained(out / "best")
         if dist.is_main():
-            record = {"epoch": epoch, "global_step": global_step, "lr": losses.pop("lr"),
+            record = {"epoch": epoch, "global_step": global_step, "lr": lr,
                       "train": losses, "eval": metrics, "best": best, "seconds": round(time.time() - started, 1)}
             with open(out / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
