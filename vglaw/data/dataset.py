@@ -116,13 +116,13 @@ class GroundingDataset(Dataset):
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack the tensors of a list of items; ``meta`` stays a list of dicts. The token columns
-    are cut to the batch's longest expression: the text encoder then skips the padding that no
-    token attends to (half of its work on short expressions), with the same result."""
+    """Stack the tensors of a list of items; ``meta`` stays a list of dicts. Token columns that
+    are padding in every item are dropped (the batch keeps its longest expression's length): the
+    text encoder skips work whose result nothing attends to, about 40 % of it on short expressions."""
     batch = {key: torch.stack([item[key] for item in items]) for key in
              ("image", "box", "mask", "input_ids", "attention_mask")}
-    length = int(batch["attention_mask"].sum(1).max())
-    batch["input_ids"], batch["attention_mask"] = batch["input_ids"][:, :length], batch["attention_mask"][:, :length]
+    used = batch["attention_mask"].bool().any(0)
+    batch["input_ids"], batch["attention_mask"] = batch["input_ids"][:, used], batch["attention_mask"][:, used]
     batch["has_mask"] = torch.tensor([item["has_mask"] for item in items])
     batch["skipped"] = sum(item["skipped"] for item in items)
     batch["meta"] = [item["meta"] for item in items]
