@@ -1,9 +1,12 @@
 """Training throughput of `vitb` at 448 in bf16 on one GPU: images/s and MFU.
 
     python benchmarks/gpu_train.py [--batch 32] [--steps 20] [--peak-tflops 989] [--compile]
+                                   [--law-type none] [--profile]
 
 MFU = (FLOPs of one training step, counted with torch's FLOP counter) x steps/s / peak;
 the default peak is an H100 SXM's dense bf16 (989 TFLOP/s): pass your GPU's.
+``--law-type none`` times the static backbone (LAW's cost); ``--profile`` prints the kernels
+and labelled regions (``law.low_rank``) that took the most GPU time over 5 steps.
 """
 from __future__ import annotations
 
@@ -24,13 +27,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--law-type", default="svd")
+    parser.add_argument("--profile", action="store_true")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this benchmark is for a GPU")
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = True
-    model = build_model("vitb").train().to(device)
+    model = build_model("vitb", law_type=args.law_type).train().to(device)
     step_model = torch.compile(model) if args.compile else model
     B = args.batch
     images = torch.randn(B, 3, 448, 448, device=device)
@@ -61,7 +66,15 @@ def main() -> None:
         step(step_model)
     torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / args.steps
-    result = {"gpu": torch.cuda.get_device_name(), "batch": B, "compile": args.compile,
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                step(step_model)
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=25))
+    result = {"gpu": torch.cuda.get_device_name(), "batch": B, "compile": args.compile, "law_type": args.law_type,
               "images_s": B / seconds, "step_ms": seconds * 1000, "tflop_per_step": flops / 1e12,
               "mfu": flops / seconds / (args.peak_tflops * 1e12),
               "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30}
