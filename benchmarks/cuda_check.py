@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from vglaw.predictor import Grounder
-from vglaw.data import prepare
+from vglaw.data import load_split, prepare
 from vglaw.data.synth import generate
 from vglaw.demo import DEMO_CHECKPOINT
 from vglaw.evaluate import run_eval
@@ -49,7 +49,7 @@ def main() -> None:
         result["metrics"][f"{device}/{precision}"] = {k: metrics[k] for k in ("samples", "prec@0.5", "mIoU",
                                                                             "mask_prec@0.5")}
 
-    records = [json.loads(line) for line in (work / "prepared" / "val.jsonl").read_text().splitlines()]
+    meta, records = load_split(work / "prepared", "val")
     by_image: dict[str, list[str]] = {}
     for r in records:
         by_image.setdefault(r["image"], []).append(r["sentence"])
@@ -58,7 +58,7 @@ def main() -> None:
                  "cuda/bf16": Grounder.from_pretrained(DEMO_CHECKPOINT, device="cuda", precision="bf16")}
     predictions = {name: [] for name in grounders}
     for image, texts in by_image.items():
-        path = work / "images" / image
+        path = Path(meta["image_root"]) / image
         for name, g in grounders.items():
             predictions[name].extend(g.predict(path, texts))
     reference = predictions["cpu/fp32"]

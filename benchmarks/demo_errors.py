@@ -26,7 +26,7 @@ with torch.inference_mode():
             r = ds.records[meta["index"]]
             box = box_to_original(out["boxes"][j], ds.img_size, meta["scale"], meta["offset"], meta["orig_size"])
             gt = box_convert(torch.tensor(r["box"])[None].float(), "xywh", "xyxy")
-            pm = mask_to_original(probs[j], meta["scale"], meta["offset"], meta["orig_size"]) > 0.35
+            pm = mask_to_original(probs[j], meta["scale"], meta["offset"], meta["orig_size"]) > g.mask_threshold
             gm = torch.as_tensor(ds.gt_mask(meta["index"])).bool()
             biou = box_iou(box[None].float(), gt)[0, 0].item()
             miou = ((pm & gm).sum() / (pm | gm).sum().clamp(min=1)).item()

