@@ -19,7 +19,7 @@ from vglaw.engine.samplers import GlobalBatchSampler, ShardSampler
 from vglaw.model import build_model
 from vglaw.train import train
 
-from conftest import write_run_config
+from conftest import randomize_, text_batch, write_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,6 +194,39 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, prepared):
     assert [r["epoch"] for r in log] == [0, 1]
     # each epoch logs the lr it trained with: 1e-3, then 1e-4 after the drop at epoch 1
     assert [r["lr"] for r in log] == pytest.approx([1e-3, 1e-4])
+
+
+def test_frozen_text_cache_gives_the_encoders_output_and_encodes_each_expression_once():
+    from vglaw.model import FrozenTextCache
+
+    torch.manual_seed(0)
+    model = randomize_(build_model("tiny", img_size=64, pretrain_img_size=64, window_size=2, max_len=12)).eval()
+    cache = FrozenTextCache(model.text_encoder)
+    encoded = []
+    model.text_encoder.register_forward_hook(lambda module, args, out: encoded.append(args[0].shape[0]))
+    ids, mask = text_batch(3, 12, lengths=(7, 12, 5), seed=3)
+    images = torch.randn(3, 3, 64, 64)
+    # the same expressions again, padded to another width and in another order, and one new one
+    new_ids, new_mask = text_batch(1, 7, lengths=(6,), seed=4)
+    ids2, mask2 = torch.cat([ids[[2, 0], :7], new_ids]), torch.cat([mask[[2, 0], :7], new_mask])
+    with torch.no_grad():
+        for ids_, mask_ in ((ids, mask), (ids2, mask2)):
+            plain = model(images, ids_, mask_)
+            encoded.clear()
+            cached = model(images, ids_, mask_, text=cache(ids_, mask_))
+            assert torch.allclose(cached["boxes"], plain["boxes"], atol=1e-5)
+            assert torch.allclose(cached["mask_logits"], plain["mask_logits"], atol=1e-4)
+    assert encoded == [1]  # the second batch encoded only its new expression
+    assert len(cache.rows) == 4
+
+
+def test_cached_text_run_equals_plain_run(tmp_path, prepared):
+    path = small_config(tmp_path, prepared)
+    train(load_config(path, ["run.epochs=1", f"run.out={tmp_path / 'plain'}"]))
+    train(load_config(path, ["run.epochs=1", f"run.out={tmp_path / 'cached'}", "model.cache_text=true"]))
+    assert_same_params(final_params(tmp_path / "plain"), final_params(tmp_path / "cached"), atol=1e-5)
+    with pytest.raises(ValueError, match="model.cache_text needs model.freeze_text"):
+        train(load_config(path, [f"run.out={tmp_path / 'bad'}", "model.cache_text=true", "model.freeze_text=false"]))
 
 
 def test_two_gloo_processes_match_one_process(tmp_path, prepared):

@@ -39,6 +39,7 @@ class ModelSection:
     name: str = "vitb"  # a variant of vglaw.model.VARIANTS
     overrides: dict = field(default_factory=dict)  # VGLAWConfig fields, e.g. {law_type: none}
     freeze_text: bool = False  # keep the text encoder fixed (eval mode, no gradients)
+    cache_text: bool = False  # with freeze_text: encode each training expression once (kept in memory)
     backbone_weights: str | None = None  # detectron2 .pkl or MAE .pth of the ViT
     init_from: str | None = None  # a vglaw checkpoint directory to start from
 

@@ -25,7 +25,7 @@ from .engine.checkpoint import load_checkpoint, load_model, rng_state, save_chec
 from .engine.loop import evaluate, train_one_epoch
 from .engine.optim import build_optimizer, build_scheduler
 from .engine.samplers import GlobalBatchSampler, ShardSampler
-from .model import build_model
+from .model import FrozenTextCache, build_model
 from .weights import load_detectron2_vit, load_mae_vit
 
 log = logging.getLogger("vglaw.train")
@@ -38,6 +38,9 @@ def resolve_device(name: str) -> str:
 
 
 def build_train_model(cfg: Config):
+    if cfg.model.cache_text and not cfg.model.freeze_text:
+        raise ValueError("model.cache_text needs model.freeze_text: a text encoder that trains changes its "
+                         "output at every step, so there is nothing to keep")
     if cfg.model.init_from:
         model = load_model(cfg.model.init_from)
     else:
@@ -145,6 +148,7 @@ def train(cfg: Config, resume: bool = False) -> dict:
                 "global_step": global_step, "best": best, "rng": rngs, "config": config_to_dict(cfg)})
         dist.barrier()
 
+    text_cache = FrozenTextCache(core.text_encoder) if cfg.model.cache_text else None
     metrics: dict = {}
     for epoch in range(start_epoch, cfg.run.epochs):
         sampler.set_epoch(epoch, start_step)
@@ -162,7 +166,8 @@ def train(cfg: Config, resume: bool = False) -> dict:
         steps_before = global_step - start_step
         losses, global_step = train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch=epoch,
                                               accum_steps=sampler.accum_steps, cfg=cfg, device=device,
-                                              global_step=global_step, on_step=on_step, writer=writer)
+                                              global_step=global_step, on_step=on_step, writer=writer,
+                                              text_cache=text_cache)
         lr = losses.pop("lr")
         start_step = 0
         done_in_epoch = global_step - steps_before

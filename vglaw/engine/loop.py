@@ -29,10 +29,12 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch: int, accum_steps: int, cfg,
-                    device: torch.device, global_step: int, on_step=None, writer=None) -> tuple[dict, int]:
+                    device: torch.device, global_step: int, on_step=None, writer=None,
+                    text_cache=None) -> tuple[dict, int]:
     """Run the epoch's micro-batches; every ``accum_steps`` of them make one optimizer step.
 
     ``on_step(global_step, step_in_epoch)`` is called after each optimizer step (checkpoints).
+    ``text_cache`` (a FrozenTextCache) supplies the frozen text encoder's output.
     Returns (mean of each loss term and the count of skipped bad samples, global_step).
     Raises NonFiniteLossError on NaN/inf.
     """
@@ -50,7 +52,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch: int, 
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast(device, cfg.run.precision):
-                out = model(batch["image"], batch["input_ids"], batch["attention_mask"])
+                text = text_cache(batch["input_ids"], batch["attention_mask"]) if text_cache else None
+                out = model(batch["image"], batch["input_ids"], batch["attention_mask"], text=text)
             losses = grounding_loss(out, batch, cfg.loss)
             finite = torch.tensor(float(torch.isfinite(losses["loss"]).item()))
             if dist.all_reduce_sum(finite).item() < dist.world_size():

@@ -63,3 +63,35 @@ class TextEncoder(nn.Module):
         """(B, L) ids and mask (1 = token) -> (B, L, Dt) last hidden state."""
         return self.bert(input_ids=input_ids, attention_mask=attention_mask,
                          token_type_ids=token_type_ids).last_hidden_state
+
+
+class FrozenTextCache:
+    """A frozen text encoder's output per expression, computed on its first use and kept.
+
+    A frozen encoder (eval mode, no gradients) gives an expression the same features in every
+    epoch, so training needs them once per expression instead of once per epoch. Rows are keyed
+    by their token ids and kept on the CPU: expressions x tokens x hidden x 4 bytes (about 0.3 GB
+    for the 18k expressions of the synthetic demo set, but 10 GB for RefCOCO at 768 wide: it is
+    meant for small frozen-text runs). Padding positions come back as zeros; the model only reads
+    tokens through the attention mask.
+    """
+
+    def __init__(self, encoder: TextEncoder) -> None:
+        self.encoder = encoder
+        self.rows: dict[bytes, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids and right-padded mask -> (B, L, Dt), as ``encoder(input_ids, attention_mask)``."""
+        lengths = attention_mask.sum(1).tolist()
+        keys = [row[:n].cpu().numpy().tobytes() for row, n in zip(input_ids, lengths)]
+        new = [i for i, key in enumerate(keys) if key not in self.rows]
+        if new:
+            rows = torch.tensor(new, device=input_ids.device)
+            features = self.encoder(input_ids[rows], attention_mask[rows]).float().cpu()
+            for i, row in zip(new, features):
+                self.rows[keys[i]] = row[:lengths[i]].clone()
+        out = torch.zeros(*input_ids.shape, self.encoder.hidden_size)
+        for i, key in enumerate(keys):
+            out[i, :lengths[i]] = self.rows[key]
+        return out.to(input_ids.device)

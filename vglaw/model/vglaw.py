@@ -43,7 +43,8 @@ class VGLAW(nn.Module):
         return None if self.generator is None else self.generator(text, text_mask)
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None, use_law: bool = True) -> dict[str, torch.Tensor]:
+                token_type_ids: torch.Tensor | None = None, use_law: bool = True,
+                text: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """
         Args:
             images: (B, 3, S, S) letterboxed, ImageNet-normalised canvas, S = ``img_size``.
@@ -51,6 +52,9 @@ class VGLAW(nn.Module):
             token_type_ids: (B, L), zeros when None.
             use_law: False runs the static backbone (the generator is skipped), to see what
                 the language does to the features.
+            text: (B, L, Dt) the text encoder's output for ``input_ids``, when it is already
+                known (a frozen encoder's :class:`~vglaw.model.text.FrozenTextCache`); the encoder
+                is then skipped.
         Returns:
             dict with
               ``boxes`` (B, 4): normalised (cx, cy, w, h) on the canvas, in [0, 1];
@@ -60,7 +64,8 @@ class VGLAW(nn.Module):
         """
         if images.shape[-2:] != (self.img_size, self.img_size):
             raise ValueError(f"images must be (B, 3, {self.img_size}, {self.img_size}), got {tuple(images.shape)}")
-        text = self.text_encoder(input_ids, attention_mask, token_type_ids)  # (B, L, Dt)
+        if text is None:
+            text = self.text_encoder(input_ids, attention_mask, token_type_ids)  # (B, L, Dt)
         law = self.law_factors(text, attention_mask) if use_law else None
         features = self.backbone(images, law)  # (B, C, h, w)
         text_cls = text[:, 0]  # (B, Dt)
