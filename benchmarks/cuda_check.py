@@ -22,12 +22,8 @@ from vglaw.predictor import Grounder
 from vglaw.data import load_split, prepare
 from vglaw.data.synth import generate
 from vglaw.demo import DEMO_CHECKPOINT
+from vglaw.engine.metrics import mask_iou
 from vglaw.evaluate import run_eval
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from torchvision.ops import box_iou, box_convert, masks_to_boxes
 from vglaw.predictor import Grounder
 from vglaw.data import GroundingDataset, collate, prepare
 from vglaw.data.synth import generate
-from vglaw.engine.loop import box_to_original, mask_to_original
+from vglaw.engine.metrics import box_to_original, mask_iou, mask_to_original
 ck, root, seed, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 g = Grounder.from_pretrained(ck); model = g.model.eval()
 if not (root / "prepared").exists():
@@ -29,7 +29,7 @@ with torch.inference_mode():
             pm = mask_to_original(probs[j], meta["scale"], meta["offset"], meta["orig_size"]) > g.mask_threshold
             gm = torch.as_tensor(ds.gt_mask(meta["index"])).bool()
             biou = box_iou(box[None].float(), gt)[0, 0].item()
-            miou = ((pm & gm).sum() / (pm | gm).sum().clamp(min=1)).item()
+            miou = mask_iou(pm, gm)
             mb = box_iou(masks_to_boxes(pm[None].float()), gt)[0, 0].item() if pm.any() else 0.0
             cx, cy = ((box[0] + box[2]) / 2).item(), ((box[1] + box[3]) / 2).item()
             inside = bool(gm[int(min(max(cy, 0), gm.shape[0] - 1)), int(min(max(cx, 0), gm.shape[1] - 1))])

@@ -33,6 +33,18 @@ def mask_to_original(prob: torch.Tensor, scale, offset, orig_size) -> torch.Tens
     return F.interpolate(region[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
 
 
+def mask_intersection_union(pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray) -> tuple[int, int]:
+    """Pixel counts of the intersection and union of two (H, W) masks (bool or {0, 1})."""
+    p, g = torch.as_tensor(pred).bool(), torch.as_tensor(gt).bool()
+    return int((p & g).sum()), int((p | g).sum())
+
+
+def mask_iou(pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray) -> float:
+    """IoU of two (H, W) masks; 1 when both are empty."""
+    inter, union = mask_intersection_union(pred, gt)
+    return inter / union if union else 1.0
+
+
 class GroundingMeter:
     """Accumulates per-sample results; ``summary`` all-reduces them over processes."""
 
@@ -49,15 +61,14 @@ class GroundingMeter:
         self.sums[1] += iou >= 0.5
         if pred_mask is None or gt_mask is None:
             return
-        p, g = torch.as_tensor(pred_mask).bool(), torch.as_tensor(gt_mask).bool()
-        inter, union = (p & g).sum().item(), (p | g).sum().item()
-        mask_iou = inter / union if union else 1.0
+        inter, union = mask_intersection_union(pred_mask, gt_mask)
+        iou = inter / union if union else 1.0
         self.sums[2] += 1
-        self.sums[3] += mask_iou
+        self.sums[3] += iou
         self.sums[4] += inter
         self.sums[5] += union
         for k, t in enumerate(MASK_THRESHOLDS):
-            self.sums[6 + k] += mask_iou >= t
+            self.sums[6 + k] += iou >= t
 
     def summary(self) -> dict[str, float]:
         s = dist.all_reduce_sum(self.sums.clone())

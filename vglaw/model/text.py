@@ -70,9 +70,9 @@ class FrozenTextCache:
 
     A frozen encoder (eval mode, no gradients) gives an expression the same features in every
     epoch, so training needs them once per expression instead of once per epoch. Rows are keyed
-    by their token ids and kept on the CPU: expressions x tokens x hidden x 4 bytes (about 0.3 GB
-    for the 18k expressions of the synthetic demo set, but 10 GB for RefCOCO at 768 wide: it is
-    meant for small frozen-text runs). Padding positions come back as zeros; the model only reads
+    by their token ids and kept on the CPU: expressions x tokens x hidden x 4 bytes (about 0.2 GB
+    for the 18k expressions of the synthetic demo set, several GB for RefCOCO at 768 wide: it
+    is meant for small frozen-text runs). Padding positions come back as zeros; the model only reads
     tokens through the attention mask.
     """
 
