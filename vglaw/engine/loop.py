@@ -52,7 +52,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch: int, 
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast(device, cfg.run.precision):
-                text = text_cache(batch["input_ids"], batch["attention_mask"]) if text_cache else None
+                text = text_cache(batch["input_ids"], batch["attention_mask"]) if text_cache is not None else None
                 out = model(batch["image"], batch["input_ids"], batch["attention_mask"], text=text)
             losses = grounding_loss(out, batch, cfg.loss)
             finite = torch.tensor(float(torch.isfinite(losses["loss"]).item()))

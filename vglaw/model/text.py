@@ -84,7 +84,8 @@ class FrozenTextCache:
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, L) ids and right-padded mask -> (B, L, Dt), as ``encoder(input_ids, attention_mask)``."""
         lengths = attention_mask.sum(1).tolist()
-        keys = [row[:n].cpu().numpy().tobytes() for row, n in zip(input_ids, lengths)]
+        ids = input_ids.cpu().numpy()  # one device-to-host copy for the batch's keys
+        keys = [row[:n].tobytes() for row, n in zip(ids, lengths)]
         new = [i for i, key in enumerate(keys) if key not in self.rows]
         if new:
             rows = torch.tensor(new, device=input_ids.device)
