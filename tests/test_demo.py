@@ -1,4 +1,5 @@
 """The demo: the bundled checkpoint on a fresh synthetic set, and the demo config's training."""
+import dataclasses
 import json
 import re
 
@@ -21,7 +22,7 @@ def test_demo_end_to_end_on_the_fresh_demo_set(tmp_path):
     out = tmp_path / "demo"
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["checks"] == result["checks"]
-    n = sum(1 for _ in open(out / "data/prepared/val.jsonl"))
+    n = len((out / "data/prepared/val.jsonl").read_text().splitlines())
     for name, m in saved["results"].items():
         assert m["samples"] == m["mask_samples"] == n, name
         assert set(m) >= {"prec@0.5", "mIoU", "oIoU", "mask_prec@0.5", "mask_prec@0.9"}
@@ -44,6 +45,22 @@ def test_demo_end_to_end_on_the_fresh_demo_set(tmp_path):
     assert all((out / name).is_file() for name in named)
     assert {str(p.relative_to(out)) for p in (out / "pictures").glob("*.png")} <= named
     assert len(list((out / "pictures").glob("sample_*.png"))) == 12
+
+
+@needs_checkpoint
+def test_bundled_checkpoint_is_the_committed_config_trained():
+    # `vglaw demo --train` must reproduce the bundled model: same architecture, same epochs
+    from vglaw.model.build import VARIANTS, config_from_dict
+
+    cfg = load_config(REPO_CONFIG)
+    expected = dataclasses.asdict(config_from_dict({**VARIANTS[cfg.model.name], **cfg.model.overrides}))
+    bundled = json.loads((DEMO_CHECKPOINT / "config.json").read_text())
+    assert bundled["includes_text_encoder"] is False
+    for key, value in expected.items():
+        if key != "text_config":  # null in the config: it follows the pretrained encoder
+            assert bundled[key] == (list(value) if isinstance(value, tuple) else value), key
+    log = [json.loads(x) for x in (DEMO_CHECKPOINT / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == list(range(cfg.run.epochs))
 
 
 def test_shuffled_control_gives_every_sample_another_expression(tmp_path):
