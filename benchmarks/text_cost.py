@@ -10,11 +10,12 @@ import torch
 from vglaw.config import load_config
 from vglaw.data import GroundingDataset, collate, load_tokenizer
 from vglaw.engine.losses import grounding_loss
-from vglaw.model import FrozenTextCache, build_model
+from vglaw.model import FrozenTextCache
+from vglaw.train import build_train_model
 
 cfg = load_config("configs/synth_tiny.yaml", ["data.prepared=data/demo-train/prepared"])
-model = build_model(cfg.model.name, **cfg.model.overrides)
-model.text_encoder.requires_grad_(False); model.train(); model.text_encoder.eval()
+model = build_train_model(cfg)  # the text encoder frozen, as model.freeze_text makes it
+model.train(); model.text_encoder.eval()
 tok = load_tokenizer(model.config.text_encoder)
 ds = GroundingDataset(cfg.data.prepared, "train", tokenizer=tok, img_size=model.img_size, max_len=model.config.max_len,
                       train=True)

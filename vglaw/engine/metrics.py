@@ -56,19 +56,19 @@ class GroundingMeter:
     def add(self, pred_box_xyxy: torch.Tensor, gt_box_xyxy: torch.Tensor,
             pred_mask: torch.Tensor | None = None, gt_mask: torch.Tensor | np.ndarray | None = None) -> None:
         """One sample, everything in original pixels; masks (H, W) bool or {0, 1}."""
-        iou = box_iou(pred_box_xyxy[None].double(), gt_box_xyxy[None].double())[0, 0].item()
+        box_score = box_iou(pred_box_xyxy[None].double(), gt_box_xyxy[None].double())[0, 0].item()
         self.sums[0] += 1
-        self.sums[1] += iou >= 0.5
+        self.sums[1] += box_score >= 0.5
         if pred_mask is None or gt_mask is None:
             return
         inter, union = mask_intersection_union(pred_mask, gt_mask)
-        iou = inter / union if union else 1.0
+        mask_score = inter / union if union else 1.0
         self.sums[2] += 1
-        self.sums[3] += iou
+        self.sums[3] += mask_score
         self.sums[4] += inter
         self.sums[5] += union
         for k, t in enumerate(MASK_THRESHOLDS):
-            self.sums[6 + k] += iou >= t
+            self.sums[6 + k] += mask_score >= t
 
     def summary(self) -> dict[str, float]:
         s = dist.all_reduce_sum(self.sums.clone())
