@@ -59,3 +59,21 @@ def write_run_config(path: Path, prepared: Path, out: Path, *, batch: int = 2, e
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def make_synth_set(root: Path, *, seed: int = 11, split_sizes=None, min_size: int = 64, max_size: int = 96) -> Path:
+    """A small synthetic REFER set under ``root``, prepared; returns the prepared folder."""
+    from vglaw.data import prepare
+    from vglaw.data.synth import generate
+
+    generate(root, seed=seed, split_sizes=split_sizes or {"train": 8, "val": 3}, min_size=min_size,
+             max_size=max_size, progress=False)
+    prepare(fmt="refer", data_root=root, dataset="synthref", image_root=root / "images", out=root / "prep",
+            progress=False)
+    return root / "prep"
+
+
+@pytest.fixture(scope="session")
+def synth_prepared(tmp_path_factory) -> Path:
+    """A prepared synthetic set (8 train and 3 val images), shared by the whole session: read only."""
+    return make_synth_set(tmp_path_factory.mktemp("synth_shared"))

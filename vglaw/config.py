@@ -1,7 +1,7 @@
 """The run config: typed dataclasses, YAML files that are small diffs over the defaults, and
 ``key=value`` overrides from the command line.
 
-Layering: dataclass defaults (the paper's recipe, DESIGN section 4) <- the ``_base_`` chain of
+Layering: dataclass defaults (the authors' recipe) <- the ``_base_`` chain of
 YAML files <- the given YAML file <- CLI overrides such as ``optim.lr=2e-4``. Unknown keys and
 values of the wrong type are rejected with the key named. The merged config is written into
 the run folder and into every checkpoint.
@@ -51,8 +51,9 @@ class DataSection:
     eval_splits: list[str] = field(default_factory=lambda: ["val"])
     tokenizer: str | None = None  # a BERT directory; default: the text encoder's, else MiniLM's vocab
     num_workers: int = 2
-    multiscale: bool = True
+    multiscale: bool = False  # longer side = img_size + scale_step * k, k in -4..4 (the authors' flag, off in their recipe)
     scale_step: int = 32
+    crop: str = "canvas"  # canvas: trim to at most the canvas, keeping the box (the authors'); random: a random-size crop keeping the box
     crop_prob: float = 0.5
     flip_prob: float = 0.5
     translate: bool = True
@@ -63,13 +64,16 @@ class DataSection:
 class OptimSection:
     effective_batch: int = 256  # per-device batch x devices x accumulation steps
     batch_size: int = 8  # per device
+    optimizer: str = "adam_weight_decay"  # adam_weight_decay (MindSpore's, the authors') | adamw (torch's)
+    eps: float = 1e-6
     lr: float = 1e-4  # generator, S, D, heads
     lr_backbone: float = 1e-5
     lr_text: float = 1e-5
     weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0  # linear warmup from warmup_factor x lr
+    warmup_steps: int = 250  # optimizer steps of linear warmup from warmup_factor x lr
+    warmup_epochs: float | None = None  # the warmup in epochs instead, when set
     warmup_factor: float = 0.01
-    drop_epochs: list[int] = field(default_factory=lambda: [60])
+    drop_epochs: list[int] = field(default_factory=lambda: [10])
     drop_factor: float = 0.1
     clip_grad_norm: float = 0.15
 
@@ -85,7 +89,7 @@ class LossSection:
 @dataclass
 class RunSection:
     out: str = "runs/vglaw"
-    epochs: int = 90
+    epochs: int = 20
     seed: int = 0
     precision: str = "fp32"  # fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda

@@ -2,6 +2,12 @@
 
 Launch with ``torchrun --nproc_per_node N -m vglaw train ...``: the process group is set up
 from torchrun's environment (NCCL on GPU, gloo on CPU).
+
+Every collective runs on tensors on the training device (the callers put them there). NCCL
+accepts only CUDA tensors and gloo accepts CPU tensors, so a tensor on the device the process
+trains on suits whichever backend the group has, including a group that a caller created
+itself; a second, CPU-side gloo group (``"cpu:gloo,cuda:nccl"``) would instead make each
+collective on CPU values a host round trip, and would need its own connections between nodes.
 """
 from __future__ import annotations
 
@@ -66,7 +72,8 @@ def shutdown() -> None:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum over processes (in place; returned for convenience)."""
+    """Sum over processes (in place; returned for convenience). ``tensor`` must be on the
+    training device: a CUDA tensor under NCCL."""
     if is_enabled():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
@@ -77,17 +84,9 @@ def barrier() -> None:
         dist.barrier()
 
 
-def broadcast_object(obj):
-    """Rank 0's ``obj`` on every process."""
-    if not is_enabled():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def gather_object(obj) -> list:
-    """Every process's ``obj``, in rank order (on every process)."""
+    """Every process's ``obj``, in rank order (on every process). Under NCCL the objects travel
+    as bytes on the current CUDA device, which :func:`init` sets."""
     if not is_enabled():
         return [obj]
     out = [None] * world_size()

@@ -95,7 +95,8 @@ def train(cfg: Config, resume: bool = False) -> dict:
     tokenizer = load_tokenizer(cfg.data.tokenizer or model.config.text_encoder)
     img_size, max_len = model.config.img_size, model.config.max_len
     augment = TrainAugment(img_size, multiscale=cfg.data.multiscale, scale_step=cfg.data.scale_step,
-                           crop_prob=cfg.data.crop_prob, flip_prob=cfg.data.flip_prob, translate=cfg.data.translate)
+                           crop=cfg.data.crop, crop_prob=cfg.data.crop_prob, flip_prob=cfg.data.flip_prob,
+                           translate=cfg.data.translate)
     train_ds = GroundingDataset(cfg.data.prepared, cfg.data.train_split, tokenizer=tokenizer, img_size=img_size,
                                 max_len=max_len, train=True, augment=augment, seed=cfg.run.seed,
                                 skip_bad=cfg.data.skip_bad_images)

@@ -8,7 +8,7 @@ A MindSpore ``.ckpt`` is a protobuf message (no MindSpore needed to read it)::
 
 :func:`read_mindspore_ckpt` decodes it into ``{name: ndarray}``; :func:`convert_mindspore_state`
 maps the authors' names and layouts to vglaw's and derives a config that reproduces their
-numerics (DESIGN section 9): ViT LayerNorm eps 1e-5, generator LayerNorm eps 1e-7, mask-head
+numerics: ViT LayerNorm eps 1e-5, generator LayerNorm eps 1e-7, mask-head
 LayerNorm eps 1e-6 and the TF-style bicubic resize of the absolute position grid.
 """
 from __future__ import annotations

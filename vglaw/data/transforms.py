@@ -94,8 +94,10 @@ def resize_longer(sample: Sample, size: int) -> Sample:
     return sample.apply(TF.resize, new, antialias=True)
 
 
-def crop_keeping_box(sample: Sample, gen: torch.Generator) -> Sample:
-    """A random crop of random size that contains the whole target box."""
+def crop_keeping_box(sample: Sample, gen: torch.Generator, size: int | None = None) -> Sample:
+    """A random crop that contains the whole target box. With ``size`` None its width and height
+    are random too; with ``size`` each side is min(side, size), the authors' crop: it only trims
+    an image that multi-scale made larger than the canvas and leaves a smaller one unchanged."""
     h, w = sample.size
     x0, y0, x1, y1 = sample.box[0].tolist()
     x0, y0 = max(0, math.floor(x0)), max(0, math.floor(y0))
@@ -104,7 +106,12 @@ def crop_keeping_box(sample: Sample, gen: torch.Generator) -> Sample:
     def randint(lo: int, hi: int) -> int:  # inclusive
         return lo if hi <= lo else int(torch.randint(lo, hi + 1, (1,), generator=gen))
 
-    cw, ch = randint(x1 - x0, w), randint(y1 - y0, h)
+    if size is None:
+        cw, ch = randint(x1 - x0, w), randint(y1 - y0, h)
+    else:
+        cw, ch = min(w, size), min(h, size)
+        if (ch, cw) == (h, w):
+            return sample
     left = randint(max(0, x1 - cw), min(x0, w - cw))
     top = randint(max(0, y1 - ch), min(y0, h - ch))
     return sample.apply(TF.crop, top, left, ch, cw)
@@ -133,16 +140,26 @@ def eval_transform(sample: Sample, size: int) -> tuple[Sample, dict]:
 
 @dataclass
 class TrainAugment:
-    """DESIGN section 3: multi-scale resize (capped at ``size`` for spatial words), a crop
-    keeping the box (skipped for spatial words), a flip that swaps left/right in the text,
-    and a random position on the canvas."""
+    """The authors' training augmentation: a multi-scale resize (off by default; never above
+    ``size`` for spatial words, nor, with the canvas crop, where the box would not fit the
+    canvas), a crop keeping
+    the box (skipped for spatial words), a flip that swaps left/right in the text, and a random
+    position on the canvas.
+
+    ``crop="canvas"`` is the authors' crop (see :func:`crop_keeping_box`): without multi-scale it
+    never changes the image. ``crop="random"`` crops to a random size instead."""
 
     size: int
-    multiscale: bool = True
+    multiscale: bool = False
     scale_step: int = 32  # longer side = size + scale_step * k, k in -4..4
+    crop: str = "canvas"  # canvas | random
     crop_prob: float = 0.5
     flip_prob: float = 0.5
     translate: bool = True
+
+    def __post_init__(self) -> None:
+        if self.crop not in ("canvas", "random"):
+            raise ValueError(f"config key data.crop must be 'canvas' or 'random', got {self.crop!r}")
 
     def __call__(self, sample: Sample, gen: torch.Generator | None = None) -> tuple[Sample, dict]:
         h0, w0 = sample.size
@@ -150,11 +167,15 @@ class TrainAugment:
         longer = self.size
         if self.multiscale:
             longer = max(self.size + self.scale_step * int(torch.randint(-4, 5, (1,), generator=gen)), 16)
-            if spatial:
+            # the canvas crop must keep the box, so the box must fit the canvas (the random-size
+            # crop is followed by a resize to the canvas, which fits any box)
+            x0, y0, x1, y1 = sample.box[0].tolist()
+            too_big = self.crop == "canvas" and max(x1 - x0, y1 - y0) * longer / max(h0, w0) > self.size
+            if spatial or too_big:
                 longer = min(longer, self.size)
         sample = resize_longer(sample, longer)
         if not spatial and float(torch.rand(1, generator=gen)) < self.crop_prob:
-            sample = crop_keeping_box(sample, gen)
+            sample = crop_keeping_box(sample, gen, self.size if self.crop == "canvas" else None)
         if max(sample.size) > self.size:
             sample = resize_longer(sample, self.size)
         if float(torch.rand(1, generator=gen)) < self.flip_prob:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 
 import torch
@@ -35,59 +36,70 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch: int, 
 
     ``on_step(global_step, step_in_epoch)`` is called after each optimizer step (checkpoints).
     ``text_cache`` (a FrozenTextCache) supplies the frozen text encoder's output.
-    Returns (mean of each loss term and the count of skipped bad samples, global_step).
-    Raises NonFiniteLossError on NaN/inf.
+    Returns (mean of each loss term over the epoch and all processes, the count of skipped bad
+    samples, and the lr), global_step). Raises NonFiniteLossError on NaN/inf, before that
+    step's update is applied.
+
+    The loss terms stay on the device while the micro-batches of a step run: the host reads
+    them once per optimizer step (one all-reduce over processes, one copy), which is also where
+    finiteness is checked, so the GPU is never made to wait for the host inside a step.
     """
     model.train()
     core = model.module if hasattr(model, "module") else model
     if cfg.model.freeze_text:
         core.text_encoder.eval()
-    sums, count, seen, skipped, start = {}, 0, 0, 0, time.perf_counter()
+    totals, micro_batches, seen, skipped, start = {}, 0, 0, 0, time.perf_counter()
+    step_terms = None  # (5,) this process's loss terms summed over the step's micro-batches
     lr = optimizer.param_groups[-1]["lr"]
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not dist.is_main(), dynamic_ncols=True, unit="batch")
     for i, batch in enumerate(bar):
         skipped += batch["skipped"]
+        text = text_cache(batch["input_ids"], batch["attention_mask"], device) if text_cache is not None else None
         batch = to_device(batch, device)
         last = (i + 1) % accum_steps == 0
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast(device, cfg.run.precision):
-                text = text_cache(batch["input_ids"], batch["attention_mask"]) if text_cache is not None else None
                 out = model(batch["image"], batch["input_ids"], batch["attention_mask"], text=text)
             losses = grounding_loss(out, batch, cfg.loss)
-            finite = torch.tensor(float(torch.isfinite(losses["loss"]).item()))
-            if dist.all_reduce_sum(finite).item() < dist.world_size():
-                raise NonFiniteLossError(
-                    f"non-finite loss at epoch {epoch}, optimizer step {global_step} "
-                    f"({ {k: v.detach().item() for k, v in losses.items()} }); stopping. The last checkpoint is intact; "
-                    "lower the learning rate or check the data, then --resume")
             scaler.scale(losses["loss"] / accum_steps).backward()
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + v.detach().item()
-        count += 1
+        terms = torch.stack([v.detach().float() for v in losses.values()])
+        step_terms = terms if step_terms is None else step_terms + terms
+        micro_batches += 1
         seen += batch["image"].shape[0] * dist.world_size()
-        if last:
-            lr = optimizer.param_groups[-1]["lr"]  # the lr this step uses (the scheduler then moves on)
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.optim.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            global_step += 1
-            bar.set_postfix(loss=f"{losses['loss'].detach().item():.3f}", lr=f"{lr:.2e}",
-                            samples_s=f"{seen / (time.perf_counter() - start):.1f}")
-            if writer is not None:
-                writer.add_scalar("train/loss", losses["loss"].detach().item(), global_step)
-                writer.add_scalar("train/lr", lr, global_step)
-            if on_step is not None:
-                on_step(global_step, (i + 1) // accum_steps)
-            if cfg.run.max_steps and global_step >= cfg.run.max_steps:
-                break
+        if not last:
+            continue
+        values = dict(zip(losses, dist.all_reduce_sum(step_terms).tolist()))  # the step's one read
+        step_terms = None
+        if not math.isfinite(values["loss"]):
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {epoch}, optimizer step {global_step} (loss terms summed over the "
+                f"step's micro-batches and processes: {values}); stopping before this update. The last "
+                "checkpoint is intact; lower the learning rate or check the data, then --resume")
+        for k, v in values.items():
+            totals[k] = totals.get(k, 0.0) + v
+        lr = optimizer.param_groups[-1]["lr"]  # the lr this step uses (the scheduler then moves on)
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.optim.clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        global_step += 1
+        step_loss = values["loss"] / (accum_steps * dist.world_size())
+        bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}",
+                        samples_s=f"{seen / (time.perf_counter() - start):.1f}")
+        if writer is not None:
+            writer.add_scalar("train/loss", step_loss, global_step)
+            writer.add_scalar("train/lr", lr, global_step)
+        if on_step is not None:
+            on_step(global_step, (i + 1) // accum_steps)
+        if cfg.run.max_steps and global_step >= cfg.run.max_steps:
+            break
     bar.close()
-    means = {k: v / max(count, 1) for k, v in sums.items()}
+    means = {k: v / max(micro_batches * dist.world_size(), 1) for k, v in totals.items()}
     means["lr"] = lr  # of the epoch's last optimizer step
-    means["skipped_samples"] = int(dist.all_reduce_sum(torch.tensor(float(skipped))).item())
+    means["skipped_samples"] = int(dist.all_reduce_sum(torch.tensor(float(skipped), device=device)).item())
     return means, global_step
 
 
@@ -101,15 +113,15 @@ def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "
         batch = to_device(batch, device)
         with autocast(device, precision):
             out = model(batch["image"], batch["input_ids"], batch["attention_mask"])
+        boxes = out["boxes"].float().cpu()  # one copy per batch, not one per sample
         probs = out["mask_logits"][:, 0].float().sigmoid().cpu()
         for j, meta in enumerate(batch["meta"]):
             record = dataset.records[meta["index"]]
-            box = box_to_original(out["boxes"][j].cpu(), dataset.img_size, meta["scale"], meta["offset"],
-                                  meta["orig_size"])
+            box = box_to_original(boxes[j], dataset.img_size, meta["scale"], meta["offset"], meta["orig_size"])
             gt_box = box_convert(torch.tensor(record["box"])[None], "xywh", "xyxy")[0]
             gt_mask = dataset.gt_mask(meta["index"])
             pred_mask = None
             if gt_mask is not None:
                 pred_mask = mask_to_original(probs[j], meta["scale"], meta["offset"], meta["orig_size"]) > mask_threshold
             meter.add(box, gt_box, pred_mask, gt_mask)
-    return meter.summary()
+    return meter.summary(device)

@@ -1,4 +1,4 @@
-"""The papers' metrics, computed in original image pixels (DESIGN section 5).
+"""The papers' metrics, computed in original image pixels.
 
 REC: Prec@0.5 of box IoU. RES: the canvas mask (sigmoid > threshold) is un-padded and
 resized back to the original image; mIoU = mean per-sample IoU, oIoU = total intersection /
@@ -70,8 +70,10 @@ class GroundingMeter:
         for k, t in enumerate(MASK_THRESHOLDS):
             self.sums[6 + k] += mask_score >= t
 
-    def summary(self) -> dict[str, float]:
-        s = dist.all_reduce_sum(self.sums.clone())
+    def summary(self, device: torch.device | str = "cpu") -> dict[str, float]:
+        """The metrics over every process; ``device`` is the one the process group reduces on
+        (the training device: CUDA under NCCL)."""
+        s = dist.all_reduce_sum(self.sums.to(device, copy=True)).cpu()
         n, n_mask = int(s[0]), int(s[2])
         out = {"samples": n, "prec@0.5": float(s[1] / n) if n else 0.0}
         if n_mask:

@@ -81,18 +81,21 @@ class FrozenTextCache:
         self.rows: dict[bytes, torch.Tensor] = {}
 
     @torch.no_grad()
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, L) ids and right-padded mask -> (B, L, Dt), as ``encoder(input_ids, attention_mask)``."""
-        lengths = attention_mask.sum(1).tolist()
-        ids = input_ids.cpu().numpy()  # one device-to-host copy for the batch's keys
-        keys = [row[:n].tobytes() for row, n in zip(ids, lengths)]
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 device: torch.device | str | None = None) -> torch.Tensor:
+        """(B, L) ids and right-padded mask -> (B, L, Dt) on ``device`` (default: the ids'), as
+        ``encoder(input_ids, attention_mask)``. Give the ids on the CPU, as the loader yields
+        them: the keys are then read without waiting for the device."""
+        device = input_ids.device if device is None else torch.device(device)
+        ids, mask = input_ids.cpu(), attention_mask.cpu()
+        lengths = mask.sum(1).tolist()
+        keys = [row[:n].tobytes() for row, n in zip(ids.numpy(), lengths)]
         new = [i for i, key in enumerate(keys) if key not in self.rows]
         if new:
-            rows = torch.tensor(new, device=input_ids.device)
-            features = self.encoder(input_ids[rows], attention_mask[rows]).float().cpu()
+            features = self.encoder(ids[new].to(device), mask[new].to(device)).float().cpu()
             for i, row in zip(new, features):
                 self.rows[keys[i]] = row[:lengths[i]].clone()
-        out = torch.zeros(*input_ids.shape, self.encoder.hidden_size)
+        out = torch.zeros(*ids.shape, self.encoder.hidden_size)
         for i, key in enumerate(keys):
             out[i, :lengths[i]] = self.rows[key]
-        return out.to(input_ids.device)
+        return out.to(device, non_blocking=True)
