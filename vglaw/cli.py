@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import pickle
@@ -32,6 +33,19 @@ def _prepare(args: argparse.Namespace) -> None:
     meta = prepare(fmt=args.format, data_root=args.data_root, dataset=args.dataset, image_root=args.images,
                    out=args.out, split_by=args.split_by, skip_bad=args.skip_bad)
     print(f"wrote {args.out}: " + ", ".join(f"{split} {n}" for split, n in meta["splits"].items()))
+    for split, check in meta.get("split_check", {}).items():
+        print(f"  {split}: {check['refs']} refs (REFER: {check['refer_refs'] or 'unknown'})"
+              + (f"; {check['note']}" if "note" in check else ""))
+
+
+def _leakage(args: argparse.Namespace) -> None:
+    from .data.leakage import format_leakage, leakage
+
+    result = leakage(args.data, args.coco, write_clean_to=args.write_clean)
+    print(format_leakage(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -114,16 +128,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_synth)
 
     p = commands.add_parser("prepare", help="check a dataset and write vglaw's prepared form")
-    p.add_argument("--format", choices=["refer", "transvg", "seqtr"], default="refer")
+    p.add_argument("--format", choices=["refer", "transvg", "seqtr", "hf-parquet"], default="refer")
     p.add_argument("--data-root", required=True,
                    help="refer: folder with <dataset>/refs(<splitBy>).p; transvg: folder with "
-                        "<dataset>/<dataset>_<split>.pth; seqtr: the instances.json file")
+                        "<dataset>/<dataset>_<split>.pth; seqtr: the instances.json file or the folder with "
+                        "<dataset>/instances.json; hf-parquet: the Hub dataset folder (its .parquet files)")
     p.add_argument("--dataset", required=True, help="refcoco, refcoco+, refcocog, refclef, synthref, ...")
     p.add_argument("--split-by", default="unc", help="REFER splitBy: unc, google, umd, berkeley")
-    p.add_argument("--images", required=True, help="folder of the image files")
+    p.add_argument("--images", default=None,
+                   help="folder of the image files (not needed for parquet files that embed them)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--skip-bad", action="store_true", help="drop bad records (listed in dropped.json)")
     p.set_defaults(run=_prepare)
+
+    p = commands.add_parser("leakage", help="how many images of each split a COCO annotation file contains")
+    p.add_argument("--data", nargs="+", required=True,
+                   help="prepared dataset folders and/or REFER dataset folders (<root>/refcoco, ...)")
+    p.add_argument("--coco", required=True, help="a COCO annotation file, e.g. instances_train2017.json")
+    p.add_argument("--write-clean", default=None, metavar="OUT.json",
+                   help="write the COCO file without the images of any val/test split (for pretraining)")
+    p.add_argument("--json", default=None, help="also write the report as JSON")
+    p.set_defaults(run=_leakage)
 
     p = commands.add_parser("train", help="train a model (also under torchrun --nproc_per_node N -m vglaw train)")
     p.add_argument("--config", required=True, help="YAML config (a diff over the defaults, see configs/)")

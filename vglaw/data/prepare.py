@@ -3,6 +3,8 @@
 Prepared form (JSON only, nothing pickled)::
 
     <out>/meta.json        {"dataset", "split_by", "format", "image_root", "splits": {split: count}}
+                           (hf-parquet also "split_check": each split's refs against REFER's)
+    <out>/images/          hf-parquet files that embed their images: the images
     <out>/<split>.jsonl    one record per sentence (see ``readers``)
     <out>/dropped.json     with --skip-bad: every dropped record and why
 """
@@ -17,10 +19,11 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from .hub_parquet import read_hf_parquet, split_report
 from .readers import read_refer, read_seqtr, read_transvg
 
 log = logging.getLogger(__name__)
-FORMATS = ("refer", "transvg", "seqtr")
+FORMATS = ("refer", "transvg", "seqtr", "hf-parquet")
 
 
 class BadRecordsError(ValueError):
@@ -64,25 +67,41 @@ def check_record(record: dict, image_root: Path, sizes: dict) -> str | None:
     return None
 
 
-def prepare(*, fmt: str, data_root: str | os.PathLike, dataset: str, image_root: str | os.PathLike,
+def read_records(fmt: str, data_root: str | os.PathLike, dataset: str, split_by: str,
+                 out: Path) -> tuple[list[dict], Path | None]:
+    """The reader's records of ``fmt``, and the image folder when the files embed the images
+    (written under ``out``)."""
+    if fmt == "refer":
+        return read_refer(data_root, dataset, split_by), None
+    if fmt == "transvg":
+        return read_transvg(data_root, dataset), None
+    if fmt == "seqtr":
+        return read_seqtr(data_root, dataset), None
+    if fmt == "hf-parquet":
+        records, embedded = read_hf_parquet(data_root, dataset, out / "images")
+        return records, out / "images" if embedded else None
+    raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+
+
+def prepare(*, fmt: str, data_root: str | os.PathLike, dataset: str, image_root: str | os.PathLike | None,
             out: str | os.PathLike, split_by: str = "unc", skip_bad: bool = False, progress: bool = True) -> dict:
     """Convert a dataset into vglaw's prepared form; returns meta.json's content.
 
     Args:
-        fmt: "refer", "transvg" or "seqtr".
+        fmt: "refer", "transvg", "seqtr" or "hf-parquet".
         data_root: REFER: the folder holding ``<dataset>/``; TransVG: the folder holding
-            ``<dataset>/<dataset>_<split>.pth``; SeqTR: the ``instances.json`` file.
-        image_root: the folder with the image files.
+            ``<dataset>/<dataset>_<split>.pth``; SeqTR: the ``instances.json`` file or SeqTR's
+            annotations folder (``<data_root>/<dataset>/instances.json``); hf-parquet: a Hub
+            dataset folder (its ``.parquet`` files, found recursively).
+        image_root: the folder with the image files (not needed for parquet files that embed them).
         skip_bad: drop bad records (and write ``dropped.json``) instead of stopping.
     """
-    if fmt == "refer":
-        records = read_refer(data_root, dataset, split_by)
-    elif fmt == "transvg":
-        records = read_transvg(data_root, dataset)
-    elif fmt == "seqtr":
-        records = read_seqtr(data_root, dataset)
-    else:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    out = Path(out)
+    records, embedded_images = read_records(fmt, data_root, dataset, split_by, out)
+    if embedded_images is not None:
+        image_root = embedded_images
+    elif image_root is None:
+        raise ValueError(f"--images is required for the {fmt} format: the folder of the image files")
     image_root = Path(image_root).resolve()
     if not image_root.is_dir():
         raise FileNotFoundError(f"image folder {image_root} not found")
@@ -98,7 +117,6 @@ def prepare(*, fmt: str, data_root: str | os.PathLike, dataset: str, image_root:
             good[record["split"]].append(record)
     if bad and not skip_bad:
         raise BadRecordsError(bad)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for split, items in good.items():
         with open(out / f"{split}.jsonl", "w") as f:
@@ -106,6 +124,8 @@ def prepare(*, fmt: str, data_root: str | os.PathLike, dataset: str, image_root:
                 f.write(json.dumps(record) + "\n")
     meta = {"dataset": dataset, "split_by": split_by, "format": fmt, "image_root": str(image_root),
             "splits": {split: len(items) for split, items in good.items()}}
+    if fmt == "hf-parquet":
+        meta["split_check"] = split_report(records, dataset)
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     if bad:
         (out / "dropped.json").write_text(json.dumps(bad, indent=1) + "\n")

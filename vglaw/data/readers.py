@@ -13,7 +13,8 @@ Formats:
   ``(img_file, mask_file, bbox, phrase, ...)`` or ``(img_file, bbox, phrase)`` (flickr);
   loaded with ``torch.load(weights_only=True)``. REC only.
 * SeqTR / SimVG ``instances.json``: ``{split: [{image_id, bbox, expressions, mask, width,
-  height, ...}]}``.
+  height, ...}]}``, the file or SeqTR's ``annotations/<dataset>/`` folders.
+* Hugging Face Hub parquet copies (:mod:`.hub_parquet`).
 """
 from __future__ import annotations
 
@@ -27,35 +28,54 @@ from pycocotools import mask as mask_utils
 
 from ..weights import safe_pickle_load
 
-# dataset -> (splitBy options, image file pattern from the image id)
-REFER_DATASETS = {
-    "refcoco": ("unc", "google"),
-    "refcoco+": ("unc",),
-    "refcocog": ("umd", "google"),
-    "refclef": ("berkeley", "unc"),
-}
 COCO_PATTERN = "COCO_train2014_{:012d}.jpg"
 SAIAPR_PATTERN = "{}.jpg"
 XYXY_TRANSVG = ("referit", "flickr")  # TransVG stores these boxes as x0, y0, x1, y1
 
 
 def image_pattern(dataset: str) -> str:
-    return SAIAPR_PATTERN if dataset == "refclef" else COCO_PATTERN
+    """The image file name pattern of a dataset's image ids (ReferItGame's saiapr_tc-12 or COCO)."""
+    return SAIAPR_PATTERN if dataset.startswith(("refclef", "referit")) else COCO_PATTERN
+
+
+def _is_polygons(segmentation) -> bool:
+    return bool(segmentation) and all(isinstance(poly, list) and all(isinstance(v, (int, float)) for v in poly)
+                                      for poly in segmentation)
+
+
+def _is_rle(segmentation) -> bool:
+    return isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation
 
 
 def encode_rle(segmentation, height: int, width: int) -> dict:
-    """Polygons, uncompressed RLE or compressed RLE -> compressed RLE with str counts."""
-    if isinstance(segmentation, list):  # polygons
-        rles = mask_utils.frPyObjects(segmentation, height, width)
-        rle = mask_utils.merge(rles)
-    elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    elif isinstance(segmentation, dict):
-        rle = dict(segmentation)
+    """A COCO segmentation in any of its forms -> one compressed RLE with str counts.
+
+    Forms: polygons (a list of flat [x0, y0, x1, y1, ...] lists), one RLE dict (compressed,
+    counts a str or bytes, or uncompressed, counts a list of ints), or a list of RLE dicts
+    (ReferItGame's ``instances.json``), merged into their union as the REFER API does when it
+    sums the decoded masks. Anything else raises a ValueError.
+    """
+    if _is_polygons(segmentation):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif _is_rle(segmentation):
+        rle = _compressed(segmentation, height, width)
+    elif isinstance(segmentation, list) and segmentation and all(_is_rle(part) for part in segmentation):
+        rle = mask_utils.merge([_compressed(part, height, width) for part in segmentation])
     else:
-        raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
+        kind = type(segmentation).__name__
+        inner = f" of {type(segmentation[0]).__name__}" if isinstance(segmentation, list) and segmentation else ""
+        raise ValueError(f"unsupported segmentation (a {kind}{inner}): expected polygons, an RLE dict or a list "
+                         "of RLE dicts")
     counts = rle["counts"]
     return {"size": [int(s) for s in rle["size"]], "counts": counts.decode() if isinstance(counts, bytes) else counts}
+
+
+def _compressed(rle: dict, height: int, width: int) -> dict:
+    """One RLE dict with compressed (bytes) counts."""
+    if isinstance(rle["counts"], list):
+        return mask_utils.frPyObjects(rle, height, width)
+    counts = rle["counts"]
+    return {"size": list(rle["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
 
 
 def decode_rle(rle: dict) -> np.ndarray:
@@ -96,7 +116,12 @@ def read_refer(root: str | os.PathLike, dataset: str, split_by: str) -> list[dic
         box = [float(v) for v in ann["bbox"]]
         mask = None
         if ann.get("segmentation") and base["width"] and base["height"]:
-            mask = encode_rle(ann["segmentation"], base["height"], base["width"])
+            try:
+                mask = encode_rle(ann["segmentation"], base["height"], base["width"])
+            except ValueError as e:
+                records.append({**base, "box": box, "mask": None, "sentence": None, "sent_id": None,
+                                "error": f"annotation {ann['id']} in {instances_path}: {e}"})
+                continue
         for sent in ref["sentences"]:
             records.append({**base, "box": box, "mask": mask, "sentence": sent.get("sent", sent.get("raw", "")),
                             "sent_id": sent.get("sent_id")})
@@ -133,9 +158,22 @@ def read_transvg(root: str | os.PathLike, dataset: str, splits: list[str] | None
     return records
 
 
-def read_seqtr(path: str | os.PathLike, dataset: str = "refcoco") -> list[dict]:
-    """Records of a SeqTR/SimVG ``instances.json`` (``{split: [record, ...]}``)."""
-    path = Path(path)
+def seqtr_instances(root: str | os.PathLike, dataset: str) -> Path:
+    """SeqTR's ``instances.json`` from ``--data-root``: the file itself, or the annotations
+    folder of SeqTR's layout (``<root>/<dataset>/instances.json``, e.g. ``refcoco-unc``)."""
+    root = Path(root)
+    tried = [root] if root.suffix == ".json" else [root / dataset / "instances.json", root / "instances.json"]
+    for path in tried:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"no SeqTR instances.json for dataset {dataset!r}; tried: "
+                            + ", ".join(str(p) for p in tried))
+
+
+def read_seqtr(root: str | os.PathLike, dataset: str = "refcoco") -> list[dict]:
+    """Records of a SeqTR/SimVG ``instances.json`` (``{split: [record, ...]}``); ``root`` is the
+    file or SeqTR's annotations folder (see :func:`seqtr_instances`)."""
+    path = seqtr_instances(root, dataset)
     with open(path) as f:
         data = json.load(f)
     if not isinstance(data, dict):

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from ..fileio import atomic_write
 from .heads import BoxHead, MaskHead
 from .law import LawFactors, WeightGenerator
 from .text import TextEncoder
@@ -91,8 +92,8 @@ class VGLAW(nn.Module):
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()
                  if include_text_encoder or not k.startswith("text_encoder.")}
         config = {**self.config_dict(), "includes_text_encoder": include_text_encoder}
-        _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-        _atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+        atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
 
     def config_dict(self) -> dict:
         """The JSON-able config that rebuilds this architecture (text encoder shape included)."""
@@ -136,13 +137,3 @@ class VGLAW(nn.Module):
             raise ValueError(f"{weights_path} is not a readable safetensors file: {e}") from None
         return cls.from_config_dict({**raw, **overrides}, state, source=str(weights_path))
 
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
