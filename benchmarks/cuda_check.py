@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vglaw.predictor import Grounder
+from vglaw.inference.predictor import Grounder
 from vglaw.data import load_split, prepare
 from vglaw.data.synth import generate
-from vglaw.demo import DEMO_CHECKPOINT
+from vglaw.inference.demo import DEMO_CHECKPOINT
 from vglaw.engine.metrics import mask_iou
-from vglaw.evaluate import run_eval
+from vglaw.engine.evaluate import run_eval
 
 
 def main() -> None:

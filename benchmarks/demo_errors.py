@@ -7,7 +7,7 @@ import torch
 from pathlib import Path
 from torch.utils.data import DataLoader
 from torchvision.ops import box_iou, box_convert, masks_to_boxes
-from vglaw.predictor import Grounder
+from vglaw.inference.predictor import Grounder
 from vglaw.data import GroundingDataset, collate, prepare
 from vglaw.data.synth import generate
 from vglaw.engine.metrics import box_to_original, mask_iou, mask_to_original

@@ -10,8 +10,8 @@ import torch
 from vglaw.config import load_config
 from vglaw.data import GroundingDataset, collate, load_tokenizer
 from vglaw.engine.losses import grounding_loss
-from vglaw.model import FrozenTextCache
-from vglaw.train import build_train_model
+from vglaw.engine.text_cache import FrozenTextCache
+from vglaw.engine.train import build_train_model
 
 cfg = load_config("configs/synth_tiny.yaml", ["data.prepared=data/demo-train/prepared"])
 model = build_train_model(cfg)  # the text encoder frozen, as model.freeze_text makes it

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from vglaw.convert.mindspore import convert_mindspore_state
+from vglaw.weights.mindspore import convert_mindspore_state
 
 REFERENCE = Path(os.environ.get("VGLAW_AUTHORS_REFERENCE",
                                 Path(__file__).resolve().parents[2] / "shared" / "authors_reference"))

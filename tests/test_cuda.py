@@ -13,7 +13,7 @@ from vglaw.data import load_split
 from vglaw.engine.checkpoint import load_checkpoint
 from vglaw.engine.loop import NonFiniteLossError
 from vglaw.engine.metrics import mask_iou
-from vglaw.train import train
+from vglaw.engine.train import train
 
 from conftest import write_run_config
 
@@ -75,8 +75,8 @@ def test_non_finite_loss_stops_before_the_update_under_nccl(tmp_path, synth_prep
 
 
 def test_predictor_on_cuda_matches_the_cpu(synth_prepared):
-    from vglaw.demo import DEMO_CHECKPOINT
-    from vglaw.predictor import Grounder
+    from vglaw.inference.demo import DEMO_CHECKPOINT
+    from vglaw.inference.predictor import Grounder
 
     meta, records = load_split(synth_prepared, "val")
     cpu, gpu = Grounder.from_pretrained(DEMO_CHECKPOINT), Grounder.from_pretrained(DEMO_CHECKPOINT, device="cuda")

@@ -17,7 +17,7 @@ from vglaw.engine.metrics import GroundingMeter, box_to_original, mask_to_origin
 from vglaw.engine.optim import build_optimizer, build_scheduler, param_groups
 from vglaw.engine.samplers import GlobalBatchSampler, ShardSampler
 from vglaw.model import build_model
-from vglaw.train import train
+from vglaw.engine.train import train
 
 from conftest import randomize_, text_batch, write_run_config
 
@@ -197,7 +197,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, prepared):
 
 
 def test_frozen_text_cache_gives_the_encoders_output_and_encodes_each_expression_once():
-    from vglaw.model import FrozenTextCache
+    from vglaw.engine.text_cache import FrozenTextCache
 
     torch.manual_seed(0)
     model = randomize_(build_model("tiny", img_size=64, pretrain_img_size=64, window_size=2, max_len=12)).eval()

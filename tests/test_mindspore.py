@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from vglaw.model.io import from_pretrained
 from vglaw import VGLAW
 from vglaw.cli import main
-from vglaw.convert.mindspore import convert_mindspore_state, read_mindspore_ckpt
+from vglaw.weights.mindspore import convert_mindspore_state, read_mindspore_ckpt
 
 # ----------------------------------------------------------------- an independent .ckpt writer
 def _varint(n: int) -> bytes:
@@ -119,7 +120,7 @@ def test_convert_cli_round_trip(tmp_path, capsys):
     assert "unused by vglaw (2): text_encoder.pooler.dense.weight, text_encoder.pooler.dense.bias" in printed
     assert "skipped, not model parameters (3): moments.visual_encoder.blocks.0.attn.qkv.weight" in printed
 
-    model = VGLAW.from_pretrained(tmp_path / "ck")
+    model = from_pretrained(tmp_path / "ck")
     c = model.config
     assert (c.vit_ln_eps, c.generator_ln_eps, c.mask_ln_eps, c.pos_resize) == (1e-5, 1e-7, 1e-6, "tf_bicubic")
     assert (c.img_size, c.embed_dim, c.depth, c.window_size, c.global_blocks, c.law_rank) == (64, 64, 2, 2, (1,), 4)

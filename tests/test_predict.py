@@ -10,7 +10,7 @@ from pycocotools import mask as mask_utils
 from vglaw.cli import main
 from vglaw.data.readers import decode_rle
 from vglaw.model import build_model
-from vglaw.predictor import Grounder
+from vglaw.inference.predictor import Grounder
 
 from conftest import randomize_
 

@@ -15,8 +15,8 @@ from vglaw.data.transforms import TrainAugment, make_sample
 from vglaw.engine.loop import train_one_epoch
 from vglaw.engine.losses import grounding_loss
 from vglaw.engine.optim import AdamWeightDecay, build_optimizer, build_scheduler
-from vglaw.model import FrozenTextCache
-from vglaw.train import build_train_model
+from vglaw.engine.text_cache import FrozenTextCache
+from vglaw.engine.train import build_train_model
 
 from conftest import write_run_config
 

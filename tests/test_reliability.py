@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vglaw.model.io import from_pretrained
 from vglaw.cli import main
 from vglaw.config import load_config
 from vglaw.data import GroundingDataset, load_tokenizer, prepare
@@ -23,8 +24,8 @@ from vglaw.data.synth import generate
 from vglaw.engine.checkpoint import load_checkpoint
 from vglaw.engine.loop import NonFiniteLossError
 from vglaw.model import VGLAW, build_model
-from vglaw.predictor import Grounder
-from vglaw.train import train
+from vglaw.inference.predictor import Grounder
+from vglaw.engine.train import train
 
 from conftest import write_run_config
 
@@ -334,7 +335,7 @@ def test_checkpoints_with_missing_keys_or_wrong_shapes_are_rejected_with_the_key
     missing = {k: v for k, v in weights.items() if k != "box_head.q_proj.weight"}
     save_file(missing, tmp_path / "ck/model.safetensors")
     with pytest.raises(ValueError, match="missing.*box_head.q_proj.weight"):
-        VGLAW.from_pretrained(tmp_path / "ck")
+        from_pretrained(tmp_path / "ck")
     save_file({**weights, "mask_head.upsample.0.bias": torch.zeros(3)}, tmp_path / "ck/model.safetensors")
     assert main(["eval", "--checkpoint", str(tmp_path / "ck"), "--data", str(prepared)]) == 2
     assert "mask_head.upsample.0.bias: checkpoint (3,) vs model" in capsys.readouterr().err
@@ -378,7 +379,7 @@ def test_planted_pickles_never_run_at_any_entry_point(tmp_path, prepared):
     image = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(image)
 
-    from vglaw.weights import load_detectron2_vit, load_mae_vit
+    from vglaw.weights.vit import load_detectron2_vit, load_mae_vit
 
     vit = build_model("tiny").backbone
     for call in (lambda: load_detectron2_vit(vit, planted / "model_final.pkl"),

@@ -8,9 +8,12 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
+from vglaw.model.io import from_pretrained
 from vglaw import VGLAW, build_model
 from vglaw.model import ViT
-from vglaw.weights import load_detectron2_vit, load_mae_vit, load_text_encoder, safe_pickle_load
+from vglaw.weights.text import load_text_encoder
+from vglaw.weights.unpickle import safe_pickle_load
+from vglaw.weights.vit import load_detectron2_vit, load_mae_vit
 
 from conftest import randomize_, text_batch
 
@@ -116,7 +119,7 @@ def test_save_and_from_pretrained_round_trip(tmp_path, law_type):
     model = randomize_(build_model("tiny", law_type=law_type), seed=4).eval()
     model.save_pretrained(tmp_path / "ck")
     assert sorted(os.listdir(tmp_path / "ck")) == ["config.json", "model.safetensors"]
-    loaded = VGLAW.from_pretrained(tmp_path / "ck").eval()
+    loaded = from_pretrained(tmp_path / "ck").eval()
     ids, mask = text_batch(2, 20, (9, 20))
     images = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
@@ -126,19 +129,19 @@ def test_save_and_from_pretrained_round_trip(tmp_path, law_type):
 
 def test_from_pretrained_names_bad_checkpoints(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a vglaw checkpoint"):
-        VGLAW.from_pretrained(tmp_path)
+        from_pretrained(tmp_path)
     model = build_model("tiny")
     model.save_pretrained(tmp_path / "ck")
     config = json.loads((tmp_path / "ck/config.json").read_text())
     (tmp_path / "ck/config.json").write_text(json.dumps({**config, "depth": 3}))
     with pytest.raises(ValueError, match="unexpected.*backbone.blocks.3"):
-        VGLAW.from_pretrained(tmp_path / "ck")
+        from_pretrained(tmp_path / "ck")
     (tmp_path / "ck/config.json").write_text(json.dumps({**config, "embed_dim": 64}))
     with pytest.raises(ValueError, match="mismatched.*backbone.patch_embed.proj.weight"):
-        VGLAW.from_pretrained(tmp_path / "ck")
+        from_pretrained(tmp_path / "ck")
     (tmp_path / "ck/config.json").write_text(json.dumps({**config, "windw_size": 2}))
     with pytest.raises(ValueError, match="windw_size"):
-        VGLAW.from_pretrained(tmp_path / "ck")
+        from_pretrained(tmp_path / "ck")
     (tmp_path / "ck/config.json").write_text(json.dumps({**config, "depth": "4"}))
     with pytest.raises(TypeError, match="'depth'"):
-        VGLAW.from_pretrained(tmp_path / "ck")
+        from_pretrained(tmp_path / "ck")

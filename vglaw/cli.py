@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from .convert.mindspore import convert_mindspore_checkpoint
+    from .weights.mindspore import convert_mindspore_checkpoint
 
     report = convert_mindspore_checkpoint(args.checkpoint, args.out)
     print(report)
@@ -50,7 +50,7 @@ def _leakage(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from .config import load_config
-    from .train import train
+    from .engine.train import train
 
     cfg = load_config(args.config, args.overrides)
     try:
@@ -63,7 +63,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from . import distributed
-    from .evaluate import format_table, run_eval, write_results
+    from .engine.evaluate import format_table, run_eval, write_results
 
     results = run_eval(args.checkpoint, args.data, args.splits, mask_threshold=args.mask_threshold,
                        batch_size=args.batch_size, device=args.device, precision=args.precision,
@@ -78,7 +78,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from .commands import predict
+    from .inference.commands import predict
 
     result = predict(args.checkpoint, args.image, args.text, out=args.out, json_path=args.json,
                      device=args.device, precision=args.precision, mask_threshold=args.mask_threshold)
@@ -89,7 +89,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _visualize(args: argparse.Namespace) -> None:
-    from .commands import visualize
+    from .inference.commands import visualize
 
     for entry in visualize(args.checkpoint, args.data, args.split, args.index, args.out, law=args.law,
                            device=args.device, mask_threshold=args.mask_threshold):
@@ -98,7 +98,7 @@ def _visualize(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo, train_demo_checkpoint
+    from .inference.demo import run_demo, train_demo_checkpoint
 
     if args.train:
         print(f"wrote {train_demo_checkpoint(args.work, overrides=args.overrides)}")

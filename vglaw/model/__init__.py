@@ -2,9 +2,9 @@
 from .build import VARIANTS, VGLAWConfig, build_model, config_from_dict
 from .heads import BoxHead, MaskHead
 from .law import LAW_TYPES, LawFactors, WeightGenerator, adaptive_qkv
-from .text import FrozenTextCache, TextEncoder
+from .text import TextEncoder
 from .vglaw import VGLAW
 from .vit import ViT
 
 __all__ = ["VARIANTS", "VGLAWConfig", "build_model", "config_from_dict", "BoxHead", "MaskHead", "LAW_TYPES",
-           "LawFactors", "WeightGenerator", "adaptive_qkv", "FrozenTextCache", "TextEncoder", "VGLAW", "ViT"]
+           "LawFactors", "WeightGenerator", "adaptive_qkv", "TextEncoder", "VGLAW", "ViT"]

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from ..config import type_matches
 from .heads import BoxHead, MaskHead
 from .law import LAW_TYPES, WeightGenerator
-from .text import TextEncoder, resolve_text_source
+from ..hub import resolve_text_source
+from .text import TextEncoder
 from .vglaw import VGLAW
 from .vit import ViT
 

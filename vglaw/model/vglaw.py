@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..fileio import atomic_write
 from .heads import BoxHead, MaskHead
@@ -54,7 +54,7 @@ class VGLAW(nn.Module):
             use_law: False runs the static backbone (the generator is skipped), to see what
                 the language does to the features.
             text: (B, L, Dt) the text encoder's output for ``input_ids``, when it is already
-                known (a frozen encoder's :class:`~vglaw.model.text.FrozenTextCache`); the encoder
+                known (a frozen encoder's :class:`~vglaw.engine.text_cache.FrozenTextCache`); the encoder
                 is then skipped.
         Returns:
             dict with
@@ -80,7 +80,8 @@ class VGLAW(nn.Module):
 
     # ------------------------------------------------------------------ checkpoints
     def save_pretrained(self, directory: str | os.PathLike, include_text_encoder: bool = True) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory``.
+        """Write ``config.json`` and ``model.safetensors`` into ``directory``
+        (:func:`vglaw.model.io.from_pretrained` reads them back).
 
         With ``include_text_encoder=False`` the text encoder's weights are left out; loading
         then takes them from ``config.text_encoder`` (a local pretrained directory).
@@ -100,40 +101,3 @@ class VGLAW(nn.Module):
         if self.config is None:
             raise ValueError("this model has no config; build it with vglaw.build_model")
         return {**asdict(self.config), "text_config": self.text_encoder.bert.config.to_diff_dict()}
-
-    @classmethod
-    def from_config_dict(cls, config: dict, state: dict | None = None, *, source: str = "state dict") -> "VGLAW":
-        """Rebuild from :meth:`config_dict` (no download) and, when given, load ``state`` strictly."""
-        from ..weights import load_state  # local import: weights imports this module
-        from .build import build_model, config_from_dict
-
-        config = dict(config)
-        includes_text = config.pop("includes_text_encoder", True)
-        model = build_model(config_from_dict(config), load_text_weights=not includes_text)
-        if state is not None:
-            load_state(model, state, source=source, strict=True,
-                       allow_missing=() if includes_text else ("text_encoder.",))
-        return model
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, **overrides) -> "VGLAW":
-        """Rebuild a model saved by :meth:`save_pretrained` (no pickle is read)."""
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} not found: {directory} is not a vglaw checkpoint directory")
-        try:
-            raw = json.loads(config_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{config_path} is not valid JSON: {e}") from None
-        if not isinstance(raw, dict) or "embed_dim" not in raw:
-            raise ValueError(f"{config_path} is not a vglaw model config")
-        # the architecture comes from the saved text_config; weights from the file (or the
-        # pretrained text encoder directory when the file leaves them out)
-        try:
-            state = load_file(str(weights_path))
-        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
-            raise ValueError(f"{weights_path} is not a readable safetensors file: {e}") from None
-        return cls.from_config_dict({**raw, **overrides}, state, source=str(weights_path))
-

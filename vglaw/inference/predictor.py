@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.dataset import load_tokenizer
-from .data.transforms import eval_transform, load_image, make_sample
-from .engine.checkpoint import load_model
-from .engine.metrics import box_to_original, mask_to_original
+from ..data.dataset import load_tokenizer
+from ..data.transforms import eval_transform, load_image, make_sample
+from ..engine.checkpoint import load_model
+from ..engine.metrics import box_to_original, mask_to_original
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 

@@ -18,15 +18,16 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from . import distributed as dist
-from .config import Config, config_to_dict
-from .data import GroundingDataset, TrainAugment, collate, load_tokenizer
-from .engine.checkpoint import load_checkpoint, load_model, rng_state, save_checkpoint, set_rng_state
-from .engine.loop import evaluate, train_one_epoch
-from .engine.optim import build_optimizer, build_scheduler
-from .engine.samplers import GlobalBatchSampler, ShardSampler
-from .model import FrozenTextCache, build_model
-from .weights import load_detectron2_vit, load_mae_vit
+from .. import distributed as dist
+from ..config import Config, config_to_dict
+from ..data import GroundingDataset, TrainAugment, collate, load_tokenizer
+from ..model import build_model
+from ..weights.vit import load_detectron2_vit, load_mae_vit
+from .checkpoint import load_checkpoint, load_model, rng_state, save_checkpoint, set_rng_state
+from .loop import evaluate, train_one_epoch
+from .optim import build_optimizer, build_scheduler
+from .samplers import GlobalBatchSampler, ShardSampler
+from .text_cache import FrozenTextCache
 
 log = logging.getLogger("vglaw.train")
 

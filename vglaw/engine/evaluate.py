@@ -5,11 +5,11 @@ import json
 import os
 from pathlib import Path
 
-from . import distributed as dist
-from .data import GroundingDataset, load_tokenizer
-from .engine.checkpoint import load_model
-from .engine.loop import evaluate
-from .engine.samplers import ShardSampler
+from .. import distributed as dist
+from ..data import GroundingDataset, load_tokenizer
+from .checkpoint import load_model
+from .loop import evaluate
+from .samplers import ShardSampler
 
 COLUMNS = [("samples", "n", "{:d}"), ("prec@0.5", "REC P@0.5", "{:.4f}"), ("mIoU", "mIoU", "{:.4f}"),
            ("oIoU", "oIoU", "{:.4f}")] + [(f"mask_prec@{t}", f"P@{t}", "{:.4f}") for t in (0.5, 0.6, 0.7, 0.8, 0.9)]
@@ -31,7 +31,7 @@ def run_eval(checkpoint: str | os.PathLike, prepared: str | os.PathLike, splits:
     import torch
     from torch.utils.data import DataLoader
 
-    from .data import collate
+    from ..data import collate
     from .train import resolve_device
 
     device = dist.init(resolve_device(device))

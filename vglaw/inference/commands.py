@@ -9,9 +9,9 @@ import torch
 from pycocotools import mask as mask_utils
 from torchvision.ops import box_convert
 
-from .data.readers import decode_rle
+from ..data.readers import decode_rle
+from .pictures import draw_predictions, law_panel, sample_panel
 from .predictor import Grounder, as_rgb
-from .visualize import draw_predictions, law_panel, sample_panel
 
 
 def mask_to_rle(mask: np.ndarray) -> dict:
@@ -43,7 +43,7 @@ def visualize(checkpoint, prepared, split: str, indexes: list[int], out_dir, *, 
               device="cpu", mask_threshold=0.35) -> list[dict]:
     """``vglaw visualize``: a ground truth vs prediction panel per sample (and with ``law``, a
     LAW on/off panel for each sample's image and its expression beside another one)."""
-    from .data.prepare import load_split
+    from ..data.prepare import load_split
 
     grounder = Grounder.from_pretrained(checkpoint, device=device, mask_threshold=mask_threshold)
     meta, records = load_split(prepared, split)

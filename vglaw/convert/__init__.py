@@ -1,1 +1,0 @@
-"""Converters from other implementations' checkpoints."""

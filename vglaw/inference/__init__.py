@@ -1,0 +1,5 @@
+"""Inference on your own images: the predictor, its pictures, the predict / visualize / demo
+commands."""
+from .predictor import Grounder, Prediction
+
+__all__ = ["Grounder", "Prediction"]
