@@ -10,7 +10,8 @@ from torchvision.ops import box_iou, box_convert, masks_to_boxes
 from vglaw.inference.predictor import Grounder
 from vglaw.data import GroundingDataset, collate, prepare
 from vglaw.data.synth import generate
-from vglaw.engine.metrics import box_to_original, mask_iou, mask_to_original
+from vglaw.data.transforms import box_to_original, mask_to_original
+from vglaw.engine.metrics import mask_iou
 ck, root, seed, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 g = Grounder.from_pretrained(ck); model = g.model.eval()
 if not (root / "prepared").exists():

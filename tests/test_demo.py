@@ -50,10 +50,10 @@ def test_demo_end_to_end_on_the_fresh_demo_set(tmp_path):
 @needs_checkpoint
 def test_bundled_checkpoint_is_the_committed_config_trained():
     # `vglaw demo --train` must reproduce the bundled model: same architecture, same epochs
-    from vglaw.model.build import VARIANTS, config_from_dict
+    from vglaw.model.build import VARIANTS, model_config_from_dict
 
     cfg = load_config(REPO_CONFIG)
-    expected = dataclasses.asdict(config_from_dict({**VARIANTS[cfg.model.name], **cfg.model.overrides}))
+    expected = dataclasses.asdict(model_config_from_dict({**VARIANTS[cfg.model.name], **cfg.model.overrides}))
     bundled = json.loads((DEMO_CHECKPOINT / "config.json").read_text())
     assert bundled["includes_text_encoder"] is False
     for key, value in expected.items():

@@ -13,7 +13,8 @@ from vglaw.config import load_config
 from vglaw.data import prepare
 from vglaw.data.synth import generate
 from vglaw.engine.checkpoint import load_checkpoint
-from vglaw.engine.metrics import GroundingMeter, box_to_original, mask_to_original
+from vglaw.data.transforms import box_to_original, mask_to_original
+from vglaw.engine.metrics import GroundingMeter
 from vglaw.engine.optim import build_optimizer, build_scheduler, param_groups
 from vglaw.engine.samplers import GlobalBatchSampler, ShardSampler
 from vglaw.model import build_model

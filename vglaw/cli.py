@@ -9,6 +9,8 @@ import pickle
 import sys
 from pathlib import Path
 
+from .config import MASK_THRESHOLD
+
 
 def _convert(args: argparse.Namespace) -> None:
     from .weights.mindspore import convert_mindspore_checkpoint
@@ -160,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a vglaw checkpoint directory or a training .pt")
     p.add_argument("--data", required=True, help="prepared dataset folder")
     p.add_argument("--splits", nargs="+", default=["val"])
-    p.add_argument("--mask-threshold", type=float, default=0.35)
+    p.add_argument("--mask-threshold", type=float, default=MASK_THRESHOLD)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--device", default="auto")
@@ -176,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="JSON to write (default beside --out)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    p.add_argument("--mask-threshold", type=float, default=0.35)
+    p.add_argument("--mask-threshold", type=float, default=MASK_THRESHOLD)
     p.set_defaults(run=_predict)
 
     p = commands.add_parser("visualize", help="ground truth vs prediction panels for dataset samples")
@@ -187,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--law", action="store_true", help="also show LAW on/off feature maps for each image")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--mask-threshold", type=float, default=0.35)
+    p.add_argument("--mask-threshold", type=float, default=MASK_THRESHOLD)
     p.set_defaults(run=_visualize)
 
     p = commands.add_parser("demo", help="run the bundled demo model on a fresh synthetic set")

@@ -30,6 +30,9 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+MASK_THRESHOLD = 0.35  # a mask pixel is the object where sigmoid(logit) > this (the authors' value)
+
+
 def _yaml(text: str):
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
@@ -95,7 +98,7 @@ class RunSection:
     device: str = "auto"  # auto | cpu | cuda
     checkpoint_every: int = 0  # also save `last` every N optimizer steps (0: only per epoch)
     eval_every: int = 1  # epochs
-    mask_threshold: float = 0.35
+    mask_threshold: float = MASK_THRESHOLD
     compile: bool = False
     max_steps: int = 0  # stop after this many optimizer steps (0: no limit); for smoke runs
 
@@ -129,21 +132,23 @@ def type_matches(value, annotation) -> bool:
     return isinstance(value, origin or annotation)
 
 
-def _build(cls, values: dict, where: str):
+def build_dataclass(cls, values: dict, where: str = ""):
+    """``cls(**values)`` for a config dataclass, nested ones included; unknown keys and values of
+    the wrong type are rejected with the key named (``where`` prefixes the names)."""
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(hints))
     if unknown:
         raise ValueError(f"unknown config key(s) {[f'{where}{k}' for k in unknown]}; "
-                         f"known in {where.rstrip('.') or 'the root'}: {sorted(hints)}")
+                         f"known in {where.rstrip('.') or cls.__name__}: {sorted(hints)}")
     kwargs = {}
     for key, value in values.items():
         annotation = hints[key]
         if dataclasses.is_dataclass(annotation):
             if not isinstance(value, dict):
-                raise TypeError(f"config key {where}{key} must be a mapping, got {value!r}")
-            kwargs[key] = _build(annotation, value, f"{where}{key}.")
+                raise TypeError(f"config key '{where}{key}' must be a mapping, got {value!r}")
+            kwargs[key] = build_dataclass(annotation, value, f"{where}{key}.")
         elif not type_matches(value, annotation):
-            raise TypeError(f"config key {where}{key} must be {annotation}, got {value!r}")
+            raise TypeError(f"config key '{where}{key}' must be {annotation}, got {value!r}")
         else:
             kwargs[key] = float(value) if annotation is float else value
     return cls(**kwargs)
@@ -193,11 +198,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
     values = _read_yaml(Path(path).resolve()) if path else {}
     if overrides:
         values = _merge(values, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
-    return config_from_dict(values)
-
-
-def config_from_dict(values: dict) -> Config:
-    return _build(Config, values, "")
+    return build_dataclass(Config, values)
 
 
 def config_to_dict(config: Config) -> dict:

@@ -34,8 +34,11 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init(device: str) -> torch.device:
-    """Join the process group when launched by torchrun; returns this process's device."""
+def init(device: str = "auto") -> torch.device:
+    """Join the process group when launched by torchrun; returns this process's device
+    (``"auto"``: a GPU when there is one, else the CPU)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if "cuda" in device and torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from torchvision.ops import box_convert
 
 from .prepare import load_split
-from .readers import decode_rle
+from .readers import decode_rle, gt_box_xyxy
 from .transforms import TrainAugment, eval_transform, load_image, make_sample
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,10 @@ class GroundingDataset(Dataset):
         """The target mask at original resolution, (H, W) uint8, or None."""
         rle = self.records[index].get("mask")
         return None if rle is None else decode_rle(rle)
+
+    def gt_box(self, index: int) -> torch.Tensor:
+        """The target box at original resolution, (4,) xyxy pixels."""
+        return gt_box_xyxy(self.records[index])
 
     def __getitem__(self, index: int) -> dict:
         if not self.skip_bad:

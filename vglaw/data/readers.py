@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
+from torchvision.ops import box_convert
 
 from ..weights.unpickle import safe_pickle_load
 
@@ -66,6 +67,15 @@ def encode_rle(segmentation, height: int, width: int) -> dict:
         inner = f" of {type(segmentation[0]).__name__}" if isinstance(segmentation, list) and segmentation else ""
         raise ValueError(f"unsupported segmentation (a {kind}{inner}): expected polygons, an RLE dict or a list "
                          "of RLE dicts")
+    return _with_str_counts(rle)
+
+
+def mask_to_rle(mask: np.ndarray) -> dict:
+    """(H, W) bool or {0, 1} mask -> compressed COCO RLE with str counts (JSON-able)."""
+    return _with_str_counts(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))
+
+
+def _with_str_counts(rle: dict) -> dict:
     counts = rle["counts"]
     return {"size": [int(s) for s in rle["size"]], "counts": counts.decode() if isinstance(counts, bytes) else counts}
 
@@ -82,6 +92,11 @@ def decode_rle(rle: dict) -> np.ndarray:
     """COCO RLE -> (H, W) uint8 mask."""
     return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()
                               if isinstance(rle["counts"], str) else rle["counts"]})
+
+
+def gt_box_xyxy(record: dict) -> torch.Tensor:
+    """A record's target box, (4,) x0, y0, x1, y1 in original pixels."""
+    return box_convert(torch.tensor(record["box"], dtype=torch.float64)[None], "xywh", "xyxy")[0]
 
 
 def read_refer(root: str | os.PathLike, dataset: str, split_by: str) -> list[dict]:

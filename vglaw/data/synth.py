@@ -30,7 +30,6 @@ COLOURS = {"red": (215, 45, 40), "green": (45, 170, 65), "blue": (45, 85, 215), 
 SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": 0.12, "large": 0.18}  # radius as a fraction of min(W, H)
 CATEGORIES = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
-SPLITS = ("train", "val", "testA", "testB")
 
 
 @dataclass

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+import torch.nn.functional as F
 from torchvision import tv_tensors
+from torchvision.ops import box_convert
 from torchvision.transforms.v2 import functional as TF
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -136,6 +138,23 @@ def eval_transform(sample: Sample, size: int) -> tuple[Sample, dict]:
     h, w = sample.size
     offset = ((size - w) // 2, (size - h) // 2)
     return normalize_and_pad(sample, size, offset), {"scale": (w / w0, h / h0), "offset": offset}
+
+
+def box_to_original(box_cxcywh: torch.Tensor, img_size: int, scale, offset, orig_size) -> torch.Tensor:
+    """(4,) normalised cxcywh on the canvas -> (4,) xyxy in original pixels, clipped to the
+    image: the inverse of :func:`eval_transform`'s letterbox."""
+    (sx, sy), (dx, dy), (h, w) = scale, offset, orig_size
+    x0, y0, x1, y1 = (box_convert(box_cxcywh.float()[None], "cxcywh", "xyxy")[0] * img_size).tolist()
+    return torch.tensor([min(max((x0 - dx) / sx, 0), w), min(max((y0 - dy) / sy, 0), h),
+                         min(max((x1 - dx) / sx, 0), w), min(max((y1 - dy) / sy, 0), h)])
+
+
+def mask_to_original(prob: torch.Tensor, scale, offset, orig_size) -> torch.Tensor:
+    """(S, S) canvas probabilities -> (H, W) probabilities on the original image."""
+    (sx, sy), (dx, dy), (h, w) = scale, offset, orig_size
+    rh, rw = max(1, round(h * sy)), max(1, round(w * sx))
+    region = prob[dy:dy + rh, dx:dx + rw].float()
+    return F.interpolate(region[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
 
 
 @dataclass

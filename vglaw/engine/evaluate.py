@@ -5,14 +5,19 @@ import json
 import os
 from pathlib import Path
 
+import torch
+from torch.utils.data import DataLoader
+
 from .. import distributed as dist
-from ..data import GroundingDataset, load_tokenizer
+from ..config import MASK_THRESHOLD
+from ..data import GroundingDataset, collate, load_tokenizer
 from .checkpoint import load_model
 from .loop import evaluate
+from .metrics import MASK_THRESHOLDS
 from .samplers import ShardSampler
 
 COLUMNS = [("samples", "n", "{:d}"), ("prec@0.5", "REC P@0.5", "{:.4f}"), ("mIoU", "mIoU", "{:.4f}"),
-           ("oIoU", "oIoU", "{:.4f}")] + [(f"mask_prec@{t}", f"P@{t}", "{:.4f}") for t in (0.5, 0.6, 0.7, 0.8, 0.9)]
+           ("oIoU", "oIoU", "{:.4f}")] + [(f"mask_prec@{t}", f"P@{t}", "{:.4f}") for t in MASK_THRESHOLDS]
 
 
 def format_table(results: dict) -> str:
@@ -24,28 +29,26 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def eval_loader(dataset, batch_size: int, num_workers: int) -> DataLoader:
+    """Batches of ``dataset`` for evaluation: under torchrun each sample on exactly one process."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), dist.rank(), dist.world_size()),
+                      collate_fn=collate, num_workers=num_workers)
+
+
 def run_eval(checkpoint: str | os.PathLike, prepared: str | os.PathLike, splits: list[str], *,
-             mask_threshold: float = 0.35, batch_size: int = 16, device: str = "auto", precision: str = "fp32",
+             mask_threshold: float = MASK_THRESHOLD, batch_size: int = 16, device: str = "auto", precision: str = "fp32",
              num_workers: int = 2, tokenizer: str | None = None) -> dict:
     """Metrics per split; runs distributed when launched with torchrun (each sample once)."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from ..data import collate
-    from .train import resolve_device
-
-    device = dist.init(resolve_device(device))
+    device = dist.init(device)
     model = load_model(checkpoint).to(device).eval()
     tok = load_tokenizer(tokenizer or model.config.text_encoder)
     results = {}
     for split in splits:
         ds = GroundingDataset(prepared, split, tokenizer=tok, img_size=model.config.img_size,
                               max_len=model.config.max_len)
-        loader = DataLoader(ds, batch_size=batch_size, sampler=ShardSampler(len(ds), dist.rank(), dist.world_size()),
-                            collate_fn=collate, num_workers=num_workers)
         with torch.inference_mode():
-            results[split] = evaluate(model, loader, ds, device=device, precision=precision,
-                                      mask_threshold=mask_threshold, desc=f"eval {split}")
+            results[split] = evaluate(model, eval_loader(ds, batch_size, num_workers), ds, device=device,
+                                      precision=precision, mask_threshold=mask_threshold, desc=f"eval {split}")
     return results
 
 

@@ -6,12 +6,13 @@ import math
 import time
 
 import torch
-from torchvision.ops import box_convert
 from tqdm import tqdm
 
 from .. import distributed as dist
+from ..config import MASK_THRESHOLD
+from ..data.transforms import box_to_original, mask_to_original
 from .losses import grounding_loss
-from .metrics import GroundingMeter, box_to_original, mask_to_original
+from .metrics import GroundingMeter
 
 
 class NonFiniteLossError(RuntimeError):
@@ -105,10 +106,10 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch: int, 
 
 @torch.no_grad()
 def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "fp32",
-             mask_threshold: float = 0.35, desc: str = "eval") -> dict:
+             mask_threshold: float = MASK_THRESHOLD, desc: str = "eval") -> dict:
     """REC and RES metrics of a split, in original image pixels, over all processes."""
     model.eval()
-    meter = GroundingMeter(mask_threshold)
+    meter = GroundingMeter()
     for batch in tqdm(loader, desc=desc, disable=not dist.is_main(), dynamic_ncols=True, unit="batch"):
         batch = to_device(batch, device)
         with autocast(device, precision):
@@ -116,10 +117,8 @@ def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "
         boxes = out["boxes"].float().cpu()  # one copy per batch, not one per sample
         probs = out["mask_logits"][:, 0].float().sigmoid().cpu()
         for j, meta in enumerate(batch["meta"]):
-            record = dataset.records[meta["index"]]
             box = box_to_original(boxes[j], dataset.img_size, meta["scale"], meta["offset"], meta["orig_size"])
-            gt_box = box_convert(torch.tensor(record["box"])[None], "xywh", "xyxy")[0]
-            gt_mask = dataset.gt_mask(meta["index"])
+            gt_box, gt_mask = dataset.gt_box(meta["index"]).float(), dataset.gt_mask(meta["index"])
             pred_mask = None
             if gt_mask is not None:
                 pred_mask = mask_to_original(probs[j], meta["scale"], meta["offset"], meta["orig_size"]) > mask_threshold

@@ -9,28 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torchvision.ops import box_convert, box_iou
+from torchvision.ops import box_iou
 
 from .. import distributed as dist
 
 MASK_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-def box_to_original(box_cxcywh: torch.Tensor, img_size: int, scale, offset, orig_size) -> torch.Tensor:
-    """(4,) normalised cxcywh on the canvas -> (4,) xyxy in original pixels, clipped to the image."""
-    (sx, sy), (dx, dy), (h, w) = scale, offset, orig_size
-    x0, y0, x1, y1 = (box_convert(box_cxcywh.float()[None], "cxcywh", "xyxy")[0] * img_size).tolist()
-    return torch.tensor([min(max((x0 - dx) / sx, 0), w), min(max((y0 - dy) / sy, 0), h),
-                         min(max((x1 - dx) / sx, 0), w), min(max((y1 - dy) / sy, 0), h)])
-
-
-def mask_to_original(prob: torch.Tensor, scale, offset, orig_size) -> torch.Tensor:
-    """(S, S) canvas probabilities -> (H, W) probabilities on the original image."""
-    (sx, sy), (dx, dy), (h, w) = scale, offset, orig_size
-    rh, rw = max(1, round(h * sy)), max(1, round(w * sx))
-    region = prob[dy:dy + rh, dx:dx + rw].float()
-    return F.interpolate(region[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
 
 
 def mask_intersection_union(pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray) -> tuple[int, int]:
@@ -39,17 +22,20 @@ def mask_intersection_union(pred: torch.Tensor | np.ndarray, gt: torch.Tensor | 
     return int((p & g).sum()), int((p | g).sum())
 
 
+def iou_of_counts(inter: int, union: int) -> float:
+    """Intersection over union of pixel counts; 1 when both masks are empty."""
+    return inter / union if union else 1.0
+
+
 def mask_iou(pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray) -> float:
     """IoU of two (H, W) masks; 1 when both are empty."""
-    inter, union = mask_intersection_union(pred, gt)
-    return inter / union if union else 1.0
+    return iou_of_counts(*mask_intersection_union(pred, gt))
 
 
 class GroundingMeter:
     """Accumulates per-sample results; ``summary`` all-reduces them over processes."""
 
-    def __init__(self, mask_threshold: float = 0.35) -> None:
-        self.mask_threshold = mask_threshold
+    def __init__(self) -> None:
         # n, box hits, n with mask, IoU sum, I total, U total, hits at each mask threshold
         self.sums = torch.zeros(6 + len(MASK_THRESHOLDS), dtype=torch.float64)
 
@@ -62,7 +48,7 @@ class GroundingMeter:
         if pred_mask is None or gt_mask is None:
             return
         inter, union = mask_intersection_union(pred_mask, gt_mask)
-        mask_score = inter / union if union else 1.0
+        mask_score = iou_of_counts(inter, union)
         self.sums[2] += 1
         self.sums[3] += mask_score
         self.sums[4] += inter

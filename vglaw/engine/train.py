@@ -24,18 +24,13 @@ from ..data import GroundingDataset, TrainAugment, collate, load_tokenizer
 from ..model import build_model
 from ..weights.vit import load_detectron2_vit, load_mae_vit
 from .checkpoint import load_checkpoint, load_model, rng_state, save_checkpoint, set_rng_state
+from .evaluate import eval_loader
 from .loop import evaluate, train_one_epoch
 from .optim import build_optimizer, build_scheduler
-from .samplers import GlobalBatchSampler, ShardSampler
+from .samplers import GlobalBatchSampler
 from .text_cache import FrozenTextCache
 
 log = logging.getLogger("vglaw.train")
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def build_train_model(cfg: Config):
@@ -55,12 +50,6 @@ def build_train_model(cfg: Config):
     return model
 
 
-def eval_loader(dataset, cfg: Config) -> DataLoader:
-    sampler = ShardSampler(len(dataset), dist.rank(), dist.world_size())
-    return DataLoader(dataset, batch_size=cfg.optim.batch_size, sampler=sampler, collate_fn=collate,
-                      num_workers=cfg.data.num_workers)
-
-
 def _setup_logging(out: Path) -> None:
     if dist.is_main():
         handler = logging.FileHandler(out / "train.log")
@@ -70,19 +59,16 @@ def _setup_logging(out: Path) -> None:
         logging.getLogger("vglaw").setLevel(logging.WARNING)
 
 
-def train(cfg: Config, resume: bool = False) -> dict:
-    """Train (or with ``resume`` continue) the run in ``cfg.run.out``; returns the last metrics.
+def _read_resume_state(last: Path, resume: bool) -> dict | None:
+    if resume and last.is_file():
+        return load_checkpoint(last)
+    if resume:
+        log.warning("--resume: no checkpoint at %s yet, starting from the beginning", last)
+    return None
 
-    ``resume`` continues from ``checkpoints/last.pt`` when it exists and starts afresh
-    otherwise, so ``torchrun --max-restarts N ... --resume`` recovers from a lost worker."""
-    device = dist.init(resolve_device(cfg.run.device))
-    out = Path(cfg.run.out)
-    last_path, best_path = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
-    state = None
-    if resume and last_path.is_file():
-        state = load_checkpoint(last_path)
-    elif resume:
-        log.warning("--resume: no checkpoint at %s yet, starting from the beginning", last_path)
+
+def _start_run_folder(cfg: Config, out: Path) -> None:
+    """The run folder with the merged config; seeds per process."""
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
@@ -92,7 +78,9 @@ def train(cfg: Config, resume: bool = False) -> dict:
     random.seed(cfg.run.seed + dist.rank())
     np.random.seed(cfg.run.seed + dist.rank())
 
-    model = build_train_model(cfg).to(device)
+
+def _datasets(cfg: Config, model) -> tuple[GroundingDataset, dict[str, GroundingDataset]]:
+    """The augmented training split and the evaluation splits."""
     tokenizer = load_tokenizer(cfg.data.tokenizer or model.config.text_encoder)
     img_size, max_len = model.config.img_size, model.config.max_len
     augment = TrainAugment(img_size, multiscale=cfg.data.multiscale, scale_step=cfg.data.scale_step,
@@ -103,105 +91,147 @@ def train(cfg: Config, resume: bool = False) -> dict:
                                 skip_bad=cfg.data.skip_bad_images)
     eval_sets = {s: GroundingDataset(cfg.data.prepared, s, tokenizer=tokenizer, img_size=img_size, max_len=max_len)
                  for s in cfg.data.eval_splits}
-    sampler = GlobalBatchSampler(len(train_ds), effective_batch=cfg.optim.effective_batch,
-                                 batch_size=cfg.optim.batch_size, rank=dist.rank(), world_size=dist.world_size(),
-                                 seed=cfg.run.seed)
-    log.info("effective batch %d = %d per device x %d process(es) x %d accumulation step(s); %d steps/epoch",
-             cfg.optim.effective_batch, cfg.optim.batch_size, dist.world_size(), sampler.accum_steps,
-             sampler.steps_per_epoch)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, sampler.steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.run.precision == "fp16")
+    return train_ds, eval_sets
 
-    start_epoch, start_step, global_step, best = 0, 0, 0, -1.0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, start_step = state["epoch"], state["step_in_epoch"]
-        global_step, best = state["global_step"], state["best"]
+
+class TrainRun:
+    """One run's model, data, optimizer and progress, with its checkpoints and log.
+
+    Progress is (``epoch``, ``step_in_epoch``, ``global_step``, ``best``): a checkpoint saves it
+    with every state, and :meth:`restore` continues exactly where it stopped."""
+
+    def __init__(self, cfg: Config, device: torch.device, out: Path) -> None:
+        self.cfg, self.device, self.out = cfg, device, out
+        self.last_path, self.best_path = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
+        self.core = build_train_model(cfg).to(device)
+        self.train_ds, self.eval_sets = _datasets(cfg, self.core)
+        self.sampler = GlobalBatchSampler(len(self.train_ds), effective_batch=cfg.optim.effective_batch,
+                                          batch_size=cfg.optim.batch_size, rank=dist.rank(),
+                                          world_size=dist.world_size(), seed=cfg.run.seed)
+        log.info("effective batch %d = %d per device x %d process(es) x %d accumulation step(s); %d steps/epoch",
+                 cfg.optim.effective_batch, cfg.optim.batch_size, dist.world_size(), self.sampler.accum_steps,
+                 self.sampler.steps_per_epoch)
+        self.optimizer = build_optimizer(self.core, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.sampler.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.run.precision == "fp16")
+        self.epoch, self.step_in_epoch, self.global_step, self.best = 0, 0, 0, -1.0
+        self.text_cache = FrozenTextCache(self.core.text_encoder) if cfg.model.cache_text else None
+        self.model = self.core  # what the loop runs: compiled and / or DDP-wrapped below
+        self.writer = None
+
+    def restore(self, state: dict) -> None:
+        """Continue from a checkpoint of this run; log lines of epochs to redo are dropped."""
+        self.core.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.global_step, self.best = state["global_step"], state["best"]
         set_rng_state(state["rng"][min(dist.rank(), len(state["rng"]) - 1)])
-        log.info("resumed from %s at epoch %d, step %d of the epoch (optimizer step %d)", last_path, start_epoch,
-                 start_step, global_step)
-        if dist.is_main() and (out / "log.jsonl").exists():  # drop lines of epochs that will be redone
-            lines = (out / "log.jsonl").read_text().splitlines()
-            kept = [line for line in lines if json.loads(line)["epoch"] < start_epoch]
-            (out / "log.jsonl").write_text("".join(line + "\n" for line in kept))
+        log.info("resumed from %s at epoch %d, step %d of the epoch (optimizer step %d)", self.last_path,
+                 self.epoch, self.step_in_epoch, self.global_step)
+        log_path = self.out / "log.jsonl"
+        if dist.is_main() and log_path.exists():
+            kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["epoch"] < self.epoch]
+            log_path.write_text("".join(line + "\n" for line in kept))
 
-    core = model
-    if cfg.run.compile:
-        model = torch.compile(model)
-    if dist.world_size() > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    writer = None
-    if dist.is_main():
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out / "tb"))
+    def wrap(self) -> None:
+        """torch.compile and DDP around the model, and the TensorBoard writer (rank 0)."""
+        if self.cfg.run.compile:
+            self.model = torch.compile(self.model)
+        if dist.world_size() > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if dist.is_main():
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(self.out / "tb"))
 
-    def checkpoint(path: Path, epoch: int, step_in_epoch: int) -> None:
+    def checkpoint(self, path: Path, epoch: int, step_in_epoch: int) -> None:
         rngs = dist.gather_object(rng_state())
         if dist.is_main():
             save_checkpoint(path, {
-                "model": core.state_dict(), "model_config": core.config_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch, "step_in_epoch": step_in_epoch,
-                "global_step": global_step, "best": best, "rng": rngs, "config": config_to_dict(cfg)})
+                "model": self.core.state_dict(), "model_config": self.core.config_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "epoch": epoch, "step_in_epoch": step_in_epoch,
+                "global_step": self.global_step, "best": self.best, "rng": rngs, "config": config_to_dict(self.cfg)})
         dist.barrier()
 
-    text_cache = FrozenTextCache(core.text_encoder) if cfg.model.cache_text else None
-    metrics: dict = {}
-    for epoch in range(start_epoch, cfg.run.epochs):
-        sampler.set_epoch(epoch, start_step)
-        train_ds.set_epoch(epoch)
-        loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers,
-                            pin_memory=device.type == "cuda")
-        started = time.time()
+    def _on_step(self, step: int, steps_this_call: int) -> None:
+        self.global_step = step
+        if self.cfg.run.checkpoint_every and step % self.cfg.run.checkpoint_every == 0:
+            self.checkpoint(self.last_path, self.epoch, self.step_in_epoch + steps_this_call)
 
-        def on_step(step: int, step_in_epoch: int, epoch: int = epoch, first: int = start_step) -> None:
-            nonlocal global_step
-            global_step = step
-            if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
-                checkpoint(last_path, epoch, first + step_in_epoch)
-
-        steps_before = global_step - start_step
-        losses, global_step = train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch=epoch,
-                                              accum_steps=sampler.accum_steps, cfg=cfg, device=device,
-                                              global_step=global_step, on_step=on_step, writer=writer,
-                                              text_cache=text_cache)
-        lr = losses.pop("lr")
-        start_step = 0
-        done_in_epoch = global_step - steps_before
-        stopped = bool(cfg.run.max_steps and global_step >= cfg.run.max_steps)
+    def train_epoch(self) -> tuple[dict, tuple[int, int], bool]:
+        """The rest of epoch ``self.epoch``: (mean losses, where to resume, whether max_steps stopped it)."""
+        cfg = self.cfg
+        self.sampler.set_epoch(self.epoch, self.step_in_epoch)
+        self.train_ds.set_epoch(self.epoch)
+        loader = DataLoader(self.train_ds, batch_sampler=self.sampler, collate_fn=collate,
+                            num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda")
+        steps_before = self.global_step - self.step_in_epoch
+        losses, self.global_step = train_one_epoch(
+            self.model, loader, self.optimizer, self.scheduler, self.scaler, epoch=self.epoch,
+            accum_steps=self.sampler.accum_steps, cfg=cfg, device=self.device, global_step=self.global_step,
+            on_step=self._on_step, writer=self.writer, text_cache=self.text_cache)
+        done_in_epoch = self.global_step - steps_before
+        stopped = bool(cfg.run.max_steps and self.global_step >= cfg.run.max_steps)
         # the epoch is complete unless max_steps cut it short: then resume mid-epoch
-        resume_at = (epoch + 1, 0) if done_in_epoch >= sampler.steps_per_epoch else (epoch, done_in_epoch)
-        metrics = {}
-        if (epoch + 1) % cfg.run.eval_every == 0 or epoch + 1 == cfg.run.epochs or stopped:
-            for split, ds in eval_sets.items():
-                metrics[split] = evaluate(core, eval_loader(ds, cfg), ds, device=device, precision=cfg.run.precision,
-                                          mask_threshold=cfg.run.mask_threshold, desc=f"eval {split}")
+        complete = done_in_epoch >= self.sampler.steps_per_epoch
+        return losses, ((self.epoch + 1, 0) if complete else (self.epoch, done_in_epoch)), stopped
+
+    def evaluate(self) -> dict:
+        return {split: evaluate(self.core, eval_loader(ds, self.cfg.optim.batch_size, self.cfg.data.num_workers), ds,
+                                device=self.device, precision=self.cfg.run.precision,
+                                mask_threshold=self.cfg.run.mask_threshold, desc=f"eval {split}")
+                for split, ds in self.eval_sets.items()}
+
+    def log_epoch(self, losses: dict, metrics: dict, seconds: float) -> None:
+        """One line of ``log.jsonl``, TensorBoard scalars and a console line (rank 0)."""
+        if not dist.is_main():
+            return
+        lr = losses.pop("lr")
+        record = {"epoch": self.epoch, "global_step": self.global_step, "lr": lr, "train": losses,
+                  "eval": metrics, "best": self.best, "seconds": round(seconds, 1)}
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for split, values in metrics.items():
+            for key, value in values.items():
+                self.writer.add_scalar(f"{split}/{key}", value, self.global_step)
+        log.info("epoch %d: loss %.4f %s", self.epoch, losses.get("loss", float("nan")),
+                 " ".join(f"{s}: prec@0.5 {m['prec@0.5']:.4f} mIoU {m.get('mIoU', float('nan')):.4f}"
+                          for s, m in metrics.items()))
+
+
+def train(cfg: Config, resume: bool = False) -> dict:
+    """Train (or with ``resume`` continue) the run in ``cfg.run.out``; returns the last metrics.
+
+    ``resume`` continues from ``checkpoints/last.pt`` when it exists and starts afresh
+    otherwise, so ``torchrun --max-restarts N ... --resume`` recovers from a lost worker."""
+    device = dist.init(cfg.run.device)
+    out = Path(cfg.run.out)
+    state = _read_resume_state(out / "checkpoints" / "last.pt", resume)
+    _start_run_folder(cfg, out)
+    run = TrainRun(cfg, device, out)
+    if state is not None:
+        run.restore(state)
+    run.wrap()
+    metrics: dict = {}
+    for epoch in range(run.epoch, cfg.run.epochs):
+        run.epoch, started = epoch, time.time()
+        losses, resume_at, stopped = run.train_epoch()
+        run.step_in_epoch = 0
+        last_epoch = epoch + 1 == cfg.run.epochs
+        metrics = run.evaluate() if (epoch + 1) % cfg.run.eval_every == 0 or last_epoch or stopped else {}
         score = metrics[cfg.data.eval_splits[-1]]["prec@0.5"] if metrics else -1.0
-        improved = score > best
-        best = max(best, score)
-        checkpoint(last_path, *resume_at)
+        improved, run.best = score > run.best, max(run.best, score)
+        run.checkpoint(run.last_path, *resume_at)
         if improved:
-            checkpoint(best_path, *resume_at)
+            run.checkpoint(run.best_path, *resume_at)
             if dist.is_main():
-                core.save_pretrained(out / "best")
-        if dist.is_main():
-            record = {"epoch": epoch, "global_step": global_step, "lr": lr,
-                      "train": losses, "eval": metrics, "best": best, "seconds": round(time.time() - started, 1)}
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            for split, values in metrics.items():
-                for key, value in values.items():
-                    writer.add_scalar(f"{split}/{key}", value, global_step)
-            log.info("epoch %d: loss %.4f %s", epoch, losses.get("loss", float("nan")),
-                     " ".join(f"{s}: prec@0.5 {m['prec@0.5']:.4f} mIoU {m.get('mIoU', float('nan')):.4f}"
-                              for s, m in metrics.items()))
+                run.core.save_pretrained(out / "best")
+        run.log_epoch(losses, metrics, time.time() - started)
         if stopped:
             break
-    if writer is not None:
-        writer.close()
+    if run.writer is not None:
+        run.writer.close()
     return metrics

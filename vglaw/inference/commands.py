@@ -4,23 +4,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import torch
-from pycocotools import mask as mask_utils
-from torchvision.ops import box_convert
 
-from ..data.readers import decode_rle
-from .pictures import draw_predictions, law_panel, sample_panel
+from ..config import MASK_THRESHOLD
+from ..data.readers import mask_to_rle
+from .pictures import draw_predictions, law_panel, record_panel
 from .predictor import Grounder, as_rgb
 
 
-def mask_to_rle(mask: np.ndarray) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode()}
-
-
 def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=None, device="cpu",
-            precision="fp32", mask_threshold=0.35) -> dict:
+            precision="fp32", mask_threshold=MASK_THRESHOLD) -> dict:
     """``vglaw predict``: ground the expressions, write the picture and the JSON."""
     grounder = Grounder.from_pretrained(checkpoint, device=device, precision=precision,
                                         mask_threshold=mask_threshold)
@@ -40,7 +32,7 @@ def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=Non
 
 
 def visualize(checkpoint, prepared, split: str, indexes: list[int], out_dir, *, law: bool = False,
-              device="cpu", mask_threshold=0.35) -> list[dict]:
+              device="cpu", mask_threshold=MASK_THRESHOLD) -> list[dict]:
     """``vglaw visualize``: a ground truth vs prediction panel per sample (and with ``law``, a
     LAW on/off panel for each sample's image and its expression beside another one)."""
     from ..data.prepare import load_split
@@ -55,10 +47,7 @@ def visualize(checkpoint, prepared, split: str, indexes: list[int], out_dir, *, 
             raise ValueError(f"index {index} is outside split {split!r} (0..{len(records) - 1})")
         record = records[index]
         image = as_rgb(Path(meta["image_root"]) / record["image"])
-        pred = grounder.predict(image, record["sentence"])
-        gt_box = box_convert(torch.tensor([record["box"]]), "xywh", "xyxy")[0].tolist()
-        gt_mask = decode_rle(record["mask"]).astype(bool) if record.get("mask") else None
-        panel, ious = sample_panel(image, record["sentence"], gt_box, pred.box, gt_mask, pred.mask)
+        panel, ious = record_panel(grounder, image, record)
         path = out_dir / f"{split}_{index:05d}.png"
         panel.save(path)
         entry = {"index": index, "text": record["sentence"], "png": str(path), **ious}

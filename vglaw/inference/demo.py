@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
-from ..data import GroundingDataset, collate, prepare
+from ..data import GroundingDataset, prepare
 from ..data.synth import generate
-from ..engine.evaluate import format_table
+from ..engine.evaluate import eval_loader, format_table
 from ..engine.loop import evaluate
 from .predictor import Grounder, as_rgb
 
@@ -42,9 +41,9 @@ def shuffled(dataset: GroundingDataset, seed: int = 0) -> GroundingDataset:
 
 
 def _metrics(model, dataset, batch_size: int = 32) -> dict:
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=0)
     with torch.inference_mode():
-        return evaluate(model, loader, dataset, device=torch.device("cpu"), desc="eval")
+        return evaluate(model, eval_loader(dataset, batch_size, num_workers=0), dataset, device=torch.device("cpu"),
+                        desc="eval")
 
 
 def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = None, images: int = 100,
@@ -102,10 +101,7 @@ def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = 
 
 
 def _pictures(grounder: Grounder, ds: GroundingDataset, folder: Path, panels: int) -> list[tuple[Path, str]]:
-    from torchvision.ops import box_convert
-
-    from ..data.readers import decode_rle
-    from .pictures import draw_predictions, law_panel, sample_panel
+    from .pictures import draw_predictions, law_panel, record_panel
 
     folder.mkdir(parents=True, exist_ok=True)
     files = []
@@ -115,11 +111,7 @@ def _pictures(grounder: Grounder, ds: GroundingDataset, folder: Path, panels: in
         if index >= len(records):
             break
         r = records[index]
-        image = as_rgb(ds.image_root / r["image"])
-        pred = grounder.predict(image, r["sentence"])
-        gt_box = box_convert(torch.tensor([r["box"]]), "xywh", "xyxy")[0].tolist()
-        panel, ious = sample_panel(image, r["sentence"], gt_box, pred.box, decode_rle(r["mask"]).astype(bool),
-                                   pred.mask)
+        panel, ious = record_panel(grounder, as_rgb(ds.image_root / r["image"]), r)
         path = folder / f"sample_{k:02d}.png"
         panel.save(path)
         files.append((path, f'"{r["sentence"]}": ground-truth vs predicted box and mask '

@@ -7,6 +7,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.ops import box_iou
 
+from ..data.readers import decode_rle, gt_box_xyxy
+from ..engine.metrics import mask_iou
+
 COLOURS = [(255, 64, 64), (64, 160, 255), (64, 220, 100), (255, 200, 0), (200, 90, 255), (0, 220, 220)]
 GT_COLOUR, PRED_COLOUR = (0, 230, 0), (255, 40, 40)
 
@@ -81,11 +84,6 @@ def draw_predictions(image: Image.Image, predictions) -> Image.Image:
     return with_caption(canvas, lines)
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
 def sample_panel(image: Image.Image, text: str, gt_box, pred_box, gt_mask: np.ndarray | None,
                  pred_mask: np.ndarray) -> tuple[Image.Image, dict]:
     """Ground-truth box | predicted box | ground-truth mask | predicted mask, with the IoUs."""
@@ -108,6 +106,13 @@ def sample_panel(image: Image.Image, text: str, gt_box, pred_box, gt_mask: np.nd
                ("green: ground truth, red: prediction   " + "   ".join(f"{k} {v:.3f}" for k, v in ious.items()),
                 (80, 80, 80))]
     return with_caption(hstack(tiles), caption), ious
+
+
+def record_panel(grounder, image: Image.Image, record: dict) -> tuple[Image.Image, dict]:
+    """:func:`sample_panel` for a prepared record on its image, with the grounder's prediction."""
+    pred = grounder.predict(image, record["sentence"])
+    gt_mask = decode_rle(record["mask"]).astype(bool) if record.get("mask") else None
+    return sample_panel(image, record["sentence"], gt_box_xyxy(record).tolist(), pred.box, gt_mask, pred.mask)
 
 
 def _heat(values: torch.Tensor, size: tuple[int, int], vmax: float) -> Image.Image:

@@ -1,7 +1,6 @@
 """Ground any expression in any image: ``Grounder.from_pretrained(dir).predict(image, text)``."""
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 
@@ -12,7 +11,9 @@ from PIL import Image
 from ..data.dataset import load_tokenizer
 from ..data.transforms import eval_transform, load_image, make_sample
 from ..engine.checkpoint import load_model
-from ..engine.metrics import box_to_original, mask_to_original
+from ..config import MASK_THRESHOLD
+from ..data.transforms import box_to_original, mask_to_original
+from ..engine.loop import autocast
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
@@ -49,7 +50,7 @@ class Grounder:
     """
 
     def __init__(self, model, tokenizer, *, device: str | torch.device = "cpu", precision: str = "fp32",
-                 mask_threshold: float = 0.35, compile: bool = False) -> None:
+                 mask_threshold: float = MASK_THRESHOLD, compile: bool = False) -> None:
         """``compile`` runs the model through ``torch.compile`` (first call slower, later faster)."""
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
@@ -61,18 +62,12 @@ class Grounder:
 
     @classmethod
     def from_pretrained(cls, checkpoint: str | os.PathLike, *, device: str = "cpu", precision: str = "fp32",
-                        tokenizer: str | None = None, mask_threshold: float = 0.35,
+                        tokenizer: str | None = None, mask_threshold: float = MASK_THRESHOLD,
                         compile: bool = False) -> "Grounder":
         """From a vglaw checkpoint directory or a training checkpoint file."""
         model = load_model(checkpoint)
         return cls(model, load_tokenizer(tokenizer or model.config.text_encoder), device=device,
                    precision=precision, mask_threshold=mask_threshold, compile=compile)
-
-    def _autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
 
     def inputs(self, rgb: Image.Image, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """The model's inputs for expressions on one RGB image: the letterboxed image repeated
@@ -101,7 +96,7 @@ class Grounder:
         texts = [text] if isinstance(text, str) else list(text)
         rgb = as_rgb(image)
         images, ids, mask, letterbox = self.inputs(rgb, texts)
-        with self._autocast():
+        with autocast(self.device, self.precision):
             out = self._forward(images, ids, mask, use_law=use_law)
         probs = out["mask_logits"][:, 0].float().sigmoid().cpu()
         orig, size = (rgb.height, rgb.width), self.model.img_size

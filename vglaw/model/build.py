@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
 
-from ..config import type_matches
+from ..config import build_dataclass
 from .heads import BoxHead, MaskHead
 from .law import LAW_TYPES, WeightGenerator
 from ..hub import resolve_text_source
@@ -77,17 +76,10 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def config_from_dict(values: dict) -> VGLAWConfig:
+def model_config_from_dict(values: dict) -> VGLAWConfig:
     """A VGLAWConfig from a dict (a saved config.json), rejecting unknown keys and wrong types
     with the key named."""
-    known = typing.get_type_hints(VGLAWConfig)
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(f"unknown model config key(s) {unknown}; known keys: {sorted(known)}")
-    for key, value in values.items():
-        if not type_matches(value, known[key]):
-            raise TypeError(f"model config key {key!r} must be {known[key]}, got {value!r}")
-    return VGLAWConfig(**values)
+    return build_dataclass(VGLAWConfig, values)
 
 
 def build_model(name: str | VGLAWConfig = "vitb", *, load_text_weights: bool = True, **overrides) -> VGLAW:
@@ -100,9 +92,9 @@ def build_model(name: str | VGLAWConfig = "vitb", *, load_text_weights: bool = T
         overrides: VGLAWConfig fields, e.g. ``law_type="none"``, ``text_encoder="/path/to/bert"``.
     """
     if isinstance(name, VGLAWConfig):
-        config = config_from_dict({**dataclasses.asdict(name), **overrides})
+        config = model_config_from_dict({**dataclasses.asdict(name), **overrides})
     elif name in VARIANTS:
-        config = config_from_dict({**VARIANTS[name], **overrides})
+        config = model_config_from_dict({**VARIANTS[name], **overrides})
     else:
         raise ValueError(f"unknown model {name!r}; known: {sorted(VARIANTS)}")
 

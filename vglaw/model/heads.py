@@ -74,8 +74,8 @@ class MaskHead(nn.Module):
 
     ``upsample`` is ConvT(C->hidden, k2 s2) -> channel LayerNorm -> GELU -> ConvT(hidden->Dt, k2 s2).
     The forward folds the [CLS] dot product into the last ConvT (sum_c cls_c (W_c h + b_c) =
-    (sum_c cls_c W_c) h + cls.b), so the (B, Dt, 4H, 4W) pixel embeddings are never built;
-    :meth:`pixel_embeddings` returns them for inspection.
+    (sum_c cls_c W_c) h + cls.b), so the (B, Dt, 4H, 4W) pixel embeddings are never built
+    (``upsample(features)`` builds them, for inspection).
     """
 
     def __init__(self, *, embed_dim: int = 768, text_dim: int = 768, hidden_dim: int = 256,
@@ -93,10 +93,6 @@ class MaskHead(nn.Module):
         conv, norm, act, _ = self.upsample
         x = conv_transpose_2x2(features.permute(0, 2, 3, 1), conv)
         return act(F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps))
-
-    def pixel_embeddings(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, Dt, 4H, 4W)."""
-        return self.upsample(features)
 
     def forward(self, features: torch.Tensor, text_cls: torch.Tensor, size: int) -> torch.Tensor:
         """

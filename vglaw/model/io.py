@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..weights.state import load_state
-from .build import build_model, config_from_dict
+from .build import build_model, model_config_from_dict
 from .vglaw import CONFIG_NAME, WEIGHTS_NAME, VGLAW
 
 
@@ -20,7 +20,7 @@ def from_config_dict(config: dict, state: dict[str, torch.Tensor] | None = None,
     """Rebuild from ``VGLAW.config_dict()`` (no download) and, when given, load ``state`` strictly."""
     config = dict(config)
     includes_text = config.pop("includes_text_encoder", True)
-    model = build_model(config_from_dict(config), load_text_weights=not includes_text)
+    model = build_model(model_config_from_dict(config), load_text_weights=not includes_text)
     if state is not None:
         load_state(model, state, source=source, strict=True,
                    allow_missing=() if includes_text else ("text_encoder.",))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..model import VGLAWConfig, build_model
-from ..model.build import config_from_dict
+from ..model.build import model_config_from_dict
 from .state import load_state
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ def authors_config(arrays: dict[str, np.ndarray]) -> VGLAWConfig:
         max_position_embeddings=shape("text_encoder.embeddings.position_embeddings.embedding_table")[0],
         type_vocab_size=shape("text_encoder.embeddings.token_type_embeddings.embedding_table")[0],
         layer_norm_eps=1e-12, hidden_act="gelu")
-    return config_from_dict(dict(
+    return model_config_from_dict(dict(
         img_size=grid * patch, patch_size=patch, embed_dim=embed_dim, depth=depth, num_heads=embed_dim // head_dim,
         mlp_ratio=shape("visual_encoder.blocks.0.mlp.fc1.weight")[0] / embed_dim, window_size=window,
         global_blocks=tuple(i for i, r in enumerate(rel) if r == max(rel) and max(rel) != min(rel)),

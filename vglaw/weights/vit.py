@@ -8,9 +8,8 @@ import os
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..model.vit_utils import resize_rel_pos
+from ..model.vit_utils import get_abs_pos, resize_rel_pos
 from .state import LoadReport, load_state
 from .unpickle import safe_pickle_load
 
@@ -38,27 +37,20 @@ def _resize_pos_embed(pos: torch.Tensor, num_positions: int, cls_slot: bool) -> 
     """(1, [1+] n*n, C) -> (1, [1+] m*m, C): bicubic on the grid; the cls slot is kept (or zero)."""
     n_in = pos.shape[1]
     has_cls = int(round((n_in - 1) ** 0.5)) ** 2 == n_in - 1
-    grid = pos[:, 1:] if has_cls else pos
-    size = int(round(grid.shape[1] ** 0.5))
     target = int(round((num_positions - cls_slot) ** 0.5))
-    # (1, n*n, C) -> (1, C, n, n) -> (1, C, m, m) -> (1, m*m, C)
-    g = grid.reshape(1, size, size, -1).permute(0, 3, 1, 2).float()
-    g = F.interpolate(g, size=(target, target), mode="bicubic", align_corners=False)
-    g = g.permute(0, 2, 3, 1).reshape(1, target * target, -1).to(pos.dtype)
+    grid = get_abs_pos(pos.float(), has_cls, (target, target))  # (1, m, m, C)
+    grid = grid.reshape(1, target * target, -1).to(pos.dtype)  # (1, m*m, C)
     if cls_slot:
-        cls = pos[:, :1] if has_cls else torch.zeros_like(g[:, :1])
-        g = torch.cat([cls, g], dim=1)
-    return g
+        cls = pos[:, :1] if has_cls else torch.zeros_like(grid[:, :1])
+        grid = torch.cat([cls, grid], dim=1)
+    return grid
 
 
 def _load_vit(backbone: nn.Module, state: dict, source: str, strict: bool) -> LoadReport:
-    report = LoadReport(source=source)
-    state = adapt_vit_state(state, backbone, report)
-    loaded = load_state(backbone, state, source=source, strict=False)
-    report.loaded, report.missing = loaded.loaded, loaded.missing
-    report.unexpected, report.mismatched = loaded.unexpected, loaded.mismatched
-    if strict and (report.missing or report.unexpected or report.mismatched):
-        raise ValueError(f"checkpoint does not match the backbone:\n{report}")
+    resized = LoadReport(source=source)
+    state = adapt_vit_state(state, backbone, resized)
+    report = load_state(backbone, state, source=source, strict=strict)
+    report.resized = resized.resized
     log.info("%s", report)
     return report
 
