@@ -1,14 +1,14 @@
-# make test: create .venv if missing, install vglaw with its dev extra, run the tests.
+# make test: create .venv if missing, install vglaw with its dev and demo extras, run the tests.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test bench demo
+.PHONY: install test bench demo serve
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,demo]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -21,3 +21,6 @@ bench: install
 
 demo: install
 	$(PY) -m vglaw demo
+
+serve: install
+	$(PY) -m vglaw serve

@@ -11,14 +11,13 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 def randomize_(module: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
     """Give every parameter a random value (zero-initialised branches included), so that
-    comparisons exercise every path."""
+    comparisons exercise every path: normalisation scales near 1, everything else near 0."""
     g = torch.Generator().manual_seed(seed)
+    scales = {id(m.weight) for m in module.modules() if "Norm" in type(m).__name__ and getattr(m, "weight", None)
+              is not None}
     with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith("weight") and "norm" in name.lower() or name.endswith("LayerNorm.weight"):
-                p.copy_(1 + std * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(std * torch.randn(p.shape, generator=g))
+        for p in module.parameters():
+            p.copy_((1 if id(p) in scales else 0) + std * torch.randn(p.shape, generator=g))
     return module
 
 
@@ -62,7 +61,8 @@ def write_run_config(path: Path, prepared: Path, out: Path, *, batch: int = 2, e
 
 
 def make_synth_set(root: Path, *, seed: int = 11, split_sizes=None, min_size: int = 64, max_size: int = 96) -> Path:
-    """A small synthetic REFER set under ``root``, prepared; returns the prepared folder."""
+    """A small synthetic REFER set under ``root`` (``synthref/``, ``images/``), prepared into
+    ``root/prep``; returns the prepared folder. Every test's synthetic data comes from here."""
     from vglaw.data import prepare
     from vglaw.data.synth import generate
 
@@ -77,3 +77,19 @@ def make_synth_set(root: Path, *, seed: int = 11, split_sizes=None, min_size: in
 def synth_prepared(tmp_path_factory) -> Path:
     """A prepared synthetic set (8 train and 3 val images), shared by the whole session: read only."""
     return make_synth_set(tmp_path_factory.mktemp("synth_shared"))
+
+
+class Payload:
+    """A value whose unpickling would run code: it creates the file ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.fixture
+def payload(tmp_path) -> Payload:
+    """A planted-pickle payload; a test checks ``payload.marker`` was never created."""
+    return Payload(tmp_path / "PWNED")

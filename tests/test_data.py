@@ -127,18 +127,14 @@ def test_refer_reader_python2_pickle_rle_and_coco_file_names(tmp_path):
     assert decode_rle(records[0]["mask"]).sum() == 30 and records[0]["box"] == [3.0, 2.0, 6.0, 5.0]
 
 
-def test_refer_refs_pickle_with_code_is_refused(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (open, (str(tmp_path / "pwned"), "w"))
-
+def test_refer_refs_pickle_with_code_is_refused(tmp_path, payload):
     (tmp_path / "refcoco").mkdir()
     with open(tmp_path / "refcoco/refs(unc).p", "wb") as f:
-        pickle.dump([{"ref_id": Evil()}], f)
+        pickle.dump([{"ref_id": payload}], f)
     (tmp_path / "refcoco/instances.json").write_text('{"images": [], "annotations": []}')
     with pytest.raises(pickle.UnpicklingError, match="refs\\(unc\\).p.*refusing"):
         read_refer(tmp_path, "refcoco", "unc")
-    assert not (tmp_path / "pwned").exists()
+    assert not payload.marker.exists()
 
 
 def test_transvg_reader_xywh_and_xyxy(tmp_path):

@@ -10,8 +10,6 @@ import pytest
 import torch
 
 from vglaw.config import load_config
-from vglaw.data import prepare
-from vglaw.data.synth import generate
 from vglaw.engine.checkpoint import load_checkpoint
 from vglaw.data.transforms import box_to_original, mask_to_original
 from vglaw.engine.metrics import GroundingMeter
@@ -20,7 +18,7 @@ from vglaw.engine.samplers import GlobalBatchSampler, ShardSampler
 from vglaw.model import build_model
 from vglaw.engine.train import train
 
-from conftest import randomize_, text_batch, write_run_config
+from conftest import make_synth_set, randomize_, text_batch, write_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,9 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
-    generate(root, seed=11, split_sizes={"train": 8, "val": 3}, min_size=64, max_size=96, progress=False)
-    prepare(fmt="refer", data_root=root, dataset="synthref", image_root=root / "images", out=root / "prep",
-            progress=False)
+    make_synth_set(root)
     val = (root / "prep/val.jsonl").read_text().splitlines()
     (root / "prep/odd.jsonl").write_text("".join(line + "\n" for line in val[:len(val) // 2 * 2 - 1]))
     return root / "prep"

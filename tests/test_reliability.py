@@ -20,24 +20,20 @@ from vglaw.model.io import from_pretrained
 from vglaw.cli import main
 from vglaw.config import load_config
 from vglaw.data import GroundingDataset, load_tokenizer, prepare
-from vglaw.data.synth import generate
 from vglaw.engine.checkpoint import load_checkpoint
 from vglaw.engine.loop import NonFiniteLossError
 from vglaw.model import VGLAW, build_model
 from vglaw.inference.predictor import Grounder
 from vglaw.engine.train import train
 
-from conftest import write_run_config
+from conftest import make_synth_set, write_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
 
 
 def make_data(root: Path, train_images: int = 6) -> Path:
-    generate(root, seed=21, split_sizes={"train": train_images, "val": 2}, min_size=64, max_size=96, progress=False)
-    prepare(fmt="refer", data_root=root, dataset="synthref", image_root=root / "images", out=root / "prep",
-            progress=False)
-    return root / "prep"
+    return make_synth_set(root, seed=21, split_sizes={"train": train_images, "val": 2})
 
 
 @pytest.fixture(scope="module")
@@ -350,26 +346,17 @@ def test_checkpoints_with_missing_keys_or_wrong_shapes_are_rejected_with_the_key
 
 
 # ----------------------------------------------------------------------------- security
-class Payload:
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))  # unpickling this would create the marker file
-
-
-def test_planted_pickles_never_run_at_any_entry_point(tmp_path, prepared):
-    marker = tmp_path / "PWNED"
-    evil = pickle.dumps({"model": {"backbone.net.pos_embed": Payload(marker)}})
+def test_planted_pickles_never_run_at_any_entry_point(tmp_path, prepared, payload):
+    evil = pickle.dumps({"model": {"backbone.net.pos_embed": payload}})
     planted = tmp_path / "planted"
     planted.mkdir()
     (planted / "model_final.pkl").write_bytes(evil)  # detectron2 weights
     (planted / "mae.pth").write_bytes(evil)  # MAE / timm weights
     buf = io.BytesIO()
-    torch.save({"model": Payload(marker), "model_config": {}}, buf)
+    torch.save({"model": payload, "model_config": {}}, buf)
     (planted / "last.pt").write_bytes(buf.getvalue())  # a training checkpoint
     (planted / "refcoco").mkdir()
-    (planted / "refcoco/refs(unc).p").write_bytes(pickle.dumps([Payload(marker)]))  # REFER refs
+    (planted / "refcoco/refs(unc).p").write_bytes(pickle.dumps([payload]))  # REFER refs
     (planted / "refcoco/instances.json").write_text('{"images": [], "annotations": []}')
     (planted / "unc").mkdir()
     (planted / "unc/unc_val.pth").write_bytes(buf.getvalue())  # TransVG split file
@@ -399,7 +386,7 @@ def test_planted_pickles_never_run_at_any_entry_point(tmp_path, prepared):
     (planted / "checkpoints").mkdir()
     (planted / "checkpoints/last.pt").write_bytes(buf.getvalue())
     assert main(["train", "--config", str(cfg), "--resume"]) == 2
-    assert not marker.exists()
+    assert not payload.marker.exists()
 
 
 def test_reliability_table_lists_exactly_these_tests():

@@ -69,24 +69,15 @@ def test_mis_shaped_keys_are_named(tmp_path):
     assert report.mismatched == ["blocks.0.mlp.fc1.weight: checkpoint (5, 32) vs model (128, 32)"]
 
 
-class Payload:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))  # would create a file when unpickled
-
-
-def test_malicious_pickle_is_refused_without_running(tmp_path):
-    marker = tmp_path / "pwned"
+def test_malicious_pickle_is_refused_without_running(tmp_path, payload):
     path = tmp_path / "evil.pkl"
     with open(path, "wb") as f:
-        pickle.dump({"model": {"backbone.net.pos_embed": Payload(str(marker))}}, f)
+        pickle.dump({"model": {"backbone.net.pos_embed": payload}}, f)
     with pytest.raises(pickle.UnpicklingError, match="refusing to load .*open"):
         load_detectron2_vit(small_vit(), path)
     with pytest.raises(pickle.UnpicklingError, match=str(path)):
         safe_pickle_load(path)
-    assert not marker.exists()
+    assert not payload.marker.exists()
 
 
 def test_python2_style_numpy_pickle_loads(tmp_path):

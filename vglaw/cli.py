@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .config import MASK_THRESHOLD
+from .errors import VglawError
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -83,11 +84,18 @@ def _predict(args: argparse.Namespace) -> None:
     from .inference.commands import predict
 
     result = predict(args.checkpoint, args.image, args.text, out=args.out, json_path=args.json,
-                     device=args.device, precision=args.precision, mask_threshold=args.mask_threshold)
+                     heatmap=args.heatmap, device=args.device, precision=args.precision,
+                     mask_threshold=args.mask_threshold)
     for p in result["predictions"]:
         box = ", ".join(f"{v:.1f}" for v in p["box_xyxy"])
         print(f'"{p["text"]}": box ({box}), mask {p["mask_area"]} px')
-    print(f"wrote {result['png']} and {result['json']}")
+    print("wrote " + ", ".join(result[k] for k in ("png", "heatmap_png", "json") if k in result))
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from .inference.serve import serve
+
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, precision=args.precision)
 
 
 def _visualize(args: argparse.Namespace) -> None:
@@ -108,17 +116,8 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.out, checkpoint=args.checkpoint, images=args.images, seed=args.seed)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vglaw", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    p = commands.add_parser("convert", help="convert another implementation's checkpoint to vglaw's format")
-    p.add_argument("--from", dest="source", choices=["mindspore"], required=True,
-                   help="format of CHECKPOINT (the authors' MindSpore .ckpt)")
-    p.add_argument("checkpoint", help="the checkpoint file")
-    p.add_argument("--out", required=True, help="output vglaw checkpoint directory")
-    p.set_defaults(run=_convert)
-
+def _add_data_commands(commands) -> None:
+    """synth, prepare, leakage"""
     p = commands.add_parser("synth", help="generate a synthetic referring dataset in the REFER layout")
     p.add_argument("--out", required=True, help="output folder (gets <name>/ and images/)")
     p.add_argument("--name", default="synthref", help="dataset name (default synthref)")
@@ -152,6 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the report as JSON")
     p.set_defaults(run=_leakage)
 
+
+def _add_weights_commands(commands) -> None:
+    """convert"""
+    p = commands.add_parser("convert", help="convert another implementation's checkpoint to vglaw's format")
+    p.add_argument("--from", dest="source", choices=["mindspore"], required=True,
+                   help="format of CHECKPOINT (the authors' MindSpore .ckpt)")
+    p.add_argument("checkpoint", help="the checkpoint file")
+    p.add_argument("--out", required=True, help="output vglaw checkpoint directory")
+    p.set_defaults(run=_convert)
+
+
+def _add_training_commands(commands) -> None:
+    """train, eval"""
     p = commands.add_parser("train", help="train a model (also under torchrun --nproc_per_node N -m vglaw train)")
     p.add_argument("--config", required=True, help="YAML config (a diff over the defaults, see configs/)")
     p.add_argument("--resume", action="store_true", help="continue the run in run.out from checkpoints/last.pt")
@@ -170,16 +182,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="where to write the results (default: beside the checkpoint)")
     p.set_defaults(run=_eval)
 
+
+def _add_inference_commands(commands) -> None:
+    """predict, serve, visualize, demo"""
     p = commands.add_parser("predict", help="ground expressions in your own image")
     p.add_argument("--checkpoint", required=True, help="a vglaw checkpoint directory or training .pt")
     p.add_argument("--image", required=True)
     p.add_argument("--text", action="append", required=True, help="an expression (repeat for several)")
     p.add_argument("--out", default=None, help="picture to write (default <image>.vglaw.png)")
     p.add_argument("--json", default=None, help="JSON to write (default beside --out)")
+    p.add_argument("--heatmap", action="store_true",
+                   help="also write <out>.heatmap.png: where the box head looks for each expression")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--mask-threshold", type=float, default=MASK_THRESHOLD)
     p.set_defaults(run=_predict)
+
+    p = commands.add_parser("serve", help="a web page and HTTP API for grounding (needs the demo extra)")
+    p.add_argument("--checkpoint", default=None, help="a vglaw checkpoint (default: the bundled demo model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.set_defaults(run=_serve)
 
     p = commands.add_parser("visualize", help="ground truth vs prediction panels for dataset samples")
     p.add_argument("--checkpoint", required=True)
@@ -201,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default="data/demo-train", help="with --train: where data and run go")
     p.add_argument("overrides", nargs="*", help="with --train: config overrides key=value")
     p.set_defaults(run=_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vglaw", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_weights_commands, _add_data_commands, _add_training_commands, _add_inference_commands):
+        add(commands)
     return parser
 
 
@@ -209,8 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (FileNotFoundError, ValueError, KeyError, TypeError, OSError, ImportError, pickle.UnpicklingError,
-            RuntimeError) as e:
+    except (VglawError, OSError, pickle.UnpicklingError, ImportError) as e:
+        # what the user can fix (a file, config, checkpoint, image, missing package): one line;
+        # anything else is a bug and keeps its traceback
         if os.environ.get("VGLAW_DEBUG"):
             raise
         print(f"vglaw {args.command}: error: {e}", file=sys.stderr)

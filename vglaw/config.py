@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from .errors import InputError, InputTypeError
+
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads ``1e-3`` as a string; read it as a float, as people mean it."""
@@ -138,17 +140,17 @@ def build_dataclass(cls, values: dict, where: str = ""):
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(hints))
     if unknown:
-        raise ValueError(f"unknown config key(s) {[f'{where}{k}' for k in unknown]}; "
+        raise InputError(f"unknown config key(s) {[f'{where}{k}' for k in unknown]}; "
                          f"known in {where.rstrip('.') or cls.__name__}: {sorted(hints)}")
     kwargs = {}
     for key, value in values.items():
         annotation = hints[key]
         if dataclasses.is_dataclass(annotation):
             if not isinstance(value, dict):
-                raise TypeError(f"config key '{where}{key}' must be a mapping, got {value!r}")
+                raise InputTypeError(f"config key '{where}{key}' must be a mapping, got {value!r}")
             kwargs[key] = build_dataclass(annotation, value, f"{where}{key}.")
         elif not type_matches(value, annotation):
-            raise TypeError(f"config key '{where}{key}' must be {annotation}, got {value!r}")
+            raise InputTypeError(f"config key '{where}{key}' must be {annotation}, got {value!r}")
         else:
             kwargs[key] = float(value) if annotation is float else value
     return cls(**kwargs)
@@ -166,12 +168,12 @@ def _merge(base: dict, diff: dict) -> dict:
 
 def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     if path in seen:
-        raise ValueError(f"config {path} includes itself through _base_")
+        raise InputError(f"config {path} includes itself through _base_")
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found")
     values = _yaml(path.read_text()) or {}
     if not isinstance(values, dict):
-        raise ValueError(f"config file {path} must hold a mapping")
+        raise InputError(f"config file {path} must hold a mapping")
     base = values.pop("_base_", None)
     if base is None:
         return values
@@ -183,7 +185,7 @@ def parse_overrides(items: list[str]) -> dict:
     out: dict = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
+            raise InputError(f"override {item!r} is not key=value")
         key, raw = item.split("=", 1)
         node = out
         parts = key.strip().split(".")

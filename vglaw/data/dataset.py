@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.ops import box_convert
 
+from ..errors import InputError
 from .prepare import load_split
 from .readers import decode_rle, gt_box_xyxy
 from .transforms import TrainAugment, eval_transform, load_image, make_sample
@@ -82,17 +83,17 @@ class GroundingDataset(Dataset):
                 continue
             item["skipped"] = skipped
             return item
-        raise RuntimeError(f"no usable sample in {self.meta.get('dataset')}: every one was skipped")
+        raise InputError(f"no usable sample in {self.meta.get('dataset')}: every one was skipped")
 
     def _item(self, index: int) -> dict:
         record = self.records[index]
         path = self.image_root / record["image"]
         x, y, w, h = record["box"]
         if w <= 0 or h <= 0:
-            raise ValueError(f"sample {index} ({path}): box {record['box']} has zero or negative size")
+            raise InputError(f"sample {index} ({path}): box {record['box']} has zero or negative size")
         image = load_image(path)
         if (image.width, image.height) != (record["width"], record["height"]):
-            raise ValueError(f"{path} is {image.width}x{image.height}, but the prepared record says "
+            raise InputError(f"{path} is {image.width}x{image.height}, but the prepared record says "
                              f"{record['width']}x{record['height']}")
         mask = self.gt_mask(index)
         sample = make_sample(image, record["box"], mask, record["sentence"])

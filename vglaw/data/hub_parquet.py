@@ -26,6 +26,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..errors import InputError
 from .readers import encode_rle
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def read_hf_parquet(root: str | os.PathLike, dataset: str, image_out: str | os.P
         elif LMMS_COLUMNS <= columns:
             read_row, embedded = _lmms_records, True
         else:
-            raise ValueError(f"{path}: not a known RefCOCO parquet layout; its columns are {sorted(columns)}, "
+            raise InputError(f"{path}: not a known RefCOCO parquet layout; its columns are {sorted(columns)}, "
                              f"expected those of jxu124/refcoco ({sorted(JXU124_COLUMNS)}) or of "
                              f"lmms-lab/RefCOCO ({sorted(LMMS_COLUMNS)})")
         split = refer_split(file_split(path), dataset)

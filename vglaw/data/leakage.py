@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 
+from ..errors import InputError
 from ..fileio import atomic_write
 from .prepare import load_split
 from .readers import read_refer
@@ -91,7 +92,7 @@ def leakage(paths: list[str | os.PathLike], coco_file: str | os.PathLike,
         coco = json.loads(coco_file.read_text())
         coco_ids = {int(img["id"]) for img in coco["images"]}
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{coco_file} is not a COCO annotation file (JSON with images[].id): {e}") from None
+        raise InputError(f"{coco_file} is not a COCO annotation file (JSON with images[].id): {e}") from None
     sources = read_sources(paths)
     result = {"coco_file": str(coco_file), "coco_images": len(coco_ids), "datasets": leakage_report(sources, coco_ids)}
     if write_clean_to is not None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from ..errors import InputError
 from .hub_parquet import read_hf_parquet, split_report
 from .readers import read_refer, read_seqtr, read_transvg
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("refer", "transvg", "seqtr", "hf-parquet")
 
 
-class BadRecordsError(ValueError):
+class BadRecordsError(InputError):
     """Some records failed validation; ``bad`` lists them (file, id, reason)."""
 
     def __init__(self, bad: list[dict], shown: int = 20):
@@ -80,7 +81,7 @@ def read_records(fmt: str, data_root: str | os.PathLike, dataset: str, split_by:
     if fmt == "hf-parquet":
         records, embedded = read_hf_parquet(data_root, dataset, out / "images")
         return records, out / "images" if embedded else None
-    raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    raise InputError(f"unknown format {fmt!r}; expected one of {FORMATS}")
 
 
 def prepare(*, fmt: str, data_root: str | os.PathLike, dataset: str, image_root: str | os.PathLike | None,
@@ -101,7 +102,7 @@ def prepare(*, fmt: str, data_root: str | os.PathLike, dataset: str, image_root:
     if embedded_images is not None:
         image_root = embedded_images
     elif image_root is None:
-        raise ValueError(f"--images is required for the {fmt} format: the folder of the image files")
+        raise InputError(f"--images is required for the {fmt} format: the folder of the image files")
     image_root = Path(image_root).resolve()
     if not image_root.is_dir():
         raise FileNotFoundError(f"image folder {image_root} not found")

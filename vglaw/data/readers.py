@@ -27,6 +27,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torchvision.ops import box_convert
 
+from ..errors import InputError
 from ..weights.unpickle import safe_pickle_load
 
 COCO_PATTERN = "COCO_train2014_{:012d}.jpg"
@@ -65,7 +66,7 @@ def encode_rle(segmentation, height: int, width: int) -> dict:
     else:
         kind = type(segmentation).__name__
         inner = f" of {type(segmentation[0]).__name__}" if isinstance(segmentation, list) and segmentation else ""
-        raise ValueError(f"unsupported segmentation (a {kind}{inner}): expected polygons, an RLE dict or a list "
+        raise InputError(f"unsupported segmentation (a {kind}{inner}): expected polygons, an RLE dict or a list "
                          "of RLE dicts")
     return _with_str_counts(rle)
 
@@ -110,7 +111,7 @@ def read_refer(root: str | os.PathLike, dataset: str, split_by: str) -> list[dic
                                     "and instances.json)")
     refs = safe_pickle_load(refs_path)
     if not isinstance(refs, list):
-        raise ValueError(f"{refs_path}: expected a list of refs, got {type(refs).__name__}")
+        raise InputError(f"{refs_path}: expected a list of refs, got {type(refs).__name__}")
     with open(instances_path) as f:
         instances = json.load(f)
     images = {img["id"]: img for img in instances["images"]}
@@ -158,7 +159,7 @@ def read_transvg(root: str | os.PathLike, dataset: str, splits: list[str] | None
         try:
             items = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - report any unreadable file by name
-            raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True): {e}") from None
+            raise InputError(f"{path}: cannot be read with torch.load(weights_only=True): {e}") from None
         for i, item in enumerate(items):
             if len(item) == 3:  # flickr: (img_file, bbox, phrase)
                 img_file, box, phrase = item
@@ -192,7 +193,7 @@ def read_seqtr(root: str | os.PathLike, dataset: str = "refcoco") -> list[dict]:
     with open(path) as f:
         data = json.load(f)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected {{split: [records]}}")
+        raise InputError(f"{path}: expected {{split: [records]}}")
     pattern = image_pattern(dataset)
     records = []
     for split, items in data.items():

@@ -19,6 +19,8 @@ from torchvision import tv_tensors
 from torchvision.ops import box_convert
 from torchvision.transforms.v2 import functional as TF
 
+from ..errors import InputError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _SPATIAL = re.compile(r"\b(left|right|top|bottom|middle)", re.IGNORECASE)
@@ -178,7 +180,7 @@ class TrainAugment:
 
     def __post_init__(self) -> None:
         if self.crop not in ("canvas", "random"):
-            raise ValueError(f"config key data.crop must be 'canvas' or 'random', got {self.crop!r}")
+            raise InputError(f"config key data.crop must be 'canvas' or 'random', got {self.crop!r}")
 
     def __call__(self, sample: Sample, gen: torch.Generator | None = None) -> tuple[Sample, dict]:
         h0, w0 = sample.size

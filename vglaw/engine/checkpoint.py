@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..fileio import atomic_write
 from ..model import VGLAW
 from ..model.io import from_config_dict, from_pretrained
@@ -56,10 +57,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - name the file whatever went wrong
-        raise ValueError(f"{path} is not a readable vglaw training checkpoint: {e}") from None
+        raise InputError(f"{path} is not a readable vglaw training checkpoint: {e}") from None
     missing = {"model", "model_config"} - set(state if isinstance(state, dict) else ())
     if missing:
-        raise ValueError(f"{path} is not a vglaw training checkpoint (lacks {sorted(missing)})")
+        raise InputError(f"{path} is not a vglaw training checkpoint (lacks {sorted(missing)})")
     return state
 
 

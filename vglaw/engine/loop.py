@@ -11,12 +11,13 @@ from tqdm import tqdm
 from .. import distributed as dist
 from ..config import MASK_THRESHOLD
 from ..data.transforms import box_to_original, mask_to_original
+from ..errors import VglawError
 from .losses import grounding_loss
 from .metrics import GroundingMeter
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(VglawError, RuntimeError):
+    """The loss became NaN or infinite: the run stops before that update."""
 
 
 def autocast(device: torch.device, precision: str):
@@ -28,6 +29,16 @@ def autocast(device: torch.device, precision: str):
 
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def optimizer_step(model, optimizer, scheduler, scaler, clip_grad_norm: float) -> None:
+    """Clip the accumulated gradients' global norm, apply them, and move the schedule on."""
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch: int, accum_steps: int, cfg,
@@ -80,12 +91,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch: int, 
         for k, v in values.items():
             totals[k] = totals.get(k, 0.0) + v
         lr = optimizer.param_groups[-1]["lr"]  # the lr this step uses (the scheduler then moves on)
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.optim.clip_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        optimizer_step(core, optimizer, scheduler, scaler, cfg.optim.clip_grad_norm)
         global_step += 1
         step_loss = values["loss"] / (accum_steps * dist.world_size())
         bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}",

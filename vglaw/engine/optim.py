@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from ..errors import InputError
+
 OPTIMIZERS = ("adam_weight_decay", "adamw")
 
 
@@ -76,7 +78,7 @@ def build_optimizer(model: torch.nn.Module, optim) -> torch.optim.Optimizer:
         return AdamWeightDecay(groups, eps=optim.eps, weight_decay=optim.weight_decay)
     if optim.optimizer == "adamw":
         return torch.optim.AdamW(groups, eps=optim.eps, weight_decay=optim.weight_decay)
-    raise ValueError(f"config key optim.optimizer must be one of {list(OPTIMIZERS)}, got {optim.optimizer!r}")
+    raise InputError(f"config key optim.optimizer must be one of {list(OPTIMIZERS)}, got {optim.optimizer!r}")
 
 
 def lr_factor(step: int, *, warmup_steps: int, warmup_factor: float, drop_steps: list[int],

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Sampler
 
+from ..errors import InputError
+
 
 class GlobalBatchSampler(Sampler[list[int]]):
     """Yields this process's micro-batches (lists of indices) for one epoch.
@@ -22,10 +24,10 @@ class GlobalBatchSampler(Sampler[list[int]]):
     def __init__(self, n: int, *, effective_batch: int, batch_size: int, rank: int = 0, world_size: int = 1,
                  seed: int = 0) -> None:
         if effective_batch % (batch_size * world_size):
-            raise ValueError(f"effective_batch {effective_batch} is not a multiple of batch_size {batch_size} "
+            raise InputError(f"effective_batch {effective_batch} is not a multiple of batch_size {batch_size} "
                              f"x world size {world_size}")
         if n < effective_batch:
-            raise ValueError(f"the training split has {n} samples, fewer than effective_batch {effective_batch}")
+            raise InputError(f"the training split has {n} samples, fewer than effective_batch {effective_batch}")
         self.n, self.effective_batch, self.batch_size = n, effective_batch, batch_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.accum_steps = effective_batch // (batch_size * world_size)

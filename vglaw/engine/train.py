@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from .. import distributed as dist
 from ..config import Config, config_to_dict
 from ..data import GroundingDataset, TrainAugment, collate, load_tokenizer
+from ..errors import InputError
 from ..model import build_model
 from ..weights.vit import load_detectron2_vit, load_mae_vit
 from .checkpoint import load_checkpoint, load_model, rng_state, save_checkpoint, set_rng_state
@@ -35,7 +36,7 @@ log = logging.getLogger("vglaw.train")
 
 def build_train_model(cfg: Config):
     if cfg.model.cache_text and not cfg.model.freeze_text:
-        raise ValueError("model.cache_text needs model.freeze_text: a text encoder that trains changes its "
+        raise InputError("model.cache_text needs model.freeze_text: a text encoder that trains changes its "
                          "output at every step, so there is nothing to keep")
     if cfg.model.init_from:
         model = load_model(cfg.model.init_from)

@@ -4,16 +4,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from ..config import MASK_THRESHOLD
-from ..data.readers import mask_to_rle
-from .pictures import draw_predictions, law_panel, record_panel
+from ..errors import InputError
+from .pictures import attention_tile, draw_predictions, hstack, law_panel, record_panel
+from .postprocess import predictions_json
 from .predictor import Grounder, as_rgb
 
 
-def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=None, device="cpu",
-            precision="fp32", mask_threshold=MASK_THRESHOLD) -> dict:
-    """``vglaw predict``: ground the expressions, write the picture and the JSON."""
+def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=None, heatmap: bool = False,
+            device="cpu", precision="fp32", mask_threshold=MASK_THRESHOLD) -> dict:
+    """``vglaw predict``: ground the expressions, write the picture and the JSON (and with
+    ``heatmap``, ``<out>.heatmap.png``: where the box head looks for each expression)."""
     grounder = Grounder.from_pretrained(checkpoint, device=device, precision=precision,
                                         mask_threshold=mask_threshold)
     image = as_rgb(image_path)
@@ -21,14 +22,16 @@ def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=Non
     stem = Path(image_path).stem
     out = Path(out or f"{stem}.vglaw.png")
     json_path = Path(json_path or out.with_suffix(".json"))
-    result = {"image": str(image_path), "width": image.width, "height": image.height,
-              "predictions": [{"text": p.text, "box_xyxy": list(p.box), "mask_rle": mask_to_rle(p.mask),
-                               "mask_area": int(p.mask.sum())} for p in preds]}
+    result = predictions_json(str(image_path), image, preds)
     out.parent.mkdir(parents=True, exist_ok=True)
     draw_predictions(image, preds).save(out)
+    written = {"png": str(out)}
+    if heatmap:
+        written["heatmap_png"] = str(out.with_suffix(".heatmap.png"))
+        hstack([attention_tile(image, p) for p in preds]).save(written["heatmap_png"])
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2) + "\n")
-    return {"png": str(out), "json": str(json_path), **result}
+    return {**written, "json": str(json_path), **result}
 
 
 def visualize(checkpoint, prepared, split: str, indexes: list[int], out_dir, *, law: bool = False,
@@ -44,7 +47,7 @@ def visualize(checkpoint, prepared, split: str, indexes: list[int], out_dir, *, 
     written = []
     for index in indexes:
         if not 0 <= index < len(records):
-            raise ValueError(f"index {index} is outside split {split!r} (0..{len(records) - 1})")
+            raise InputError(f"index {index} is outside split {split!r} (0..{len(records) - 1})")
         record = records[index]
         image = as_rgb(Path(meta["image_root"]) / record["image"])
         panel, ious = record_panel(grounder, image, record)

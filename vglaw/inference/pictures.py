@@ -108,6 +108,21 @@ def sample_panel(image: Image.Image, text: str, gt_box, pred_box, gt_mask: np.nd
     return with_caption(hstack(tiles), caption), ious
 
 
+def attention_overlay(image: Image.Image, attention: np.ndarray, alpha: float = 0.6) -> Image.Image:
+    """The box head's attention (H, W) in [0, 1] as a heat map blended over the image."""
+    heat = _heat(torch.from_numpy(attention), image.size, 1.0)
+    return Image.blend(image, heat, alpha)
+
+
+def attention_tile(image: Image.Image, prediction) -> Image.Image:
+    """One expression's attention overlay, enlarged when small, with its box and the expression."""
+    big = upscale(image)
+    factor = big.width / image.width
+    tile = attention_overlay(big, np.asarray(Image.fromarray(prediction.attention).resize(big.size, Image.BILINEAR)))
+    tile = draw_box(tile, [v * factor for v in prediction.box], (255, 255, 255), 2)
+    return with_caption(tile, [(f'"{prediction.text}": where the box head looks', (0, 0, 0))])
+
+
 def record_panel(grounder, image: Image.Image, record: dict) -> tuple[Image.Image, dict]:
     """:func:`sample_panel` for a prepared record on its image, with the grounder's prediction."""
     pred = grounder.predict(image, record["sentence"])

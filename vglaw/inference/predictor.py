@@ -6,14 +6,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from ..data.dataset import load_tokenizer
-from ..data.transforms import eval_transform, load_image, make_sample
-from ..engine.checkpoint import load_model
 from ..config import MASK_THRESHOLD
-from ..data.transforms import box_to_original, mask_to_original
+from ..data.dataset import load_tokenizer
+from ..data.transforms import box_to_original, eval_transform, load_image, make_sample, mask_to_original
+from ..engine.checkpoint import load_model
 from ..engine.loop import autocast
+from ..errors import InputError, InputTypeError
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
@@ -26,6 +27,7 @@ class Prediction:
     box: tuple[float, float, float, float]  # x0, y0, x1, y1
     mask: np.ndarray  # (H, W) bool
     prob: np.ndarray  # (H, W) float32, sigmoid of the mask logits
+    attention: np.ndarray  # (H, W) float32 in [0, 1]: where the box head's pooling looks, / its maximum
 
 
 def as_rgb(image: ImageLike) -> Image.Image:
@@ -35,10 +37,10 @@ def as_rgb(image: ImageLike) -> Image.Image:
         return load_image(image)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3):
-            raise ValueError(f"a numpy image must be HxW or HxWxC uint8, got {image.dtype} {image.shape}")
+            raise InputError(f"a numpy image must be HxW or HxWxC uint8, got {image.dtype} {image.shape}")
         image = Image.fromarray(image)
     if not isinstance(image, Image.Image):
-        raise TypeError(f"expected a path, PIL image or numpy array, got {type(image).__name__}")
+        raise InputTypeError(f"expected a path, PIL image or numpy array, got {type(image).__name__}")
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
@@ -53,7 +55,7 @@ class Grounder:
                  mask_threshold: float = MASK_THRESHOLD, compile: bool = False) -> None:
         """``compile`` runs the model through ``torch.compile`` (first call slower, later faster)."""
         if precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+            raise InputError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self._forward = torch.compile(self.model) if compile else self.model
@@ -73,10 +75,10 @@ class Grounder:
         """The model's inputs for expressions on one RGB image: the letterboxed image repeated
         per expression, token ids and mask on the device, and the letterbox (``scale``, ``offset``)."""
         if not texts:
-            raise ValueError("no expression given")
+            raise InputError("no expression given")
         for t in texts:
             if not isinstance(t, str) or not t.strip():
-                raise ValueError(f"empty expression {t!r}: say what to find in the image")
+                raise InputError(f"empty expression {t!r}: say what to find in the image")
         sample, letterbox = eval_transform(make_sample(rgb, (0, 0, 1, 1), None, texts[0]), self.model.img_size)
         tokens = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.model.config.max_len,
                                 return_tensors="pt")
@@ -97,13 +99,20 @@ class Grounder:
         rgb = as_rgb(image)
         images, ids, mask, letterbox = self.inputs(rgb, texts)
         with autocast(self.device, self.precision):
-            out = self._forward(images, ids, mask, use_law=use_law)
+            out = self._forward(images, ids, mask, use_law=use_law, box_attention=True)
+        size = self.model.img_size
         probs = out["mask_logits"][:, 0].float().sigmoid().cpu()
-        orig, size = (rgb.height, rgb.width), self.model.img_size
+        # (B, h, w) token weights -> (B, S, S) on the canvas, each map scaled to a maximum of 1
+        attention = F.interpolate(out["box_attention"].float()[:, None], size=(size, size), mode="bilinear",
+                                  align_corners=False)[:, 0].cpu()
+        attention = attention / attention.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]
+        boxes = out["boxes"].float().cpu()
+        scale, offset, orig = letterbox["scale"], letterbox["offset"], (rgb.height, rgb.width)
         results = []
         for i, t in enumerate(texts):
-            box = box_to_original(out["boxes"][i].float().cpu(), size, letterbox["scale"], letterbox["offset"], orig)
-            prob = mask_to_original(probs[i], letterbox["scale"], letterbox["offset"], orig).numpy()
+            box = box_to_original(boxes[i], size, scale, offset, orig)
+            prob = mask_to_original(probs[i], scale, offset, orig).numpy()
+            heat = mask_to_original(attention[i], scale, offset, orig).numpy()
             results.append(Prediction(t, tuple(round(v, 2) for v in box.tolist()), prob > self.mask_threshold,
-                                      prob.astype(np.float32)))
+                                      prob.astype(np.float32), heat.astype(np.float32)))
         return results[0] if isinstance(text, str) else results

@@ -5,9 +5,10 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..config import build_dataclass
+from ..errors import InputError
+from ..hub import resolve_text_source
 from .heads import BoxHead, MaskHead
 from .law import LAW_TYPES, WeightGenerator
-from ..hub import resolve_text_source
 from .text import TextEncoder
 from .vglaw import VGLAW
 from .vit import ViT
@@ -58,9 +59,9 @@ class VGLAWConfig:
     def __post_init__(self) -> None:
         self.global_blocks = tuple(self.global_blocks)
         if self.law_type not in LAW_TYPES:
-            raise ValueError(f"law_type must be one of {LAW_TYPES}, got {self.law_type!r}")
+            raise InputError(f"law_type must be one of {LAW_TYPES}, got {self.law_type!r}")
         if self.img_size % self.patch_size:
-            raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+            raise InputError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
 
 
 VARIANTS: dict[str, dict] = {
@@ -96,7 +97,7 @@ def build_model(name: str | VGLAWConfig = "vitb", *, load_text_weights: bool = T
     elif name in VARIANTS:
         config = model_config_from_dict({**VARIANTS[name], **overrides})
     else:
-        raise ValueError(f"unknown model {name!r}; known: {sorted(VARIANTS)}")
+        raise InputError(f"unknown model {name!r}; known: {sorted(VARIANTS)}")
 
     if config.text_encoder and load_text_weights:
         text_encoder = TextEncoder.from_pretrained(config.text_encoder, config.text_layers)

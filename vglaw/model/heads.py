@@ -56,6 +56,15 @@ class BoxHead(nn.Module):
         pooled = F.scaled_dot_product_attention(q, k, tokens[:, None])  # (B, 1, 1, C)
         return self.mlp(pooled[:, 0, 0])
 
+    def attention(self, features: torch.Tensor, text_cls: torch.Tensor) -> torch.Tensor:
+        """Where the pooling looks: its weights over the feature map, softmax(q.k / sqrt(A)),
+        (B, C, H, W) and (B, Dt) -> (B, H, W), each map summing to 1."""
+        B, _, H, W = features.shape
+        tokens = features.flatten(2).transpose(1, 2)  # (B, HW, C)
+        q, k = self.q_proj(text_cls), self.k_proj(tokens)  # (B, A), (B, HW, A)
+        logits = (k @ q[:, :, None])[..., 0] / q.shape[-1] ** 0.5  # (B, HW, A) @ (B, A, 1) -> (B, HW)
+        return logits.softmax(-1).view(B, H, W)
+
 
 def conv_transpose_2x2(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
     """``conv`` (kernel 2, stride 2) on a channels-last map as one matmul:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from ..errors import InputError
 from ..weights.state import load_state
 from .build import build_model, model_config_from_dict
 from .vglaw import CONFIG_NAME, WEIGHTS_NAME, VGLAW
@@ -38,14 +39,14 @@ def from_pretrained(directory: str | os.PathLike, **overrides) -> VGLAW:
     try:
         raw = json.loads(config_path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{config_path} is not valid JSON: {e}") from None
+        raise InputError(f"{config_path} is not valid JSON: {e}") from None
     if not isinstance(raw, dict) or "embed_dim" not in raw:
-        raise ValueError(f"{config_path} is not a vglaw model config")
+        raise InputError(f"{config_path} is not a vglaw model config")
     # the architecture comes from the saved text_config; weights from the file (or the
     # pretrained text encoder directory when the file leaves them out)
     try:
         state = load_file(str(weights_path))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
-        raise ValueError(f"{weights_path} is not a readable safetensors file: {e}") from None
+        raise InputError(f"{weights_path} is not a readable safetensors file: {e}") from None
     return from_config_dict({**raw, **overrides}, state, source=str(weights_path))
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 from transformers import BertConfig, BertModel
 
+from ..errors import InputError
 from ..hub import resolve_text_source
 
 
@@ -14,10 +15,20 @@ def truncated_bert_config(config: BertConfig | dict, num_layers: int) -> BertCon
     """A copy of ``config`` with ``num_hidden_layers = num_layers`` (checked against the source)."""
     config = BertConfig(**config) if isinstance(config, dict) else BertConfig(**config.to_dict())
     if num_layers > config.num_hidden_layers:
-        raise ValueError(f"text_layers={num_layers} but the BERT config has only "
+        raise InputError(f"text_layers={num_layers} but the BERT config has only "
                          f"{config.num_hidden_layers} layers")
     config.num_hidden_layers = num_layers
     return config
+
+
+class BertWithoutPooler(BertModel):
+    """BERT built and loaded without its pooler: vglaw reads the token features only, so a
+    checkpoint's pooler weights are known leftovers, not a mismatch to report."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^pooler\."]
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config, add_pooling_layer=False)
 
 
 class TextEncoder(nn.Module):
@@ -26,7 +37,7 @@ class TextEncoder(nn.Module):
     def __init__(self, *, config: BertConfig | dict, num_layers: int) -> None:
         """Random weights from a BertConfig (or its dict); use :meth:`from_pretrained` for weights."""
         super().__init__()
-        self.bert = BertModel(truncated_bert_config(config, num_layers), add_pooling_layer=False)
+        self.bert = BertWithoutPooler(truncated_bert_config(config, num_layers))
 
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, num_layers: int) -> "TextEncoder":
@@ -34,8 +45,7 @@ class TextEncoder(nn.Module):
         online) and keep its first ``num_layers`` layers."""
         source = resolve_text_source(source)
         config = BertConfig.from_pretrained(source)
-        bert = BertModel.from_pretrained(source, config=truncated_bert_config(config, num_layers),
-                                         add_pooling_layer=False)
+        bert = BertWithoutPooler.from_pretrained(source, config=truncated_bert_config(config, num_layers))
         encoder = cls.__new__(cls)
         nn.Module.__init__(encoder)
         encoder.bert = bert

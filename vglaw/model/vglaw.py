@@ -45,7 +45,7 @@ class VGLAW(nn.Module):
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, use_law: bool = True,
-                text: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                text: torch.Tensor | None = None, box_attention: bool = False) -> dict[str, torch.Tensor]:
         """
         Args:
             images: (B, 3, S, S) letterboxed, ImageNet-normalised canvas, S = ``img_size``.
@@ -56,12 +56,15 @@ class VGLAW(nn.Module):
             text: (B, L, Dt) the text encoder's output for ``input_ids``, when it is already
                 known (a frozen encoder's :class:`~vglaw.engine.text_cache.FrozenTextCache`); the encoder
                 is then skipped.
+            box_attention: also return the box head's pooling weights.
         Returns:
             dict with
               ``boxes`` (B, 4): normalised (cx, cy, w, h) on the canvas, in [0, 1];
               ``box_logits`` (B, 4): the same before the sigmoid;
               ``mask_logits`` (B, 1, S, S): mask logits on the canvas;
-              ``features`` (B, C, S/p, S/p): the backbone's last feature map.
+              ``features`` (B, C, S/p, S/p): the backbone's last feature map;
+              ``box_attention`` (B, S/p, S/p), with ``box_attention=True``: where the box head's
+              language-guided pooling looks (weights summing to 1 per sample).
         """
         if images.shape[-2:] != (self.img_size, self.img_size):
             raise ValueError(f"images must be (B, 3, {self.img_size}, {self.img_size}), got {tuple(images.shape)}")
@@ -71,12 +74,15 @@ class VGLAW(nn.Module):
         features = self.backbone(images, law)  # (B, C, h, w)
         text_cls = text[:, 0]  # (B, Dt)
         box_logits = self.box_head(features, text_cls)
-        return {
+        out = {
             "boxes": box_logits.sigmoid(),
             "box_logits": box_logits,
             "mask_logits": self.mask_head(features, text_cls, self.img_size),
             "features": features,
         }
+        if box_attention:
+            out["box_attention"] = self.box_head.attention(features, text_cls)
+        return out
 
     # ------------------------------------------------------------------ checkpoints
     def save_pretrained(self, directory: str | os.PathLike, include_text_encoder: bool = True) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..model import VGLAWConfig, build_model
 from ..model.build import model_config_from_dict
 from .state import load_state
@@ -40,7 +41,7 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
     value, shift = 0, 0
     while True:
         if pos >= len(buf):
-            raise ValueError("truncated varint")
+            raise InputError("truncated varint")
         byte = buf[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
@@ -63,14 +64,14 @@ def _fields(buf: memoryview):
         elif wire == 2:
             length, pos = _varint(buf, pos)
             if pos + length > len(buf):
-                raise ValueError("truncated length-delimited field")
+                raise InputError("truncated length-delimited field")
             value, pos = buf[pos:pos + length], pos + length
         elif wire == 5:
             value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
         else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
+            raise InputError(f"unsupported protobuf wire type {wire}")
         if pos > len(buf):
-            raise ValueError("truncated field")
+            raise InputError("truncated field")
         yield number, wire, value
 
 
@@ -89,14 +90,14 @@ def _tensor(buf: memoryview, name: str) -> np.ndarray:
         elif number == 3:
             content = value
     if dtype not in _DTYPES:
-        raise ValueError(f"tensor {name!r} has unsupported tensor_type {dtype!r}")
+        raise InputError(f"tensor {name!r} has unsupported tensor_type {dtype!r}")
     if _DTYPES[dtype] == "bfloat16":  # widen bfloat16 bits to float32
         array = (np.frombuffer(content, "<u2").astype(np.uint32) << 16).view(np.float32)
     else:
         array = np.frombuffer(content, np.dtype(_DTYPES[dtype]).newbyteorder("<"))
     expected = int(np.prod(dims)) if dims else 1
     if array.size != expected:
-        raise ValueError(f"tensor {name!r}: {array.size} values for dims {dims}")
+        raise InputError(f"tensor {name!r}: {array.size} values for dims {dims}")
     return array.reshape(dims).astype(array.dtype.newbyteorder("="))
 
 
@@ -120,9 +121,9 @@ def read_mindspore_ckpt(path: str | os.PathLike) -> dict[str, np.ndarray]:
             if tag is not None and tensor is not None:
                 arrays[tag] = _tensor(tensor, tag)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a readable MindSpore checkpoint ({e})") from None
+        raise InputError(f"{path}: not a readable MindSpore checkpoint ({e})") from None
     if not arrays:
-        raise ValueError(f"{path}: no tensors found; not a MindSpore checkpoint")
+        raise InputError(f"{path}: no tensors found; not a MindSpore checkpoint")
     return arrays
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from ..errors import InputError
+
 @dataclass
 class LoadReport:
     """What happened to each key when a state dict was loaded into a module."""
@@ -43,6 +45,6 @@ def load_state(module: nn.Module, state: dict[str, torch.Tensor], *, source: str
     report.missing = [n for n in own if n not in state and not n.startswith(allow_missing or ("\0",))]
     report.loaded = sorted(to_load)
     if strict and (report.missing or report.unexpected or report.mismatched):
-        raise ValueError(f"checkpoint does not match the model (nothing was loaded):\n{report}")
+        raise InputError(f"checkpoint does not match the model (nothing was loaded):\n{report}")
     module.load_state_dict(to_load, strict=False)
     return report

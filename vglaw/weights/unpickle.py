@@ -11,6 +11,8 @@ import pickle
 
 import numpy as np
 
+from ..errors import InputError
+
 # (module, name) pairs a weights or annotation pickle may rebuild: numpy arrays, dtypes and
 # scalars, and plain containers. Everything else is refused.
 _SAFE_GLOBALS = {
@@ -50,4 +52,4 @@ def safe_pickle_load(path: str | os.PathLike):
         except pickle.UnpicklingError as e:
             raise pickle.UnpicklingError(f"{path}: {e}") from None
         except (EOFError, ValueError) as e:
-            raise ValueError(f"{path}: not a readable pickle ({e})") from None
+            raise InputError(f"{path}: not a readable pickle ({e})") from None

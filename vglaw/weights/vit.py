@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..errors import InputError
 from ..model.vit_utils import get_abs_pos, resize_rel_pos
 from .state import LoadReport, load_state
 from .unpickle import safe_pickle_load
@@ -61,7 +62,7 @@ def load_detectron2_vit(backbone: nn.Module, path: str | os.PathLike, *, strict:
     are counted as unexpected."""
     data = safe_pickle_load(path)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a dict, got {type(data).__name__}")
+        raise InputError(f"{path}: expected a dict, got {type(data).__name__}")
     weights = data.get("model", data)
     prefix = "backbone.net."
     state, other = {}, []
@@ -70,10 +71,10 @@ def load_detectron2_vit(backbone: nn.Module, path: str | os.PathLike, *, strict:
             other.append(name)
             continue
         if not isinstance(value, np.ndarray):
-            raise ValueError(f"{path}: {name} is a {type(value).__name__}, not a numpy array")
+            raise InputError(f"{path}: {name} is a {type(value).__name__}, not a numpy array")
         state[name[len(prefix):]] = torch.from_numpy(np.ascontiguousarray(value))
     if not state:
-        raise ValueError(f"{path}: no 'backbone.net.*' weights: not a detectron2 ViTDet checkpoint")
+        raise InputError(f"{path}: no 'backbone.net.*' weights: not a detectron2 ViTDet checkpoint")
     report = _load_vit(backbone, state, str(path), strict)
     report.unexpected += other
     return report
@@ -85,5 +86,5 @@ def load_mae_vit(backbone: nn.Module, path: str | os.PathLike, *, strict: bool =
     data = torch.load(path, map_location="cpu", weights_only=True)
     state = data.get("model", data) if isinstance(data, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a dict of tensors (optionally under 'model')")
+        raise InputError(f"{path}: expected a dict of tensors (optionally under 'model')")
     return _load_vit(backbone, dict(state), str(path), strict)

@@ -1,0 +1,132 @@
+"""``vglaw serve``: a web page and an HTTP API that ground expressions in an image (Gradio).
+
+The page takes an image (an upload or a bundled example) and expressions, one per line, and
+shows per expression the box and mask, where the box head's language-guided pooling looks, and
+the JSON result that ``vglaw predict`` writes. The same function is Gradio's API endpoint
+``/ground``. Requests wait in a bounded queue and run one at a time, so concurrent users cannot
+run the server out of memory; bad input gets a message on the page.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from PIL import Image
+
+from ..errors import InputError
+from .demo import DEMO_CHECKPOINT
+from .pictures import attention_overlay
+from .postprocess import predictions_json
+from .predictor import Grounder, as_rgb
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
+MAX_EXPRESSIONS = 10
+MAX_CHARS = 300
+MAX_UPLOAD_MB = 10
+MAX_PIXELS = 25_000_000  # decoded width x height
+QUEUE_SIZE = 32  # requests waiting at most; more are refused with a message
+
+
+def parse_expressions(text: str | None) -> list[str]:
+    """One expression per non-empty line, within the server's limits."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if not lines:
+        raise InputError("no expression: type what to find, one per line (e.g. 'the small red circle')")
+    if len(lines) > MAX_EXPRESSIONS:
+        raise InputError(f"{len(lines)} expressions: at most {MAX_EXPRESSIONS} at once")
+    for line in lines:
+        if len(line) > MAX_CHARS:
+            raise InputError(f"an expression of {len(line)} characters: at most {MAX_CHARS}")
+    return lines
+
+
+def open_upload(path: str | os.PathLike | None) -> Image.Image:
+    """The uploaded file as RGB, refusing what is not an image or too large to decode."""
+    if path is None:
+        raise InputError("no image: upload one or pick an example below")
+    name = Path(path).name
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise InputError(f"{name} is not an image that can be read: {e}") from None
+    if width * height > MAX_PIXELS:
+        raise InputError(f"{name} is {width}x{height}: over the server's limit of {MAX_PIXELS:,} pixels")
+    try:
+        return as_rgb(path)
+    except OSError as e:
+        raise InputError(f"{name} could not be decoded (truncated or corrupt?): {e}") from None
+
+
+def ground(grounder: Grounder, image_path: str | None, expressions: str | None, law_off: bool = False):
+    """The page's and the API's function: (annotated image, attention overlays, JSON text)."""
+    texts = parse_expressions(expressions)
+    rgb = open_upload(image_path)
+    predictions = grounder.predict(rgb, texts, use_law=not law_off)
+    result = predictions_json(Path(image_path).name, rgb, predictions)
+    result["law"] = not law_off
+    annotations = [(p.mask, p.text) for p in predictions]
+    annotations += [(tuple(int(round(v)) for v in p.box), p.text) for p in predictions]
+    heatmaps = [(attention_overlay(rgb, p.attention), p.text) for p in predictions]
+    return (rgb, annotations), heatmaps, json.dumps(result, indent=1)
+
+
+def describe(checkpoint: Path, grounder: Grounder) -> str:
+    """What the page says about the checkpoint it serves."""
+    config = grounder.model.config
+    arch = (f"{config.embed_dim}-wide ViTDet, {config.depth} blocks, canvas {config.img_size} px, "
+            f"LAW `{config.law_type}` rank {config.law_rank}")
+    if checkpoint.resolve() == DEMO_CHECKPOINT.resolve():
+        return (f"**Checkpoint: the bundled demo model** ({arch}). It was trained only on synthetic images of "
+                "coloured circles, squares and triangles, so it knows nothing else: **on photos its answers are "
+                "meaningless**. Serve a RefCOCO-trained checkpoint (`vglaw serve --checkpoint DIR`) for photos.")
+    card = checkpoint / "README.md" if checkpoint.is_dir() else None
+    trained_on = "see its model card" if card is not None and card.is_file() else "not recorded with it"
+    return f"**Checkpoint:** `{checkpoint}` ({arch}); training data: {trained_on}."
+
+
+def build_app(grounder: Grounder, checkpoint: Path):
+    """The Gradio app (not launched)."""
+    try:
+        import gradio as gr
+    except ImportError:
+        raise ImportError("vglaw serve needs Gradio: pip install 'vglaw[demo]'") from None
+
+    def run(image_path, expressions, law_off):
+        try:
+            return ground(grounder, image_path, expressions, law_off)
+        except InputError as e:
+            raise gr.Error(str(e)) from None
+
+    examples = json.loads((EXAMPLES / "examples.json").read_text())
+    with gr.Blocks(title="vglaw: ground expressions in an image") as app:
+        gr.Markdown("# VG-LAW: ground an expression in an image\n" + describe(checkpoint, grounder)
+                    + f"\n\nLimits: images up to {MAX_UPLOAD_MB} MB and {MAX_PIXELS:,} pixels, up to "
+                      f"{MAX_EXPRESSIONS} expressions of up to {MAX_CHARS} characters.")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(type="filepath", label="Image", sources=["upload"], elem_id="image")
+                expressions = gr.Textbox(label="Expressions, one per line", lines=3, elem_id="expressions")
+                law_off = gr.Checkbox(label="LAW off: run the static backbone, to compare", value=False)
+                button = gr.Button("Ground", variant="primary", elem_id="ground")
+                gr.Examples([[str(EXAMPLES / e["image"]), "\n".join(e["expressions"])] for e in examples],
+                            inputs=[image, expressions])
+            with gr.Column():
+                annotated = gr.AnnotatedImage(label="Boxes and masks")
+                heatmaps = gr.Gallery(label="Where the box head looks, per expression", columns=3)
+                result = gr.Textbox(label="JSON result (boxes in pixels, masks as COCO RLE)", lines=8,
+                                    elem_id="result-json")
+        button.click(run, [image, expressions, law_off], [annotated, heatmaps, result], api_name="ground")
+    return app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+
+
+def serve(checkpoint: str | os.PathLike | None = None, *, host: str = "127.0.0.1", port: int = 7860,
+          device: str = "cpu", precision: str = "fp32", block: bool = True):
+    """Load the checkpoint (default: the bundled demo model) and serve the app; returns it."""
+    checkpoint = Path(checkpoint or DEMO_CHECKPOINT)
+    grounder = Grounder.from_pretrained(checkpoint, device=device, precision=precision)
+    app = build_app(grounder, checkpoint)
+    app.launch(server_name=host, server_port=port, max_file_size=f"{MAX_UPLOAD_MB}mb", prevent_thread_lock=not block,
+               show_error=True)
+    return app
