@@ -160,3 +160,19 @@ def test_svd_law_runs_under_bf16_autocast_and_stays_close_to_fp32():
             half = model(images, ids, mask)["boxes"]
     assert half.dtype in (torch.bfloat16, torch.float32)
     assert torch.allclose(half.float(), ref, atol=0.05), (half, ref)
+
+
+def test_box_attention_is_the_pooling_the_box_is_regressed_from():
+    """The attention map, written out (softmax of q.k / sqrt(A) over the tokens), pools the
+    features into exactly what the box MLP reads: the map shown is the one the box comes from."""
+    from vglaw.model import BoxHead
+
+    torch.manual_seed(0)
+    head = randomize_(BoxHead(embed_dim=16, text_dim=12, attn_dim=8, hidden_dim=10), seed=2, std=0.5)
+    features, cls = torch.randn(3, 16, 4, 5), torch.randn(3, 12)
+    attention = head.attention(features, cls)
+    assert attention.shape == (3, 4, 5) and torch.allclose(attention.sum((1, 2)), torch.ones(3))
+    pooled = torch.einsum("bhw,bchw->bc", attention, features)
+    assert torch.allclose(head.mlp(pooled), head(features, cls), atol=1e-5)
+    # a different expression looks elsewhere
+    assert not torch.allclose(head.attention(features, -cls), attention, atol=1e-3)

@@ -65,6 +65,29 @@ def test_predict_cli_writes_png_and_json(tmp_path, checkpoint):
         assert mask_utils.area(dict(p["mask_rle"], counts=p["mask_rle"]["counts"].encode())) == p["mask_area"]
 
 
+def test_attention_maps_are_the_box_heads_at_the_original_size(tmp_path, grounder, checkpoint):
+    image = np.random.default_rng(3).integers(0, 255, (50, 90, 3), dtype=np.uint8)
+    texts = ["the red circle", "a blue square on the left"]
+    preds = grounder.predict(image, texts)
+    with torch.inference_mode():
+        images, ids, mask, letterbox = grounder.inputs(Image.fromarray(image), texts)
+        raw = grounder.model(images, ids, mask, box_attention=True)["box_attention"]  # (2, 8, 8) token weights
+    for p, weights in zip(preds, raw):
+        assert p.attention.shape == (50, 90) and p.attention.dtype == np.float32
+        assert 0 <= p.attention.min() and p.attention.max() <= 1 + 1e-6
+        # the hottest place of the map is the hottest token of the head (the image fills the canvas' width)
+        row, col = np.unravel_index(p.attention.argmax(), p.attention.shape)
+        cell = 64 / weights.shape[0]
+        canvas_y, canvas_x = row * letterbox["scale"][1] + letterbox["offset"][1], col * letterbox["scale"][0]
+        assert weights[int(canvas_y // cell), int(canvas_x // cell)] >= 0.9 * weights.max()
+    assert not np.allclose(preds[0].attention, preds[1].attention)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    assert main(["predict", "--checkpoint", str(checkpoint), "--image", str(tmp_path / "x.png"), "--text", texts[0],
+                 "--text", texts[1], "--out", str(tmp_path / "out.png"), "--heatmap"]) == 0
+    heat = Image.open(tmp_path / "out.heatmap.png")
+    assert heat.width > 2 * 90
+
+
 def test_predict_errors_are_clear(tmp_path, checkpoint, capsys):
     Image.new("RGB", (10, 10)).save(tmp_path / "ok.png")
     (tmp_path / "broken.jpg").write_bytes(b"not an image")

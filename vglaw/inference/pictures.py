@@ -110,7 +110,7 @@ def sample_panel(image: Image.Image, text: str, gt_box, pred_box, gt_mask: np.nd
 
 def attention_overlay(image: Image.Image, attention: np.ndarray, alpha: float = 0.6) -> Image.Image:
     """The box head's attention (H, W) in [0, 1] as a heat map blended over the image."""
-    heat = _heat(torch.from_numpy(attention), image.size, 1.0)
+    heat = _heat(torch.tensor(attention, dtype=torch.float32), image.size, 1.0)
     return Image.blend(image, heat, alpha)
 
 

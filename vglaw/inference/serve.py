@@ -67,7 +67,7 @@ def ground(grounder: Grounder, image_path: str | None, expressions: str | None, 
     result = predictions_json(Path(image_path).name, rgb, predictions)
     result["law"] = not law_off
     annotations = [(p.mask, p.text) for p in predictions]
-    annotations += [(tuple(int(round(v)) for v in p.box), p.text) for p in predictions]
+    annotations += [(tuple(int(round(v)) for v in p.box), f"{p.text}: box") for p in predictions]
     heatmaps = [(attention_overlay(rgb, p.attention), p.text) for p in predictions]
     return (rgb, annotations), heatmaps, json.dumps(result, indent=1)
 
@@ -121,12 +121,17 @@ def build_app(grounder: Grounder, checkpoint: Path):
     return app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
 
 
+def launch(app, *, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> None:
+    """Serve ``app`` with the upload limit; with ``block=False`` return once it listens."""
+    app.launch(server_name=host, server_port=port, max_file_size=f"{MAX_UPLOAD_MB}mb", prevent_thread_lock=not block,
+               show_error=True)
+
+
 def serve(checkpoint: str | os.PathLike | None = None, *, host: str = "127.0.0.1", port: int = 7860,
           device: str = "cpu", precision: str = "fp32", block: bool = True):
     """Load the checkpoint (default: the bundled demo model) and serve the app; returns it."""
     checkpoint = Path(checkpoint or DEMO_CHECKPOINT)
     grounder = Grounder.from_pretrained(checkpoint, device=device, precision=precision)
     app = build_app(grounder, checkpoint)
-    app.launch(server_name=host, server_port=port, max_file_size=f"{MAX_UPLOAD_MB}mb", prevent_thread_lock=not block,
-               show_error=True)
+    launch(app, host=host, port=port, block=block)
     return app

@@ -1,0 +1,141 @@
+"""``vglaw serve``: the Gradio page and its HTTP API, on loopback, with the bundled demo model:
+answers equal to ``Grounder.predict``, messages for bad input, 20 concurrent users, and the page
+driven in a real browser (Debian's Chromium through Playwright)."""
+import json
+import shutil
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+gradio = pytest.importorskip("gradio", reason="the demo extra (pip install 'vglaw[demo]') is not installed")
+from gradio_client import Client, handle_file  # noqa: E402
+
+from vglaw.inference import serve as serve_module  # noqa: E402
+from vglaw.inference.demo import DEMO_CHECKPOINT  # noqa: E402
+from vglaw.inference.predictor import Grounder  # noqa: E402
+
+TEXTS = ["the small red circle", "the blue square"]
+
+
+def draw_shapes(path: Path, seed: int, size=(160, 120)) -> Path:
+    """A picture of coloured shapes like the ones the demo model knows."""
+    rng = np.random.default_rng(seed)
+    img = Image.new("RGB", size, tuple(int(v) for v in rng.integers(150, 230, 3)))
+    draw = ImageDraw.Draw(img)
+    x, y = int(rng.integers(10, 50)), int(rng.integers(10, 60))
+    draw.ellipse([x, y, x + 25, y + 25], fill=(215, 45, 40))
+    x, y = int(rng.integers(80, 120)), int(rng.integers(10, 70))
+    draw.rectangle([x, y, x + 35, y + 35], fill=(45, 85, 215))
+    img.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def grounder():
+    return Grounder.from_pretrained(DEMO_CHECKPOINT)
+
+
+@pytest.fixture(scope="module")
+def server(grounder):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = serve_module.build_app(grounder, DEMO_CHECKPOINT)
+    serve_module.launch(app, port=port, block=False)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+def boxes_of(json_text: str) -> list[list[float]]:
+    return [p["box_xyxy"] for p in json.loads(json_text)["predictions"]]
+
+
+def expected_boxes(grounder, path, texts) -> list[list[float]]:
+    return [list(p.box) for p in grounder.predict(path, texts)]
+
+
+def test_the_api_answers_as_the_predictor_does(server, grounder, tmp_path):
+    path = draw_shapes(tmp_path / "shapes.png", seed=0)
+    annotated, heatmaps, result = Client(server, verbose=False).predict(
+        handle_file(str(path)), "\n".join(TEXTS), False, api_name="/ground")
+    assert boxes_of(result) == expected_boxes(grounder, path, TEXTS)
+    data = json.loads(result)
+    assert (data["width"], data["height"], data["law"]) == (160, 120, True)
+    assert [a["label"] for a in annotated["annotations"]] == TEXTS + [f"{t}: box" for t in TEXTS]  # mask, box
+    assert [h["caption"] for h in heatmaps] == TEXTS
+    _, _, without_law = Client(server, verbose=False).predict(handle_file(str(path)), "\n".join(TEXTS), True,
+                                                             api_name="/ground")
+    static = [list(p.box) for p in grounder.predict(path, TEXTS, use_law=False)]
+    assert boxes_of(without_law) == static and static != boxes_of(result)
+
+
+def test_bad_input_gets_a_message_and_the_server_keeps_serving(server, grounder, tmp_path, monkeypatch):
+    from gradio_client.exceptions import AppError
+
+    good = draw_shapes(tmp_path / "good.png", seed=1)
+    (tmp_path / "text.jpg").write_bytes(b"this is not an image")
+    (tmp_path / "truncated.png").write_bytes(good.read_bytes()[:200])
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1900, 1900, 3), dtype=np.uint8)).save(big)
+    assert big.stat().st_size > serve_module.MAX_UPLOAD_MB * 2**20
+    cases = [(tmp_path / "text.jpg", "x", "image"), (tmp_path / "truncated.png", "x", "truncated"),
+             (big, "x", "exceeds the maximum file size"), (good, "", "no expression"), (good, "a" * 5000, "5000 characters"),
+             (good, "\n".join(["the circle"] * 50), "50 expressions")]
+    client = Client(server, verbose=False)
+    for path, text, message in cases:
+        with pytest.raises(Exception) as err:
+            client.predict(handle_file(str(path)), text, False, api_name="/ground")
+        assert message in str(err.value) and "Traceback" not in str(err.value), (path.name, str(err.value))
+    monkeypatch.setattr(serve_module, "MAX_PIXELS", 100 * 100)  # the server checks the decoded size too
+    with pytest.raises(AppError, match="over the server's limit of 10,000 pixels"):
+        client.predict(handle_file(str(good)), "x", False, api_name="/ground")
+    monkeypatch.undo()
+    _, _, result = client.predict(handle_file(str(good)), "\n".join(TEXTS), False, api_name="/ground")
+    assert boxes_of(result) == expected_boxes(grounder, good, TEXTS)
+
+
+def test_twenty_concurrent_requests_are_all_answered(server, grounder, tmp_path):
+    images = [draw_shapes(tmp_path / f"s{i}.png", seed=10 + i) for i in range(4)]
+    jobs = [(images[i % 4], TEXTS[: 1 + i % 2]) for i in range(20)]
+    expected = {(path, len(texts)): expected_boxes(grounder, path, texts) for path, texts in jobs}
+
+    def call(job):
+        path, texts = job
+        return Client(server, verbose=False).predict(handle_file(str(path)), "\n".join(texts), False,
+                                                     api_name="/ground")[2]
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(call, jobs))
+    for (path, texts), result in zip(jobs, results):
+        assert boxes_of(result) == expected[(path, len(texts))]
+    assert boxes_of(call(jobs[0])) == expected[(jobs[0][0], 1)]  # still serving
+
+
+def test_the_page_in_a_real_browser(server, grounder, tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("no Chromium here: apt-get install chromium (CI installs it)")
+    from playwright.sync_api import sync_playwright
+
+    path = draw_shapes(tmp_path / "drawn.png", seed=2)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(server)
+        assert "trained only on synthetic images" in page.content()
+        page.locator("#image input[type=file]").set_input_files(str(path))
+        page.locator("#image img").first.wait_for(timeout=30_000)  # the upload arrived
+        page.locator("#expressions textarea").fill("\n".join(TEXTS))
+        page.get_by_role("button", name="Ground").click()
+        page.wait_for_function("() => (document.querySelector('#result-json textarea') || {}).value",
+                               timeout=60_000)
+        result = page.locator("#result-json textarea").input_value()
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        browser.close()
+    assert boxes_of(result) == expected_boxes(grounder, path, TEXTS)
