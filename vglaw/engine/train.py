@@ -186,6 +186,15 @@ class TrainRun:
                                 mask_threshold=self.cfg.run.mask_threshold, desc=f"eval {split}")
                 for split, ds in self.eval_sets.items()}
 
+    def training_record(self, metrics: dict) -> dict:
+        """What the model card of ``best/`` says about this run."""
+        meta = self.train_ds.meta
+        splits = {self.cfg.data.train_split: len(self.train_ds), **{s: len(ds) for s, ds in self.eval_sets.items()}}
+        return {"dataset": meta.get("dataset"), "format": meta.get("format"), "split_by": meta.get("split_by"),
+                "prepared": str(self.cfg.data.prepared), "splits": splits, "epoch": self.epoch,
+                "epochs": self.cfg.run.epochs, "metrics": metrics,
+                "command": f"vglaw train --config {self.out / 'config.yaml'}  # the run's merged config"}
+
     def log_epoch(self, losses: dict, metrics: dict, seconds: float) -> None:
         """One line of ``log.jsonl``, TensorBoard scalars and a console line (rank 0)."""
         if not dist.is_main():
@@ -229,7 +238,7 @@ def train(cfg: Config, resume: bool = False) -> dict:
         if improved:
             run.checkpoint(run.best_path, *resume_at)
             if dist.is_main():
-                run.core.save_pretrained(out / "best")
+                run.core.save_pretrained(out / "best", training=run.training_record(metrics))
         run.log_epoch(losses, metrics, time.time() - started)
         if stopped:
             break

@@ -152,5 +152,6 @@ def train_demo_checkpoint(work: str | Path = "data/demo-train", *, config: str |
     train(cfg)
     model = load_model(work / "run" / "best")
     model.save_pretrained(DEMO_CHECKPOINT, include_text_encoder=False)
+    shutil.copy(work / "run" / "best" / "README.md", DEMO_CHECKPOINT / "README.md")  # the run's model card
     shutil.copy(work / "run" / "log.jsonl", DEMO_CHECKPOINT / "train_log.jsonl")
     return DEMO_CHECKPOINT

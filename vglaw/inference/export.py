@@ -61,7 +61,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, opset:
     # traced with the math attention kernel: its output layout is the one the ONNX decomposition
     # assumes (the fused CPU kernels return another, and the merge of heads would not match it)
     with sdpa_kernel(SDPBackend.MATH), torch.no_grad():
-        torch.onnx.export(_Graph(model), (images, ids, mask), str(out), input_names=list(INPUTS),
+        torch.onnx.export(_Graph(model).eval(), (images, ids, mask), str(out), input_names=list(INPUTS),
                           output_names=list(OUTPUTS), opset_version=opset, dynamo=True,
                           dynamic_shapes={"images": {0: batch}, "input_ids": {0: batch, 1: length},
                                           "attention_mask": {0: batch, 1: length}})

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import InputError
+from ..hub import resolve_checkpoint
 from ..weights.state import load_state
 from .build import build_model, model_config_from_dict
 from .vglaw import CONFIG_NAME, WEIGHTS_NAME, VGLAW
@@ -29,9 +30,10 @@ def from_config_dict(config: dict, state: dict[str, torch.Tensor] | None = None,
 
 
 def from_pretrained(directory: str | os.PathLike, **overrides) -> VGLAW:
-    """Rebuild a model saved by ``VGLAW.save_pretrained`` (no pickle is read); ``overrides``
+    """Rebuild a model saved by ``VGLAW.save_pretrained`` (no pickle is read) from a local
+    directory or a Hub repo id (``USER/NAME``, through the local Hub cache); ``overrides``
     replace config fields."""
-    directory = Path(directory)
+    directory = resolve_checkpoint(directory)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     for path in (config_path, weights_path):
         if not path.is_file():

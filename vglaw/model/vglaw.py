@@ -12,6 +12,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from ..fileio import atomic_write
+from .card import model_card
 from .heads import BoxHead, MaskHead
 from .law import LawFactors, WeightGenerator
 from .text import TextEncoder
@@ -19,6 +20,7 @@ from .vit import ViT
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
 
 
 class VGLAW(nn.Module):
@@ -85,12 +87,15 @@ class VGLAW(nn.Module):
         return out
 
     # ------------------------------------------------------------------ checkpoints
-    def save_pretrained(self, directory: str | os.PathLike, include_text_encoder: bool = True) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory``
-        (:func:`vglaw.model.io.from_pretrained` reads them back).
+    def save_pretrained(self, directory: str | os.PathLike, include_text_encoder: bool = True,
+                        training: dict | None = None) -> None:
+        """Write ``config.json``, ``model.safetensors`` and the model card ``README.md`` into
+        ``directory`` (:func:`vglaw.model.io.from_pretrained` reads them back; ``vglaw push``
+        uploads them to the Hugging Face Hub).
 
         With ``include_text_encoder=False`` the text encoder's weights are left out; loading
         then takes them from ``config.text_encoder`` (a local pretrained directory).
+        ``training`` (see :func:`vglaw.model.card.model_card`) goes into the card.
         """
         if self.config is None:
             raise ValueError("this model has no config; build it with vglaw.build_model")
@@ -101,6 +106,7 @@ class VGLAW(nn.Module):
         config = {**self.config_dict(), "includes_text_encoder": include_text_encoder}
         atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
         atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+        atomic_write(directory / CARD_NAME, lambda p: p.write_text(model_card(config, training)))
 
     def config_dict(self) -> dict:
         """The JSON-able config that rebuilds this architecture (text encoder shape included)."""
