@@ -1,11 +1,12 @@
 """Training throughput of `vitb` at 448 in bf16 on one GPU: images/s and MFU.
 
     python benchmarks/gpu_train.py [--batch 32] [--steps 20] [--peak-tflops 989] [--compile]
-                                   [--law-type none] [--profile]
+                                   [--law-type none] [--attention fold] [--profile]
 
 MFU = (FLOPs of one training step, counted with torch's FLOP counter) x steps/s / peak;
 the default peak is an H100 SXM's dense bf16 (989 TFLOP/s): pass your GPU's.
-``--law-type none`` times the static backbone (LAW's cost); ``--profile`` prints the kernels
+``--law-type none`` times the static backbone (LAW's cost); ``--attention fold`` the rel-pos
+folded into q/k (no attention bias, so fused kernels apply); ``--profile`` prints the kernels
 and labelled regions (``law.low_rank``) that took the most GPU time over 5 steps.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--law-type", default="svd")
+    parser.add_argument("--attention", default=None, help="bias (the reference) or fold; default: the model's")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -35,7 +37,8 @@ def main() -> None:
         raise SystemExit("no CUDA device: this benchmark is for a GPU")
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = True
-    model = build_model("vitb", law_type=args.law_type).train().to(device)
+    extra = {} if args.attention is None else {"attention": args.attention}
+    model = build_model("vitb", law_type=args.law_type, **extra).train().to(device)
     step_model = torch.compile(model) if args.compile else model
     B = args.batch
     images = torch.randn(B, 3, 448, 448, device=device)
@@ -74,7 +77,7 @@ def main() -> None:
                 step(step_model)
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=25))
-    result = {"gpu": torch.cuda.get_device_name(), "batch": B, "compile": args.compile, "law_type": args.law_type,
+    result = {"gpu": torch.cuda.get_device_name(), "batch": B, "compile": args.compile, "law_type": args.law_type, "attention": args.attention,
               "images_s": B / seconds, "step_ms": seconds * 1000, "tflop_per_step": flops / 1e12,
               "mfu": flops / seconds / (args.peak_tflops * 1e12),
               "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30}

@@ -37,6 +37,7 @@ class VGLAWConfig:
     pretrain_img_size: int = 224
     pos_resize: str = "bicubic"
     pos_init: str = "trunc_normal"
+    attention: str = "bias"  # how rel-pos enters attention: "bias" (ViTDet's) or "fold" (same logits, no bias)
     # language adaptive weights
     law_type: str = "svd"
     law_rank: int = 32
@@ -115,7 +116,7 @@ def build_model(name: str | VGLAWConfig = "vitb", *, load_text_weights: bool = T
                    drop_path_rate=config.drop_path_rate, ln_eps=config.vit_ln_eps,
                    pretrain_img_size=config.pretrain_img_size, pos_resize=config.pos_resize,
                    window_size=config.window_size, global_blocks=config.global_blocks,
-                   pos_init=config.pos_init)
+                   pos_init=config.pos_init, attention=config.attention)
     generator = None
     if config.law_type != "none":
         generator = WeightGenerator(law_type=config.law_type, depth=config.depth, text_dim=text_dim,

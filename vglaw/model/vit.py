@@ -13,22 +13,31 @@ import torch.nn.functional as F
 from torchvision.ops import StochasticDepth
 
 from .law import LawFactors, adaptive_qkv
-from .vit_utils import (decomposed_rel_pos_bias, get_abs_pos, sincos_pos_embed, window_partition,
+from .vit_utils import (decomposed_rel_pos_terms, fold_rel_pos, get_abs_pos, sincos_pos_embed, window_partition,
                         window_unpartition)
+
+ATTENTION_PATHS = ("bias", "fold")
 
 
 class Attention(nn.Module):
     """Multi-head attention with decomposed relative position and a language-adaptive qkv."""
 
     def __init__(self, *, dim: int, num_heads: int = 8, qkv_bias: bool = True,
-                 use_rel_pos: bool = True, input_size: tuple[int, int] | None = None) -> None:
+                 use_rel_pos: bool = True, input_size: tuple[int, int] | None = None,
+                 attention: str = "bias") -> None:
         """
         Args:
             dim: channels C; num_heads: attention heads; qkv_bias: bias in the qkv projection.
             use_rel_pos: add decomposed relative position; input_size: (H, W) of the attended
                 map (the window, or the whole grid for global blocks), sizing the rel-pos tables.
+            attention: how relative position enters: ``"bias"``, an additive bias (ViTDet's
+                formula, the reference), or ``"fold"``, extra query and key channels that give
+                the same logits with no bias, so a fused attention kernel can run.
         """
         super().__init__()
+        if attention not in ATTENTION_PATHS:
+            raise ValueError(f"attention must be one of {ATTENTION_PATHS}, got {attention!r}")
+        self.attention = attention
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
@@ -57,13 +66,19 @@ class Attention(nn.Module):
         # (B, N, 3C) -> (3, B*nW, heads, ws*ws, hd) where N = nW*qh*qw
         qkv = qkv.view(-1, qh * qw, 3, nh, hd).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        bias = None
+        bias, scale = None, hd ** -0.5
         if self.use_rel_pos:
             Bw = q.shape[0]
-            # (Bw*heads, qh*qw, qh*qw) -> (Bw, heads, qh*qw, qh*qw)
-            bias = decomposed_rel_pos_bias(q.reshape(Bw * nh, qh * qw, hd), self.rel_pos_h,
-                                           self.rel_pos_w, (qh, qw), (qh, qw)).view(Bw, nh, qh * qw, qh * qw)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (Bw, heads, qh*qw, hd)
+            rel_h, rel_w = decomposed_rel_pos_terms(q.reshape(Bw * nh, qh * qw, hd), self.rel_pos_h,
+                                                    self.rel_pos_w, (qh, qw), (qh, qw))
+            # (Bw*heads, qh*qw, k) -> (Bw, heads, qh*qw, k)
+            rel_h, rel_w = rel_h.view(Bw, nh, qh * qw, qh), rel_w.view(Bw, nh, qh * qw, qw)
+            if self.attention == "fold":
+                q, k = fold_rel_pos(q, k, rel_h, rel_w, (qh, qw), scale)
+            else:
+                # (Bw, heads, qh*qw, qh, 1) + (..., 1, qw) -> (Bw, heads, qh*qw, qh*qw)
+                bias = (rel_h[..., :, None] + rel_w[..., None, :]).flatten(-2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)  # (Bw, heads, qh*qw, hd)
         out = out.transpose(1, 2).reshape(-1, qh, qw, C)  # (Bw, qh, qw, C)
         if window_size > 0:
             out = window_unpartition(out, window_size, pad_hw, (H, W))
@@ -88,11 +103,12 @@ class Block(nn.Module):
 
     def __init__(self, *, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop_path: float = 0.0, ln_eps: float = 1e-6, use_rel_pos: bool = True,
-                 window_size: int = 0, input_size: tuple[int, int] | None = None) -> None:
+                 window_size: int = 0, input_size: tuple[int, int] | None = None, attention: str = "bias") -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=ln_eps)
         self.attn = Attention(dim=dim, num_heads=num_heads, qkv_bias=qkv_bias, use_rel_pos=use_rel_pos,
-                              input_size=input_size if window_size == 0 else (window_size, window_size))
+                              input_size=input_size if window_size == 0 else (window_size, window_size),
+                              attention=attention)
         self.drop_path = StochasticDepth(drop_path, "row")
         self.norm2 = nn.LayerNorm(dim, eps=ln_eps)
         self.mlp = Mlp(dim=dim, hidden_dim=int(dim * mlp_ratio))
@@ -124,7 +140,7 @@ class ViT(nn.Module):
                  use_abs_pos: bool = True, use_rel_pos: bool = True, pretrain_img_size: int = 224,
                  pretrain_use_cls_token: bool = True, pos_resize: str = "bicubic",
                  window_size: int = 14, global_blocks: tuple[int, ...] = (2, 5, 8, 11),
-                 pos_init: str = "trunc_normal") -> None:
+                 pos_init: str = "trunc_normal", attention: str = "bias") -> None:
         """
         Args:
             img_size: input canvas size; patch_size: patch (and stride) of the patch embedding.
@@ -140,6 +156,8 @@ class ViT(nn.Module):
                 blocks with global attention.
             pos_init: "trunc_normal" (detectron2) or "sincos" (MAE's 2D sin-cos table, for a
                 backbone trained from scratch).
+            attention: "bias" or "fold", how relative position enters attention (see
+                :class:`Attention`; the same numbers either way).
         """
         super().__init__()
         self.patch_embed = PatchEmbed(patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
@@ -155,7 +173,8 @@ class ViT(nn.Module):
         self.blocks = nn.ModuleList(
             Block(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                   drop_path=drop_path_rate * i / max(depth - 1, 1), ln_eps=ln_eps, use_rel_pos=use_rel_pos,
-                  window_size=0 if i in global_blocks else window_size, input_size=(grid, grid))
+                  window_size=0 if i in global_blocks else window_size, input_size=(grid, grid),
+                  attention=attention)
             for i in range(depth))
         self.embed_dim = embed_dim
         self.reset_parameters(pos_init)

@@ -66,16 +66,17 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     return rel_pos[relative_coords.long()]
 
 
-def decomposed_rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
-                            q_hw: tuple[int, int], k_hw: tuple[int, int]) -> torch.Tensor:
-    """Decomposed relative position (MViTv2 / detectron2 ``add_decomposed_rel_pos``) as an
-    additive attention bias.
+def decomposed_rel_pos_terms(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
+                             q_hw: tuple[int, int], k_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two factors of decomposed relative position (MViTv2 / detectron2
+    ``add_decomposed_rel_pos``): the logit of query (y, x) for key (i, j) gains
+    ``rel_h[y, x, i] + rel_w[y, x, j]``.
 
     Args:
         q: (N, q_h * q_w, C) unscaled queries (N = batch x heads).
         rel_pos_h, rel_pos_w: (L, C) tables along height and width.
     Returns:
-        (N, q_h * q_w, k_h * k_w) bias to add to the attention logits.
+        rel_h (N, q_h * q_w, k_h) and rel_w (N, q_h * q_w, k_w).
     """
     q_h, q_w = q_hw
     k_h, k_w = k_hw
@@ -85,9 +86,27 @@ def decomposed_rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w:
     r_q = q.reshape(N, q_h, q_w, C)
     rel_h = torch.einsum("nhwc,hkc->nhwk", r_q, Rh)  # (N, q_h, q_w, k_h)
     rel_w = torch.einsum("nhwc,wkc->nhwk", r_q, Rw)  # (N, q_h, q_w, k_w)
-    # (N, q_h, q_w, k_h, 1) + (N, q_h, q_w, 1, k_w) -> (N, q_h*q_w, k_h*k_w)
-    bias = rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
-    return bias.reshape(N, q_h * q_w, k_h * k_w)
+    return rel_h.reshape(N, q_h * q_w, k_h), rel_w.reshape(N, q_h * q_w, k_w)
+
+
+def fold_rel_pos(q: torch.Tensor, k: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor,
+                 k_hw: tuple[int, int], scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries and keys with the decomposed relative position folded in as extra channels, so
+    that attention needs no bias (and a fused kernel applies): q' = [q, rel_h / scale,
+    rel_w / scale], k' = [k, onehot(row), onehot(column)], hence
+    scale * q'.k' = scale * q.k + rel_h[row] + rel_w[column], the biased logit exactly.
+
+    Args:
+        q, k: (..., Nq, C) and (..., k_h * k_w, C); rel_h (..., Nq, k_h), rel_w (..., Nq, k_w).
+    Returns:
+        (..., Nq, C + k_h + k_w) queries and (..., k_h * k_w, C + k_h + k_w) keys.
+    """
+    k_h, k_w = k_hw
+    key = torch.arange(k_h * k_w, device=k.device)  # key n sits at row n // k_w, column n % k_w
+    onehots = torch.cat([F.one_hot(key // k_w, k_h), F.one_hot(key % k_w, k_w)], dim=-1).to(k.dtype)  # (Nk, kh+kw)
+    q = torch.cat([q, rel_h / scale, rel_w / scale], dim=-1)
+    k = torch.cat([k, onehots.expand(*k.shape[:-2], -1, -1)], dim=-1)
+    return q, k
 
 
 def keys_cubic_matrix(n_in: int, n_out: int, a: float = -0.5) -> torch.Tensor:
