@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test bench demo serve
+.PHONY: install test test-all bench demo serve
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest -q
+
+test-all: install
+	$(PY) -m pytest -q -m ""
 
 bench: install
 	$(PY) benchmarks/bench.py

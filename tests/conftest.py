@@ -93,3 +93,19 @@ class Payload:
 def payload(tmp_path) -> Payload:
     """A planted-pickle payload; a test checks ``payload.marker`` was never created."""
     return Payload(tmp_path / "PWNED")
+
+
+def poison_loss(monkeypatch, at_call: int) -> None:
+    """Make the training loss NaN at its ``at_call``-th evaluation (1-based)."""
+    import vglaw.engine.loop as loop
+
+    real, calls = loop.grounding_loss, [0]
+
+    def poisoned(out, batch, weights):
+        calls[0] += 1
+        losses = real(out, batch, weights)
+        if calls[0] == at_call:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(loop, "grounding_loss", poisoned)

@@ -15,7 +15,7 @@ from vglaw.engine.loop import NonFiniteLossError
 from vglaw.engine.metrics import mask_iou
 from vglaw.engine.train import train
 
-from conftest import write_run_config
+from conftest import poison_loss, write_run_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: none is visible here")
 
@@ -55,18 +55,7 @@ def test_train_evaluate_checkpoint_and_resume_under_nccl(tmp_path, synth_prepare
 
 
 def test_non_finite_loss_stops_before_the_update_under_nccl(tmp_path, synth_prepared, nccl_group, monkeypatch):
-    import vglaw.engine.loop as loop
-
-    real, calls = loop.grounding_loss, [0]
-
-    def poisoned(out, batch, weights):
-        calls[0] += 1
-        losses = real(out, batch, weights)
-        if calls[0] == 5:  # the first micro-batch of optimizer step 3
-            losses["loss"] = losses["loss"] * float("nan")
-        return losses
-
-    monkeypatch.setattr(loop, "grounding_loss", poisoned)
+    poison_loss(monkeypatch, at_call=5)  # the first micro-batch of optimizer step 3
     with pytest.raises(NonFiniteLossError, match="optimizer step 2"):
         train(cuda_config(tmp_path, synth_prepared, "nan"))
     state = load_checkpoint(tmp_path / "nan/checkpoints/last.pt")

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from vglaw.config import load_config
-from vglaw.engine.checkpoint import load_checkpoint
 from vglaw.data.transforms import box_to_original, mask_to_original
+from vglaw.engine.checkpoint import load_checkpoint
 from vglaw.engine.metrics import GroundingMeter
 from vglaw.engine.optim import build_optimizer, build_scheduler, param_groups
 from vglaw.engine.samplers import GlobalBatchSampler, ShardSampler
-from vglaw.model import build_model
 from vglaw.engine.train import train
+from vglaw.model import build_model
 
 from conftest import make_synth_set, randomize_, text_batch, write_run_config
 

@@ -73,3 +73,20 @@ def test_export_then_predict_onnx_reproduce_the_pytorch_results(exported, tmp_pa
         Grounder.from_onnx(onnx_path).predict(image, "x", use_law=False)
     (tmp_path / "not.onnx").write_bytes(b"junk")
     assert main(["predict", "--onnx", str(tmp_path / "not.onnx")] + args) == 2
+
+
+@pytest.mark.slow
+def test_vitb_exports_and_matches_pytorch(tmp_path):
+    """The paper's model at 448 (random weights): about 2 minutes to export on 2 CPU cores, so it
+    runs in `make test-all`, not `make test`."""
+    torch.manual_seed(0)
+    build_model("vitb").save_pretrained(tmp_path / "vitb")
+    onnx_grounder = Grounder.from_onnx(export_onnx(tmp_path / "vitb", tmp_path / "vitb.onnx"))
+    torch_grounder = Grounder.from_pretrained(tmp_path / "vitb")
+    image = Image.fromarray(np.random.default_rng(9).integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    images, ids, mask, _ = torch_grounder.inputs(image, TEXTS[:2])
+    with torch.inference_mode():
+        ref = torch_grounder.model(images, ids, mask)
+    out = onnx_grounder.model(images, ids, mask)
+    assert (out["boxes"] - ref["boxes"]).abs().max() <= 1e-4
+    assert (out["mask_logits"] - ref["mask_logits"]).abs().max() <= 1e-3

@@ -9,8 +9,8 @@ from pycocotools import mask as mask_utils
 
 from vglaw.cli import main
 from vglaw.data.readers import decode_rle
-from vglaw.model import build_model
 from vglaw.inference.predictor import Grounder
+from vglaw.model import build_model
 
 from conftest import randomize_
 

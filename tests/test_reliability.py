@@ -16,15 +16,15 @@ import pytest
 import torch
 from PIL import Image
 
-from vglaw.model.io import from_pretrained
 from vglaw.cli import main
 from vglaw.config import load_config
 from vglaw.data import GroundingDataset, load_tokenizer, prepare
 from vglaw.engine.checkpoint import load_checkpoint
 from vglaw.engine.loop import NonFiniteLossError
-from vglaw.model import VGLAW, build_model
-from vglaw.inference.predictor import Grounder
 from vglaw.engine.train import train
+from vglaw.inference.predictor import Grounder
+from vglaw.model import VGLAW, build_model
+from vglaw.model.io import from_pretrained
 
 from conftest import make_synth_set, write_run_config
 

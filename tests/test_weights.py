@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from vglaw.model.io import from_pretrained
 from vglaw import VGLAW, build_model
 from vglaw.model import ViT
+from vglaw.model.io import from_pretrained
 from vglaw.weights.text import load_text_encoder
 from vglaw.weights.unpickle import safe_pickle_load
 from vglaw.weights.vit import load_detectron2_vit, load_mae_vit
@@ -109,7 +109,7 @@ def test_save_and_from_pretrained_round_trip(tmp_path, law_type):
     torch.manual_seed(0)
     model = randomize_(build_model("tiny", law_type=law_type), seed=4).eval()
     model.save_pretrained(tmp_path / "ck")
-    assert sorted(os.listdir(tmp_path / "ck")) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path / "ck")) == ["README.md", "config.json", "model.safetensors"]  # + the model card
     loaded = from_pretrained(tmp_path / "ck").eval()
     ids, mask = text_batch(2, 20, (9, 20))
     images = torch.randn(2, 3, 128, 128)
