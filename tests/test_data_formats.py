@@ -1,6 +1,5 @@
 """Data as users have it: every COCO segmentation form (ReferItGame's list of RLEs included),
 SeqTR's annotation folders, the Hugging Face Hub's parquet copies, and pretraining leakage."""
-import io
 import json
 import pickle
 

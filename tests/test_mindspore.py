@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from vglaw import VGLAW
 from vglaw.cli import main
 from vglaw.model.io import from_pretrained
 from vglaw.weights.mindspore import convert_mindspore_state, read_mindspore_ckpt

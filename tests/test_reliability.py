@@ -23,7 +23,7 @@ from vglaw.engine.checkpoint import load_checkpoint
 from vglaw.engine.loop import NonFiniteLossError
 from vglaw.engine.train import train
 from vglaw.inference.predictor import Grounder
-from vglaw.model import VGLAW, build_model
+from vglaw.model import build_model
 from vglaw.model.io import from_pretrained
 
 from conftest import make_synth_set, write_run_config

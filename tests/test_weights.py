@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from vglaw import VGLAW, build_model
+from vglaw import build_model
 from vglaw.model import ViT
 from vglaw.model.io import from_pretrained
 from vglaw.weights.text import load_text_encoder
