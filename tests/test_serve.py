@@ -139,3 +139,16 @@ def test_the_page_in_a_real_browser(server, grounder, tmp_path):
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         browser.close()
     assert boxes_of(result) == expected_boxes(grounder, path, TEXTS)
+
+
+def test_the_page_says_what_a_checkpoint_was_trained_on(tmp_path):
+    from vglaw import build_model
+
+    build_model("tiny").save_pretrained(tmp_path / "ck", training={
+        "dataset": "refcoco", "format": "refer", "split_by": "unc", "prepared": "data/prepared/refcoco",
+        "splits": {"train": 120624, "val": 10834}, "epoch": 19, "epochs": 20})
+    text = serve_module.describe(tmp_path / "ck", Grounder.from_pretrained(tmp_path / "ck"))
+    assert "Training data: dataset: refcoco (refer format" in text and "train: 120,624 expressions" in text
+    build_model("tiny").save_pretrained(tmp_path / "bare")
+    assert "Training data: Not recorded" in serve_module.describe(tmp_path / "bare",
+                                                                  Grounder.from_pretrained(tmp_path / "bare"))

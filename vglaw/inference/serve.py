@@ -81,9 +81,18 @@ def describe(checkpoint: Path, grounder: Grounder) -> str:
         return (f"**Checkpoint: the bundled demo model** ({arch}). It was trained only on synthetic images of "
                 "coloured circles, squares and triangles, so it knows nothing else: **on photos its answers are "
                 "meaningless**. Serve a RefCOCO-trained checkpoint (`vglaw serve --checkpoint DIR`) for photos.")
-    card = checkpoint / "README.md" if checkpoint.is_dir() else None
-    trained_on = "see its model card" if card is not None and card.is_file() else "not recorded with it"
-    return f"**Checkpoint:** `{checkpoint}` ({arch}); training data: {trained_on}."
+    return f"**Checkpoint:** `{checkpoint}` ({arch}). Training data: {trained_on(checkpoint)}"
+
+
+def trained_on(checkpoint: Path) -> str:
+    """The "Training data" section of the checkpoint's model card, as one line."""
+    card = checkpoint / "README.md"
+    if not card.is_file():
+        return "not recorded with it."
+    section = card.read_text().split("## Training data", 1)[-1].split("\n## ", 1)[0]
+    lines = [line.strip("- ").strip() for line in section.strip().splitlines()
+             if line.startswith("- ") or line.startswith("Not recorded")]
+    return "; ".join(lines) + "." if lines else "not recorded with it."
 
 
 def build_app(grounder: Grounder, checkpoint: Path):
