@@ -27,7 +27,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import InputError
-from .readers import encode_rle
+from .readers import bad_record, encode_rle
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ def _jxu124_records(row: dict, split: str, dataset: str, image_out: Path) -> lis
     try:
         ann, info = json.loads(row["raw_anns"]), json.loads(row["raw_image_info"])
     except (TypeError, json.JSONDecodeError) as e:
-        return [{**base, "image": row.get("file_name"), "width": None, "height": None, "box": None, "mask": None,
-                 "sentence": None, "sent_id": None, "error": f"raw_anns or raw_image_info is not JSON: {e}"}]
+        return [bad_record({**base, "image": row.get("file_name"), "width": None, "height": None},
+                           f"raw_anns or raw_image_info is not JSON: {e}")]
     width, height = info.get("width"), info.get("height")
     base.update(image=row.get("file_name") or info.get("file_name"), width=width, height=height,
                 box=[float(v) for v in ann["bbox"]])
@@ -112,8 +112,7 @@ def _jxu124_records(row: dict, split: str, dataset: str, image_out: Path) -> lis
         try:
             mask = encode_rle(ann["segmentation"], height, width)
         except ValueError as e:
-            return [{**base, "mask": None, "sentence": None, "sent_id": None,
-                     "error": f"annotation {row['ann_id']}: {e}"}]
+            return [bad_record(base, f"annotation {row['ann_id']}: {e}")]
     return [{**base, "mask": mask, "sentence": sent.get("sent") or sent.get("raw", ""), "sent_id": sent.get("sent_id")}
             for sent in row["sentences"] or [{}]]
 
@@ -134,8 +133,7 @@ def _lmms_records(row: dict, split: str, dataset: str, image_out: Path) -> list[
             image_out.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
     except OSError as e:
-        return [{**base, "mask": None, "sentence": None, "sent_id": None,
-                 "error": f"row {row['question_id']}: unreadable embedded image: {e}"}]
+        return [bad_record(base, f"row {row['question_id']}: unreadable embedded image: {e}")]
     polygon = [float(v) for v in row.get("segmentation") or []]
     mask = encode_rle([polygon], base["height"], base["width"]) if len(polygon) >= 6 else None
     return [{**base, "mask": mask, "sentence": text, "sent_id": j} for j, text in enumerate(row["answer"] or [""])]

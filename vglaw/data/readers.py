@@ -95,6 +95,11 @@ def decode_rle(rle: dict) -> np.ndarray:
                               if isinstance(rle["counts"], str) else rle["counts"]})
 
 
+def bad_record(base: dict, error: str) -> dict:
+    """A record that cannot be used, with ``error`` saying why (``prepare`` reports or drops it)."""
+    return {"box": None, "sentence": None, "sent_id": None, **base, "mask": None, "error": error}
+
+
 def gt_box_xyxy(record: dict) -> torch.Tensor:
     """A record's target box, (4,) x0, y0, x1, y1 in original pixels."""
     return box_convert(torch.tensor(record["box"], dtype=torch.float64)[None], "xywh", "xyxy")[0]
@@ -126,8 +131,7 @@ def read_refer(root: str | os.PathLike, dataset: str, split_by: str) -> list[dic
                 "image": img.get("file_name") or pattern.format(ref["image_id"]),
                 "width": img.get("width"), "height": img.get("height")}
         if ann is None:
-            records.append({**base, "box": None, "mask": None, "sentence": None, "sent_id": None,
-                            "error": f"annotation {ref['ann_id']} missing from instances.json"})
+            records.append(bad_record(base, f"annotation {ref['ann_id']} missing from instances.json"))
             continue
         box = [float(v) for v in ann["bbox"]]
         mask = None
@@ -135,8 +139,7 @@ def read_refer(root: str | os.PathLike, dataset: str, split_by: str) -> list[dic
             try:
                 mask = encode_rle(ann["segmentation"], base["height"], base["width"])
             except ValueError as e:
-                records.append({**base, "box": box, "mask": None, "sentence": None, "sent_id": None,
-                                "error": f"annotation {ann['id']} in {instances_path}: {e}"})
+                records.append(bad_record({**base, "box": box}, f"annotation {ann['id']} in {instances_path}: {e}"))
                 continue
         for sent in ref["sentences"]:
             records.append({**base, "box": box, "mask": mask, "sentence": sent.get("sent", sent.get("raw", "")),

@@ -48,9 +48,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch: int, 
 
     ``on_step(global_step, step_in_epoch)`` is called after each optimizer step (checkpoints).
     ``text_cache`` (a FrozenTextCache) supplies the frozen text encoder's output.
-    Returns (mean of each loss term over the epoch and all processes, the count of skipped bad
-    samples, and the lr), global_step). Raises NonFiniteLossError on NaN/inf, before that
-    step's update is applied.
+    Returns ``(means, global_step)``: ``means`` holds each loss term's mean over the epoch and all
+    processes, ``skipped_samples`` and the last step's ``lr``. Raises NonFiniteLossError on
+    NaN/inf, before that step's update is applied.
 
     The loss terms stay on the device while the micro-batches of a step run: the host reads
     them once per optimizer step (one all-reduce over processes, one copy), which is also where

@@ -60,6 +60,11 @@ def _setup_logging(out: Path) -> None:
         logging.getLogger("vglaw").setLevel(logging.WARNING)
 
 
+def checkpoint_paths(out: Path) -> tuple[Path, Path]:
+    """A run folder's ``last.pt`` (to resume) and ``best.pt``."""
+    return out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
+
+
 def _read_resume_state(last: Path, resume: bool) -> dict | None:
     if resume and last.is_file():
         return load_checkpoint(last)
@@ -103,7 +108,7 @@ class TrainRun:
 
     def __init__(self, cfg: Config, device: torch.device, out: Path) -> None:
         self.cfg, self.device, self.out = cfg, device, out
-        self.last_path, self.best_path = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
+        self.last_path, self.best_path = checkpoint_paths(out)
         self.core = build_train_model(cfg).to(device)
         self.train_ds, self.eval_sets = _datasets(cfg, self.core)
         self.sampler = GlobalBatchSampler(len(self.train_ds), effective_batch=cfg.optim.effective_batch,
@@ -219,7 +224,7 @@ def train(cfg: Config, resume: bool = False) -> dict:
     otherwise, so ``torchrun --max-restarts N ... --resume`` recovers from a lost worker."""
     device = dist.init(cfg.run.device)
     out = Path(cfg.run.out)
-    state = _read_resume_state(out / "checkpoints" / "last.pt", resume)
+    state = _read_resume_state(checkpoint_paths(out)[0], resume)
     _start_run_folder(cfg, out)
     run = TrainRun(cfg, device, out)
     if state is not None:
