@@ -2,6 +2,9 @@
 masks (the bundled demo checkpoint and a random ``tiny``, batches of 1 and 3 expressions of
 different lengths)."""
 import json
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -30,9 +33,23 @@ def exported(tmp_path_factory):
     tiny = randomize_(build_model("tiny", img_size=64, pretrain_img_size=64, depth=2, global_blocks=(1,),
                                   window_size=3), seed=4)
     tiny.save_pretrained(root / "tiny")
-    assert main(["export", "--checkpoint", str(root / "tiny"), "--out", str(root / "tiny.onnx")]) == 0  # the CLI
     return {"demo": (DEMO_CHECKPOINT, export_onnx(DEMO_CHECKPOINT, root / "demo.onnx")),
-            "tiny": (root / "tiny", root / "tiny.onnx")}
+            "tiny": (root / "tiny", export_onnx(root / "tiny", root / "tiny.onnx"))}
+
+
+def test_export_says_what_it_wrote_in_a_few_lines_and_writes_one_file(exported, tmp_path):
+    """Run as a user runs it (its own process, INFO logging): no exporter chatter, no
+    ``.onnx.data`` beside the file, and the parity check's line."""
+    out = tmp_path / "out" / "tiny.onnx"
+    run = subprocess.run([sys.executable, "-m", "vglaw", "export", "--checkpoint", str(exported["tiny"][0]),
+                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    lines = (run.stdout + run.stderr).strip().splitlines()
+    assert len(lines) <= 4, lines
+    assert f"wrote {out} (" in run.stdout and "MiB)" in run.stdout
+    assert re.search(r"onnxruntime vs PyTorch .* boxes within \S+ px", run.stdout)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["tiny.onnx"]
+    assert OnnxModel(out).info["img_size"] == 64
 
 
 @pytest.mark.parametrize("name", ["demo", "tiny"])

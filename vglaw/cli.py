@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
@@ -9,7 +10,7 @@ import pickle
 import sys
 from pathlib import Path
 
-from .config import MASK_THRESHOLD
+from .config import MASK_THRESHOLD, PRECISIONS
 from .errors import VglawError
 
 
@@ -73,7 +74,7 @@ def _eval(args: argparse.Namespace) -> None:
                        num_workers=args.num_workers)
     if distributed.is_main():
         print(format_table(results))
-        out = args.json or str(Path(args.checkpoint).with_suffix("")) + "_eval.json"
+        out = args.json or f"eval_{Path(args.checkpoint).stem}.json"  # never inside the checkpoint or package
         write_results(results, out, checkpoint=str(args.checkpoint), data=str(args.data),
                       mask_threshold=args.mask_threshold)
         print(f"wrote {out}")
@@ -99,9 +100,15 @@ def _push(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .inference.export import export_onnx
+    from .inference.export import check_onnx, export_onnx
 
-    print(f"wrote {export_onnx(args.checkpoint, args.out, opset=args.opset)}")
+    from .hub import DEMO_CHECKPOINT
+
+    checkpoint = args.checkpoint or DEMO_CHECKPOINT
+    out = export_onnx(checkpoint, args.out, opset=args.opset)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    if args.check:
+        print(check_onnx(checkpoint, out))
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -128,20 +135,35 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.out, checkpoint=args.checkpoint, images=args.images, seed=args.seed)
 
 
+DEVICE_HELP = "auto (the GPU when there is one, else the CPU), cpu, cuda or cuda:N"
+PRECISION_HELP = "arithmetic of the forward pass (bf16 pays off on GPUs and CPUs with AVX-512 BF16)"
+DEMO_HELP = "a vglaw checkpoint directory, training .pt or Hub id (default: the bundled demo model)"
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, where it has one worth showing."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.default is argparse.SUPPRESS or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _add_data_commands(commands) -> None:
     """synth, prepare, leakage"""
     p = commands.add_parser("synth", help="generate a synthetic referring dataset in the REFER layout")
     p.add_argument("--out", required=True, help="output folder (gets <name>/ and images/)")
-    p.add_argument("--name", default="synthref", help="dataset name (default synthref)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="synthref", help="dataset name")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the images and expressions")
     for split, n in (("train", 800), ("val", 100), ("testA", 100), ("testB", 100)):
-        p.add_argument(f"--{split}", type=int, default=n, help=f"images in {split} (default {n})")
+        p.add_argument(f"--{split}", type=int, default=n, help=f"images in {split}")
     p.add_argument("--min-size", type=int, default=176, help="smallest image side in pixels")
     p.add_argument("--max-size", type=int, default=224, help="largest image side in pixels")
     p.set_defaults(run=_synth)
 
     p = commands.add_parser("prepare", help="check a dataset and write vglaw's prepared form")
-    p.add_argument("--format", choices=["refer", "transvg", "seqtr", "hf-parquet"], default="refer")
+    p.add_argument("--format", choices=["refer", "transvg", "seqtr", "hf-parquet"], default="refer",
+                   help="the annotation format of --data-root")
     p.add_argument("--data-root", required=True,
                    help="refer: folder with <dataset>/refs(<splitBy>).p; transvg: folder with "
                         "<dataset>/<dataset>_<split>.pth; seqtr: the instances.json file or the folder with "
@@ -174,9 +196,11 @@ def _add_weights_commands(commands) -> None:
     p.set_defaults(run=_convert)
 
     p = commands.add_parser("export", help="the whole model as one ONNX graph (needs the export extra)")
-    p.add_argument("--checkpoint", required=True, help="a vglaw checkpoint directory or training .pt")
+    p.add_argument("--checkpoint", default=None, help=DEMO_HELP)
     p.add_argument("--out", required=True, help="the .onnx file to write")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    p.add_argument("--no-check", dest="check", action="store_false",
+                   help="skip the parity check (onnxruntime against PyTorch on one random input)")
     p.set_defaults(run=_export)
 
     p = commands.add_parser("push", help="upload a checkpoint directory to a Hugging Face Hub model repo")
@@ -191,62 +215,68 @@ def _add_training_commands(commands) -> None:
     p = commands.add_parser("train", help="train a model (also under torchrun --nproc_per_node N -m vglaw train)")
     p.add_argument("--config", required=True, help="YAML config (a diff over the defaults, see configs/)")
     p.add_argument("--resume", action="store_true", help="continue the run in run.out from checkpoints/last.pt")
-    p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. optim.lr=2e-4 run.epochs=5")
+    p.add_argument("overrides", nargs="*",
+                   help="config overrides key=value, e.g. optim.lr=2e-4 run.epochs=5 run.device=cuda")
     p.set_defaults(run=_train)
 
     p = commands.add_parser("eval", help="REC/RES metrics of a checkpoint on prepared splits")
-    p.add_argument("--checkpoint", required=True, help="a vglaw checkpoint directory or a training .pt")
+    p.add_argument("--checkpoint", required=True, help="a vglaw checkpoint directory, training .pt or Hub id")
     p.add_argument("--data", required=True, help="prepared dataset folder")
-    p.add_argument("--splits", nargs="+", default=["val"])
-    p.add_argument("--mask-threshold", type=float, default=MASK_THRESHOLD)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    p.add_argument("--json", default=None, help="where to write the results (default: beside the checkpoint)")
+    p.add_argument("--splits", nargs="+", default=["val"], help="the splits to evaluate")
+    p.add_argument("--mask-threshold", type=float, default=MASK_THRESHOLD,
+                   help="a mask pixel is the object where its probability is above this")
+    p.add_argument("--batch-size", type=int, default=16, help="expressions per forward pass")
+    p.add_argument("--num-workers", type=int, default=2, help="data loader processes")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
+    p.add_argument("--json", default=None,
+                   help="where to write the results (default: eval_<checkpoint name>.json in the current folder)")
     p.set_defaults(run=_eval)
 
 
 def _add_inference_commands(commands) -> None:
     """predict, serve, visualize, demo"""
     p = commands.add_parser("predict", help="ground expressions in your own image")
-    p.add_argument("--checkpoint", default=None, help="a vglaw checkpoint directory or training .pt")
+    p.add_argument("--checkpoint", default=None, help=DEMO_HELP)
     p.add_argument("--onnx", default=None, help="instead of --checkpoint: a model from vglaw export (onnxruntime)")
-    p.add_argument("--image", required=True)
+    p.add_argument("--image", required=True, help="the image file (JPEG, PNG, ...)")
     p.add_argument("--text", action="append", required=True, help="an expression (repeat for several)")
-    p.add_argument("--out", default=None, help="picture to write (default <image>.vglaw.png)")
-    p.add_argument("--json", default=None, help="JSON to write (default beside --out)")
+    p.add_argument("--out", default=None, help="picture to write (default: <image name>.vglaw.png here)")
+    p.add_argument("--json", default=None, help="JSON to write (default: beside --out)")
     p.add_argument("--heatmap", action="store_true",
                    help="also write <out>.heatmap.png: where the box head looks for each expression")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    p.add_argument("--mask-threshold", type=float, default=MASK_THRESHOLD)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
+    p.add_argument("--mask-threshold", type=float, default=MASK_THRESHOLD,
+                   help="a mask pixel is the object where its probability is above this")
     p.set_defaults(run=_predict)
 
     p = commands.add_parser("serve", help="a web page and HTTP API for grounding (needs the demo extra)")
-    p.add_argument("--checkpoint", default=None, help="a vglaw checkpoint (default: the bundled demo model)")
+    p.add_argument("--checkpoint", default=None, help=DEMO_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
     p.set_defaults(run=_serve)
 
     p = commands.add_parser("visualize", help="ground truth vs prediction panels for dataset samples")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", default=None, help=DEMO_HELP)
     p.add_argument("--data", required=True, help="prepared dataset folder")
-    p.add_argument("--split", default="val")
+    p.add_argument("--split", default="val", help="the split the indexes refer to")
     p.add_argument("--index", type=int, nargs="+", required=True, help="sample indexes in the split")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--law", action="store_true", help="also show LAW on/off feature maps for each image")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--mask-threshold", type=float, default=MASK_THRESHOLD)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--mask-threshold", type=float, default=MASK_THRESHOLD,
+                   help="a mask pixel is the object where its probability is above this")
     p.set_defaults(run=_visualize)
 
     p = commands.add_parser("demo", help="run the bundled demo model on a fresh synthetic set")
-    p.add_argument("--out", default="vglaw-demo", help="output folder (replaced)")
+    p.add_argument("--out", default="vglaw-demo",
+                   help="output folder: new or empty, or a previous demo's (only its own files are replaced)")
     p.add_argument("--checkpoint", default=None, help="another checkpoint to demo")
     p.add_argument("--images", type=int, default=100, help="images in the fresh set")
-    p.add_argument("--seed", type=int, default=20261127)
+    p.add_argument("--seed", type=int, default=20261127, help="seed of the fresh set (the model was trained on 0)")
     p.add_argument("--train", action="store_true", help="retrain the bundled checkpoint instead (from a repo checkout)")
     p.add_argument("--work", default="data/demo-train", help="with --train: where data and run go")
     p.add_argument("overrides", nargs="*", help="with --train: config overrides key=value")
@@ -255,15 +285,42 @@ def _add_inference_commands(commands) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vglaw", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_weights_commands, _add_data_commands, _add_training_commands, _add_inference_commands):
         add(commands)
+    for sub in commands.choices.values():
+        sub.formatter_class = _Help
     return parser
+
+
+def _check_options(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Name the first option in ``argv`` that its command does not have (with a suggestion), as
+    that command's usage error. argparse would first complain that a required option is missing
+    (``predict --txt x``: "required: --text") and never name the misspelled one."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    position = next((i for i, arg in enumerate(argv) if arg in commands.choices), None)
+    if position is None:
+        return
+    command = commands.choices[argv[position]]
+    known = [o for a in command._actions for o in a.option_strings]
+    for arg in argv[position + 1:]:
+        if arg == "--":
+            break
+        name = arg.split("=", 1)[0]
+        if not name.startswith("--") or name in known:
+            continue
+        if len([o for o in known if o.startswith(name)]) == 1:  # an abbreviation argparse accepts
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        command.error(f"unrecognized option {name}" + (f" (did you mean {close[0]}?)" if close else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    _check_options(parser, argv)
+    args = parser.parse_args(argv)
     try:
         args.run(args)
     except (VglawError, OSError, pickle.UnpicklingError, ImportError) as e:

@@ -32,6 +32,7 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")  # every command's --precision choices
 MASK_THRESHOLD = 0.35  # a mask pixel is the object where sigmoid(logit) > this (the authors' value)
 
 

@@ -17,6 +17,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from .device import resolve_device
+
 
 def is_enabled() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -36,15 +38,10 @@ def is_main() -> bool:
 
 def init(device: str = "auto") -> torch.device:
     """Join the process group when launched by torchrun; returns this process's device
-    (``"auto"``: a GPU when there is one, else the CPU)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if "cuda" in device and torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        chosen = torch.device("cuda", local)
-    else:
-        chosen = torch.device("cpu")
+    (:func:`vglaw.device.resolve_device`; ``cuda`` is GPU ``LOCAL_RANK`` under torchrun)."""
+    chosen = resolve_device(device, local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_enabled():
         backend = "nccl" if chosen.type == "cuda" else "gloo"
         timeout = datetime.timedelta(minutes=30)

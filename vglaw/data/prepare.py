@@ -17,9 +17,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from PIL import Image
-from tqdm import tqdm
 
 from ..errors import InputError
+from ..progress import progress as progress_bar
 from .hub_parquet import read_hf_parquet, split_report
 from .readers import read_refer, read_seqtr, read_transvg
 
@@ -108,7 +108,7 @@ def prepare(*, fmt: str, data_root: str | os.PathLike, dataset: str, image_root:
         raise FileNotFoundError(f"image folder {image_root} not found")
     sizes: dict = {}
     good, bad = defaultdict(list), []
-    for record in tqdm(records, desc=f"prepare {dataset}", disable=not progress, unit="sent"):
+    for record in progress_bar(records, f"prepare {dataset}", show=progress, unit="sent"):
         reason = check_record(record, image_root, sizes)
         record.pop("error", None)
         if reason:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
+
+from ..progress import progress as progress_bar
 
 COLOURS = {"red": (215, 45, 40), "green": (45, 170, 65), "blue": (45, 85, 215), "yellow": (230, 205, 40)}
 SHAPES = ("circle", "square", "triangle")
@@ -161,7 +162,7 @@ def generate(out: str | Path, *, name: str = "synthref", seed: int = 0, split_si
     images, annotations, refs = [], [], []
     sent_count = 0
     splits = [s for s, n in split_sizes.items() for _ in range(n)]
-    for image_id, split in enumerate(tqdm(splits, desc="synth", disable=not progress), start=1):
+    for image_id, split in enumerate(progress_bar(splits, "synth", show=progress), start=1):
         w, h = rng.randint(min_size, max_size), rng.randint(min_size, max_size)
         img = _background(rng, w, h)
         shapes = _place_shapes(rng, w, h)

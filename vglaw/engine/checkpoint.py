@@ -58,7 +58,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - name the file whatever went wrong
-        raise InputError(f"{path} is not a readable vglaw training checkpoint: {e}") from None
+        # torch's own message would suggest weights_only=False, which must never be done with an
+        # unknown file: only its first line is kept, and only when it is not that advice
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = type(e).__name__ if "weights_only" in reason else reason
+        raise InputError(f"{path} is not a vglaw checkpoint: give a checkpoint folder (config.json + "
+                         f"model.safetensors) or a training .pt written by vglaw train ({reason})") from None
     missing = {"model", "model_config"} - set(state if isinstance(state, dict) else ())
     if missing:
         raise InputError(f"{path} is not a vglaw training checkpoint (lacks {sorted(missing)})")

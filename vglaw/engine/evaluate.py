@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -16,8 +17,11 @@ from .loop import evaluate
 from .metrics import MASK_THRESHOLDS
 from .samplers import ShardSampler
 
-COLUMNS = [("samples", "n", "{:d}"), ("prec@0.5", "REC P@0.5", "{:.4f}"), ("mIoU", "mIoU", "{:.4f}"),
-           ("oIoU", "oIoU", "{:.4f}")] + [(f"mask_prec@{t}", f"P@{t}", "{:.4f}") for t in MASK_THRESHOLDS]
+log = logging.getLogger(__name__)
+
+# (metric, column title, format): REC is the box's Prec@0.5; RES the mask's IoUs and Prec@t
+COLUMNS = [("samples", "expressions", "{:d}"), ("prec@0.5", "box P@0.5", "{:.4f}"), ("mIoU", "mask mIoU", "{:.4f}"),
+           ("oIoU", "mask oIoU", "{:.4f}")] + [(f"mask_prec@{t}", f"mask P@{t}", "{:.4f}") for t in MASK_THRESHOLDS]
 
 
 def format_table(results: dict) -> str:
@@ -49,6 +53,9 @@ def run_eval(checkpoint: str | os.PathLike, prepared: str | os.PathLike, splits:
         with torch.inference_mode():
             results[split] = evaluate(model, eval_loader(ds, batch_size, num_workers), ds, device=device,
                                       precision=precision, mask_threshold=mask_threshold, desc=f"eval {split}")
+        if dist.is_main():
+            log.info("%s: %d expressions, box P@0.5 %.4f", split, results[split]["samples"],
+                     results[split]["prec@0.5"])
     return results
 
 

@@ -6,12 +6,12 @@ import math
 import time
 
 import torch
-from tqdm import tqdm
 
 from .. import distributed as dist
 from ..config import MASK_THRESHOLD
 from ..data.transforms import box_to_original, mask_to_original
 from ..errors import VglawError
+from ..progress import progress
 from .losses import grounding_loss
 from .metrics import GroundingMeter
 
@@ -63,7 +63,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch: int, 
     totals, micro_batches, seen, skipped, start = {}, 0, 0, 0, time.perf_counter()
     step_terms = None  # (5,) this process's loss terms summed over the step's micro-batches
     lr = optimizer.param_groups[-1]["lr"]
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not dist.is_main(), dynamic_ncols=True, unit="batch")
+    bar = progress(loader, f"epoch {epoch}", show=dist.is_main(), unit="batch")
     for i, batch in enumerate(bar):
         skipped += batch["skipped"]
         text = text_cache(batch["input_ids"], batch["attention_mask"], device) if text_cache is not None else None
@@ -116,7 +116,7 @@ def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "
     """REC and RES metrics of a split, in original image pixels, over all processes."""
     model.eval()
     meter = GroundingMeter()
-    for batch in tqdm(loader, desc=desc, disable=not dist.is_main(), dynamic_ncols=True, unit="batch"):
+    for batch in progress(loader, desc, show=dist.is_main(), unit="batch"):
         batch = to_device(batch, device)
         with autocast(device, precision):
             out = model(batch["image"], batch["input_ids"], batch["attention_mask"])

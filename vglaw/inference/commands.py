@@ -6,24 +6,26 @@ from pathlib import Path
 
 from ..config import MASK_THRESHOLD
 from ..errors import InputError
-from .pictures import attention_tile, draw_predictions, hstack, law_panel, record_panel
+from ..hub import checkpoint_or_demo
+from .pictures import attention_tile, colour, draw_predictions, hstack, law_panel, record_panel
 from .postprocess import predictions_json
 from .predictor import Grounder, as_rgb
 
 
 def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=None, heatmap: bool = False,
-            onnx=None, device="cpu", precision="fp32", mask_threshold=MASK_THRESHOLD) -> dict:
+            onnx=None, device="auto", precision="fp32", mask_threshold=MASK_THRESHOLD) -> dict:
     """``vglaw predict``: ground the expressions, write the picture and the JSON (and with
     ``heatmap``, ``<out>.heatmap.png``: where the box head looks for each expression). With
-    ``onnx`` (a file from ``vglaw export``) onnxruntime runs the model instead of PyTorch."""
-    if (checkpoint is None) == (onnx is None):
-        raise InputError("give either --checkpoint or --onnx")
+    ``onnx`` (a file from ``vglaw export``) onnxruntime runs the model instead of PyTorch;
+    with neither, the bundled demo model (a warning on stderr says what it knows)."""
+    if checkpoint is not None and onnx is not None:
+        raise InputError("give either --checkpoint or --onnx, not both")
+    image = as_rgb(image_path)  # a bad image fails before the model loads
     if onnx is not None:
         grounder = Grounder.from_onnx(onnx, mask_threshold=mask_threshold)
     else:
-        grounder = Grounder.from_pretrained(checkpoint, device=device, precision=precision,
+        grounder = Grounder.from_pretrained(checkpoint_or_demo(checkpoint), device=device, precision=precision,
                                             mask_threshold=mask_threshold)
-    image = as_rgb(image_path)
     preds = grounder.predict(image, texts)
     stem = Path(image_path).stem
     out = Path(out or f"{stem}.vglaw.png")
@@ -34,19 +36,19 @@ def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=Non
     written = {"png": str(out)}
     if heatmap:
         written["heatmap_png"] = str(out.with_suffix(".heatmap.png"))
-        hstack([attention_tile(image, p) for p in preds]).save(written["heatmap_png"])
+        hstack([attention_tile(image, p, colour(i)) for i, p in enumerate(preds)]).save(written["heatmap_png"])
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     return {**written, "json": str(json_path), **result}
 
 
 def visualize(checkpoint, prepared, split: str, indexes: list[int], out_dir, *, law: bool = False,
-              device="cpu", mask_threshold=MASK_THRESHOLD) -> list[dict]:
+              device="auto", mask_threshold=MASK_THRESHOLD) -> list[dict]:
     """``vglaw visualize``: a ground truth vs prediction panel per sample (and with ``law``, a
     LAW on/off panel for each sample's image and its expression beside another one)."""
     from ..data.prepare import load_split
 
-    grounder = Grounder.from_pretrained(checkpoint, device=device, mask_threshold=mask_threshold)
+    grounder = Grounder.from_pretrained(checkpoint_or_demo(checkpoint), device=device, mask_threshold=mask_threshold)
     meta, records = load_split(prepared, split)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

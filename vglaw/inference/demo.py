@@ -20,12 +20,42 @@ from ..data import GroundingDataset, prepare
 from ..data.synth import generate
 from ..engine.evaluate import eval_loader, format_table
 from ..engine.loop import evaluate
+from ..errors import InputError
+from ..hub import DEMO_CHECKPOINT
 from .predictor import Grounder, as_rgb
 
-DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "demo"
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synth_tiny.yaml"
 DEMO_SEED = 20261127  # the bundled model was trained on seed 0
 THRESHOLDS = {"prec@0.5": 0.85, "mIoU": 0.70, "shuffled_drop": 0.40}
+MARKER = ".vglaw-demo.json"  # in a demo's output folder: the files that demo wrote
+
+
+def claim_output(out: Path) -> None:
+    """Make ``out`` ready for a demo without deleting anything vglaw did not write: a missing or
+    empty folder is used as it is; a previous demo's folder loses exactly the files its marker
+    lists; any other non-empty folder is refused."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder for the demo's output")
+    marker = out / MARKER
+    if not marker.is_file():
+        if any(out.iterdir()):
+            raise InputError(f"--out {out} already holds files that vglaw demo did not write; give a new or "
+                             "empty folder (nothing was changed)")
+        return
+    for name in json.loads(marker.read_text())["files"]:
+        (out / name).unlink(missing_ok=True)
+    for folder in sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    marker.unlink()
+
+
+def _record_output(out: Path, before: set[Path]) -> None:
+    """Write the marker: every file under ``out`` that was not there before the demo ran."""
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p not in before)
+    (out / MARKER).write_text(json.dumps({"written_by": "vglaw demo", "files": written}, indent=1) + "\n")
 
 
 def shuffled(dataset: GroundingDataset, seed: int = 0) -> GroundingDataset:
@@ -51,11 +81,11 @@ def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = 
     start = time.time()
     out = Path(out)
     checkpoint = Path(checkpoint or DEMO_CHECKPOINT)
+    claim_output(out)
+    before = set(out.rglob("*")) if out.exists() else set()
     print(f"[1/4] loading {checkpoint}")
     grounder = Grounder.from_pretrained(checkpoint)
     model = grounder.model
-    if out.exists():
-        shutil.rmtree(out)
     data = out / "data"
     print(f"[2/4] generating a fresh synthetic set ({images} images, seed {seed}) in {data}")
     generate(data, seed=seed, split_sizes={"val": images})
@@ -91,6 +121,7 @@ def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = 
                "- `data/`: the generated set (REFER layout) and `data/prepared/` (vglaw's prepared form)"]
     summary += [f"- `{f.relative_to(out)}`: {desc}" for f, desc in files]
     (out / "summary.md").write_text("\n".join(summary) + "\n")
+    _record_output(out, before)
     print()
     print(table)
     print(f"\nexpressions shuffled across samples: REC Prec@0.5 {control['prec@0.5']:.4f} "

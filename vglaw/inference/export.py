@@ -9,8 +9,11 @@ metadata under ``vglaw``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,11 +23,13 @@ import torch.nn as nn
 from ..config import MASK_THRESHOLD
 from ..engine.checkpoint import load_model
 from ..errors import InputError
+from ..fileio import atomic_write
 from ..hub import MINILM
 
 INPUTS = ("images", "input_ids", "attention_mask")
 OUTPUTS = ("boxes", "mask_logits", "box_attention")
 DEFAULT_OPSET = 18
+PROTOBUF_LIMIT = 2**31 - 2**26  # one ONNX protobuf holds up to 2 GB: weights above ~1.9 GB go to <out>.data
 
 
 class _Graph(nn.Module):
@@ -39,9 +44,30 @@ class _Graph(nn.Module):
         return tuple(out[name] for name in OUTPUTS)
 
 
+@contextlib.contextmanager
+def _quiet():
+    """The exporter's chatter (an INFO line per folded constant and per replaced initializer, the
+    dynamic-axis naming warnings) stays out of the user's terminal."""
+    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", message=r".*axis name.*will not be used")
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
 def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
                 mask_threshold: float = MASK_THRESHOLD) -> Path:
-    """Export ``checkpoint`` to ``out`` (an ``.onnx`` file); returns its path."""
+    """Export ``checkpoint`` to ``out`` (an ``.onnx`` file); returns its path.
+
+    The weights are inside the one file. A model over protobuf's 2 GB limit is written with its
+    weights in ``<out>.data`` beside it (ONNX external data), which onnxruntime reads from there."""
     try:
         import onnx
     except ImportError:
@@ -57,21 +83,41 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, opset:
     mask[1, 5:] = 0
     batch, length = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("length", min=2, max=max_len)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     # traced with the math attention kernel: its output layout is the one the ONNX decomposition
     # assumes (the fused CPU kernels return another, and the merge of heads would not match it)
-    with sdpa_kernel(SDPBackend.MATH), torch.no_grad():
-        torch.onnx.export(_Graph(model).eval(), (images, ids, mask), str(out), input_names=list(INPUTS),
-                          output_names=list(OUTPUTS), opset_version=opset, dynamo=True,
-                          dynamic_shapes={"images": {0: batch}, "input_ids": {0: batch, 1: length},
-                                          "attention_mask": {0: batch, 1: length}})
-    graph = onnx.load(str(out))
+    with sdpa_kernel(SDPBackend.MATH), torch.no_grad(), _quiet():
+        program = torch.onnx.export(_Graph(model).eval(), (images, ids, mask), input_names=list(INPUTS),
+                                    output_names=list(OUTPUTS), opset_version=opset, dynamo=True, verbose=False,
+                                    dynamic_shapes={"images": {0: batch}, "input_ids": {0: batch, 1: length},
+                                                    "attention_mask": {0: batch, 1: length}})
+        graph = program.model_proto
     info = {"img_size": size, "max_len": max_len, "patch_size": model.config.patch_size,
             "mask_threshold": mask_threshold, "tokenizer": model.config.text_encoder or MINILM,
             "model_config": model.config_dict(), "checkpoint": str(checkpoint)}
     onnx.helper.set_model_props(graph, {"vglaw": json.dumps(info)})
-    onnx.save(graph, str(out))
+    external = sum(p.numel() * p.element_size() for p in model.parameters()) > PROTOBUF_LIMIT
+    atomic_write(out, lambda tmp: onnx.save(graph, str(tmp), save_as_external_data=external,
+                                            location=f"{out.name}.data"))
     return out
+
+
+def check_onnx(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, seed: int = 0) -> str:
+    """Run the exported model and the checkpoint on one random image with two expressions of
+    different lengths; a line with the largest differences of boxes and mask logits."""
+    model = load_model(checkpoint).eval()
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(2, 3, model.img_size, model.img_size, generator=g)
+    ids = torch.randint(1000, 20000, (2, 9), generator=g)
+    ids[:, 0], ids[0, -1], ids[1, 5] = 101, 102, 102
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        want = model(images, ids, mask)
+    got = OnnxModel(onnx_path)(images, ids, mask)
+    box = float((got["boxes"] - want["boxes"]).abs().max()) * model.img_size
+    logits = float((got["mask_logits"] - want["mask_logits"]).abs().max())
+    return (f"onnxruntime vs PyTorch on a random input: boxes within {box:.2g} px of the {model.img_size} px "
+            f"canvas, mask logits within {logits:.2g}")
 
 
 class OnnxModel:

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from torchvision.ops import box_iou
 
 from ..data.readers import decode_rle, gt_box_xyxy
 from ..engine.metrics import mask_iou
 
-COLOURS = [(255, 64, 64), (64, 160, 255), (64, 220, 100), (255, 200, 0), (200, 90, 255), (0, 220, 220)]
-GT_COLOUR, PRED_COLOUR = (0, 230, 0), (255, 40, 40)
+COLOURS = [(230, 40, 40), (30, 120, 255), (0, 170, 60), (235, 150, 0), (170, 60, 230), (0, 170, 190)]
+GT_COLOUR, PRED_COLOUR = (0, 170, 60), (230, 40, 40)
+TEXT, GREY = (0, 0, 0), (90, 90, 90)
+
+
+def colour(i: int) -> tuple[int, int, int]:
+    """The colour of the i-th expression: its mask, box and caption share it."""
+    return COLOURS[i % len(COLOURS)]
 
 
 def _font(size: int = 14):
@@ -21,10 +27,13 @@ def _font(size: int = 14):
         return ImageFont.load_default()
 
 
-def overlay_mask(image: Image.Image, mask: np.ndarray, colour, alpha: float = 0.45) -> Image.Image:
-    tint = Image.new("RGB", image.size, colour)
-    m = Image.fromarray((mask.astype(np.uint8) * int(alpha * 255)))
-    return Image.composite(tint, image, m)
+def overlay_mask(image: Image.Image, mask: np.ndarray, colour, fill: float = 0.25, outline: int = 2) -> Image.Image:
+    """The mask as a light fill and a solid outline, so that the object's own colour stays readable."""
+    m = Image.fromarray(mask.astype(np.uint8) * 255)
+    inner = m.filter(ImageFilter.MinFilter(2 * outline + 1))  # the mask eroded by ``outline`` pixels
+    edge = np.asarray(m) > np.asarray(inner)
+    alpha = np.where(edge, 255, np.where(mask, int(fill * 255), 0)).astype(np.uint8)
+    return Image.composite(Image.new("RGB", image.size, colour), image, Image.fromarray(alpha))
 
 
 def draw_box(image: Image.Image, box, colour, width: int = 2) -> Image.Image:
@@ -33,14 +42,39 @@ def draw_box(image: Image.Image, box, colour, width: int = 2) -> Image.Image:
     return image
 
 
+def fit_text(text: str, width: float, font, max_lines: int = 3) -> list[str]:
+    """``text`` wrapped at word boundaries into lines at most ``width`` pixels wide; what does not
+    fit in ``max_lines`` ends in an ellipsis (a word too long for a line is cut with one too)."""
+    def fits(line):
+        return font.getlength(line) <= width
+
+    def shorten(line):
+        while line and not fits(line + "…"):
+            line = line[:-1]
+        return line.rstrip() + "…"
+
+    lines, words = [], text.split()
+    while words:
+        line = words.pop(0)
+        if not fits(line):
+            line = shorten(line)
+        while words and fits(f"{line} {words[0]}"):
+            line += " " + words.pop(0)
+        lines.append(line)
+        if len(lines) == max_lines and words:
+            lines[-1] = shorten(f"{line} {words[0]}")
+            break
+    return lines or [""]
+
+
 def with_caption(image: Image.Image, lines: list[tuple[str, tuple]], size: int = 14) -> Image.Image:
-    """The image with lines of coloured text below it."""
+    """The image with captions below it, each in its colour, wrapped to the image's width."""
     font = _font(size)
-    height = (size + 6) * len(lines) + 6
-    out = Image.new("RGB", (image.width, image.height + height), (255, 255, 255))
+    rows = [(row, colour) for text, colour in lines for row in fit_text(text, image.width - 12, font)]
+    out = Image.new("RGB", (image.width, image.height + (size + 6) * len(rows) + 6), (255, 255, 255))
     out.paste(image, (0, 0))
     draw = ImageDraw.Draw(out)
-    for i, (text, colour) in enumerate(lines):
+    for i, (text, colour) in enumerate(rows):
         draw.text((6, image.height + 4 + i * (size + 6)), text, fill=colour, font=font)
     return out
 
@@ -77,50 +111,79 @@ def draw_predictions(image: Image.Image, predictions) -> Image.Image:
     canvas = upscale(image)
     lines = []
     for i, p in enumerate(predictions):
-        colour = COLOURS[i % len(COLOURS)]
         mask = np.asarray(Image.fromarray(p.mask.astype(np.uint8)).resize(canvas.size, Image.NEAREST)).astype(bool)
-        canvas = draw_box(overlay_mask(canvas, mask, colour), [v * factor for v in p.box], colour, width=3)
-        lines.append((p.text, colour))
+        canvas = draw_box(overlay_mask(canvas, mask, colour(i)), [v * factor for v in p.box], colour(i), width=3)
+        lines.append((p.text, colour(i)))
     return with_caption(canvas, lines)
 
 
 def sample_panel(image: Image.Image, text: str, gt_box, pred_box, gt_mask: np.ndarray | None,
                  pred_mask: np.ndarray) -> tuple[Image.Image, dict]:
-    """Ground-truth box | predicted box | ground-truth mask | predicted mask, with the IoUs."""
+    """Ground-truth box | predicted box | ground-truth mask | predicted mask, each labelled, with
+    the expression and the IoUs."""
     big = upscale(image)
     factor = big.width / image.width
 
     def resize(mask):
         return np.asarray(Image.fromarray(mask.astype(np.uint8)).resize(big.size, Image.NEAREST)).astype(bool)
 
-    tiles = [draw_box(big, [v * factor for v in gt_box], GT_COLOUR, 3),
-             draw_box(big, [v * factor for v in pred_box], PRED_COLOUR, 3)]
-    if gt_mask is not None:
-        tiles.append(overlay_mask(big, resize(gt_mask), GT_COLOUR))
-    tiles.append(overlay_mask(big, resize(pred_mask), PRED_COLOUR))
     ious = {"box_iou": float(box_iou(torch.tensor([gt_box], dtype=torch.float64),
                                      torch.tensor([pred_box], dtype=torch.float64))[0, 0])}
+    tiles = [with_caption(draw_box(big, [v * factor for v in gt_box], GT_COLOUR, 3), [("ground-truth box", GT_COLOUR)]),
+             with_caption(draw_box(big, [v * factor for v in pred_box], PRED_COLOUR, 3),
+                          [(f"predicted box (IoU {ious['box_iou']:.2f})", PRED_COLOUR)])]
     if gt_mask is not None:
         ious["mask_iou"] = mask_iou(gt_mask, pred_mask)
-    caption = [(f'"{text}"', (0, 0, 0)),
-               ("green: ground truth, red: prediction   " + "   ".join(f"{k} {v:.3f}" for k, v in ious.items()),
-                (80, 80, 80))]
-    return with_caption(hstack(tiles), caption), ious
+        tiles.append(with_caption(overlay_mask(big, resize(gt_mask), GT_COLOUR), [("ground-truth mask", GT_COLOUR)]))
+    tiles.append(with_caption(overlay_mask(big, resize(pred_mask), PRED_COLOUR),
+                              [("predicted mask" + (f" (IoU {ious['mask_iou']:.2f})" if "mask_iou" in ious else ""),
+                                PRED_COLOUR)]))
+    return with_caption(hstack(tiles), [(f'"{text}"', TEXT)]), ious
+
+
+def heat_colours(values: torch.Tensor) -> torch.Tensor:
+    """Values in [0, 1] -> RGB in [0, 1] (black, red, yellow), the colour map of every heat map."""
+    v = values.clamp(0, 1)
+    return torch.stack([(v * 2).clamp(0, 1), (v * 2 - 1).clamp(0, 1), torch.zeros_like(v)], dim=-1)
+
+
+def _heat(values: torch.Tensor, size: tuple[int, int], vmax: float) -> Image.Image:
+    """(h, w) values -> an RGB heat map of ``size`` (W, H), ``vmax`` and above at the top colour."""
+    img = Image.fromarray((heat_colours(values / max(vmax, 1e-12)).numpy() * 255).astype(np.uint8))
+    return img.resize(size, Image.BILINEAR)
+
+
+def with_colour_bar(image: Image.Image, top: str, bottom: str = "0", size: int = 12) -> Image.Image:
+    """The heat map ``image`` with its colour scale on the right, ``top`` and ``bottom`` its ends."""
+    font = _font(size)
+    bar_h = max(image.height - 2 * size, 8)
+    ramp = heat_colours(torch.linspace(1, 0, bar_h)[:, None].expand(bar_h, 12))
+    label_w = int(max(font.getlength(top), font.getlength(bottom))) + 4
+    out = Image.new("RGB", (image.width + 20 + label_w, image.height), (255, 255, 255))
+    out.paste(image, (0, 0))
+    out.paste(Image.fromarray((ramp.numpy() * 255).astype(np.uint8)), (image.width + 4, size))
+    draw = ImageDraw.Draw(out)
+    draw.text((image.width + 18, 0), top, fill=TEXT, font=font)
+    draw.text((image.width + 18, image.height - size - 2), bottom, fill=TEXT, font=font)
+    return out
 
 
 def attention_overlay(image: Image.Image, attention: np.ndarray, alpha: float = 0.6) -> Image.Image:
-    """The box head's attention (H, W) in [0, 1] as a heat map blended over the image."""
+    """The box head's attention (H, W) in [0, 1] as a heat map blended over the image, with its
+    colour scale (1: the map's maximum)."""
     heat = _heat(torch.tensor(attention, dtype=torch.float32), image.size, 1.0)
-    return Image.blend(image, heat, alpha)
+    return with_colour_bar(Image.blend(image, heat, alpha), "max")
 
 
-def attention_tile(image: Image.Image, prediction) -> Image.Image:
+def attention_tile(image: Image.Image, prediction, caption_colour=TEXT) -> Image.Image:
     """One expression's attention overlay, enlarged when small, with its box and the expression."""
     big = upscale(image)
     factor = big.width / image.width
-    tile = attention_overlay(big, np.asarray(Image.fromarray(prediction.attention).resize(big.size, Image.BILINEAR)))
-    tile = draw_box(tile, [v * factor for v in prediction.box], (255, 255, 255), 2)
-    return with_caption(tile, [(f'"{prediction.text}": where the box head looks', (0, 0, 0))])
+    attention = np.asarray(Image.fromarray(prediction.attention).resize(big.size, Image.BILINEAR))
+    heat = Image.blend(big, _heat(torch.from_numpy(attention.copy()), big.size, 1.0), 0.6)
+    tile = with_colour_bar(draw_box(heat, [v * factor for v in prediction.box], (255, 255, 255), 2), "max")
+    return with_caption(tile, [(f'"{prediction.text}"', caption_colour),
+                               ("where the box head looks (white: its box)", GREY)])
 
 
 def record_panel(grounder, image: Image.Image, record: dict) -> tuple[Image.Image, dict]:
@@ -128,14 +191,6 @@ def record_panel(grounder, image: Image.Image, record: dict) -> tuple[Image.Imag
     pred = grounder.predict(image, record["sentence"])
     gt_mask = decode_rle(record["mask"]).astype(bool) if record.get("mask") else None
     return sample_panel(image, record["sentence"], gt_box_xyxy(record).tolist(), pred.box, gt_mask, pred.mask)
-
-
-def _heat(values: torch.Tensor, size: tuple[int, int], vmax: float) -> Image.Image:
-    """(h, w) values -> an RGB heat map (black-red-yellow) of ``size`` (W, H)."""
-    v = (values / max(vmax, 1e-12)).clamp(0, 1)
-    rgb = torch.stack([(v * 2).clamp(0, 1), (v * 2 - 1).clamp(0, 1), torch.zeros_like(v)], dim=-1)
-    img = Image.fromarray((rgb.numpy() * 255).astype(np.uint8))
-    return img.resize(size, Image.BILINEAR)
 
 
 @torch.inference_mode()
@@ -154,15 +209,17 @@ def law_panel(grounder, image: Image.Image, texts: list[str]) -> Image.Image:
     r1, c1 = int(np.ceil((dy + image.height * sy) / cell)), int(np.ceil((dx + image.width * sx) / cell))
     on, off = on[..., r0:r1, c0:c1], off[..., r0:r1, c0:c1]
     norm_on, norm_off, diff = on.norm(dim=1), off.norm(dim=1), (on - off).norm(dim=1)
-    vmax = float(torch.maximum(norm_on.max(), norm_off.max()))
+    vmax, dmax = float(torch.maximum(norm_on.max(), norm_off.max())), float(diff.max())
     preds = grounder.predict(image, texts)
     rows = []
     shown = upscale(image).size
     for i, p in enumerate(preds):
         tiles = [draw_predictions(image, [p]),
-                 with_caption(_heat(norm_on[i], shown, vmax), [("|features|, LAW on", (0, 0, 0))]),
-                 with_caption(_heat(norm_off[i], shown, vmax), [("|features|, LAW off", (0, 0, 0))]),
-                 with_caption(_heat(diff[i], shown, float(diff.max())), [("|on - off|", (0, 0, 0))])]
+                 with_caption(with_colour_bar(_heat(norm_on[i], shown, vmax), f"{vmax:.3g}"),
+                              [("|features|, LAW on", TEXT)]),
+                 with_caption(with_colour_bar(_heat(norm_off[i], shown, vmax), f"{vmax:.3g}"),
+                              [("|features|, LAW off", TEXT)]),
+                 with_caption(with_colour_bar(_heat(diff[i], shown, dmax), f"{dmax:.3g}"),
+                              [("|on - off|", TEXT)])]
         rows.append(hstack(tiles))
     return vstack(rows)
-

@@ -1,22 +1,26 @@
 """Ground any expression in any image: ``Grounder.from_pretrained(dir).predict(image, text)``."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
+from textwrap import shorten
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..config import MASK_THRESHOLD
+from ..config import MASK_THRESHOLD, PRECISIONS
 from ..data.dataset import load_tokenizer
 from ..data.transforms import box_to_original, eval_transform, load_image, make_sample, mask_to_original
+from ..device import resolve_device
 from ..engine.checkpoint import load_model
 from ..engine.loop import autocast
 from ..errors import InputError, InputTypeError
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,22 +55,24 @@ class Grounder:
     expressions: several expressions for one image run as one batch instead.
     """
 
-    def __init__(self, model, tokenizer, *, device: str | torch.device = "cpu", precision: str = "fp32",
+    def __init__(self, model, tokenizer, *, device: str | torch.device = "auto", precision: str = "fp32",
                  mask_threshold: float = MASK_THRESHOLD, compile: bool = False) -> None:
-        """``compile`` runs the model through ``torch.compile`` (first call slower, later faster)."""
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise InputError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
-        self.device = torch.device(device)
+        """``device``: auto (the GPU when there is one), cpu, cuda or cuda:N. ``compile`` runs the
+        model through ``torch.compile`` (first call slower, later faster)."""
+        if precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.model = model.to(self.device).eval()
         self._forward = torch.compile(self.model) if compile else self.model
         self.tokenizer = tokenizer
         self.precision, self.mask_threshold = precision, mask_threshold
 
     @classmethod
-    def from_pretrained(cls, checkpoint: str | os.PathLike, *, device: str = "cpu", precision: str = "fp32",
+    def from_pretrained(cls, checkpoint: str | os.PathLike, *, device: str = "auto", precision: str = "fp32",
                         tokenizer: str | None = None, mask_threshold: float = MASK_THRESHOLD,
                         compile: bool = False) -> "Grounder":
         """From a vglaw checkpoint directory or a training checkpoint file."""
+        device = resolve_device(device)  # a bad device fails before the model loads
         model = load_model(checkpoint)
         return cls(model, load_tokenizer(tokenizer or model.config.text_encoder), device=device,
                    precision=precision, mask_threshold=mask_threshold, compile=compile)
@@ -79,7 +85,8 @@ class Grounder:
 
         model = OnnxModel(path)
         threshold = model.info["mask_threshold"] if mask_threshold is None else mask_threshold
-        return cls(model, load_tokenizer(tokenizer or model.config.text_encoder), mask_threshold=threshold)
+        return cls(model, load_tokenizer(tokenizer or model.config.text_encoder), device="cpu",
+                   mask_threshold=threshold)
 
     def inputs(self, rgb: Image.Image, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """The model's inputs for expressions on one RGB image: the letterboxed image repeated
@@ -90,8 +97,12 @@ class Grounder:
             if not isinstance(t, str) or not t.strip():
                 raise InputError(f"empty expression {t!r}: say what to find in the image")
         sample, letterbox = eval_transform(make_sample(rgb, (0, 0, 1, 1), None, texts[0]), self.model.img_size)
-        tokens = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.model.config.max_len,
-                                return_tensors="pt")
+        max_len = self.model.config.max_len
+        for t, ids in zip(texts, self.tokenizer(texts, verbose=False)["input_ids"]):
+            if len(ids) > max_len:
+                log.warning('warning: the expression "%s" is %d tokens; the model reads its first %d (%d with '
+                            "[CLS] and [SEP])", shorten(t, 60, placeholder="..."), len(ids) - 2, max_len - 2, max_len)
+        tokens = self.tokenizer(texts, padding="longest", truncation=True, max_length=max_len, return_tensors="pt")
         images = sample.image.as_subclass(torch.Tensor)[None].expand(len(texts), -1, -1, -1).to(self.device)
         return images, tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device), letterbox
 

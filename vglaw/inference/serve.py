@@ -9,14 +9,18 @@ run the server out of memory; bad input gets a message on the page.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
+import time
+import uuid
 from pathlib import Path
 
 from PIL import Image
 
 from ..errors import InputError
-from .demo import DEMO_CHECKPOINT
-from .pictures import attention_overlay
+from ..hub import DEMO_CHECKPOINT, is_demo_checkpoint
+from .pictures import attention_tile, colour, draw_predictions
 from .postprocess import predictions_json
 from .predictor import Grounder, as_rgb
 
@@ -26,6 +30,7 @@ MAX_CHARS = 300
 MAX_UPLOAD_MB = 10
 MAX_PIXELS = 25_000_000  # decoded width x height
 QUEUE_SIZE = 32  # requests waiting at most; more are refused with a message
+log = logging.getLogger(__name__)
 
 
 def parse_expressions(text: str | None) -> list[str]:
@@ -59,17 +64,39 @@ def open_upload(path: str | os.PathLike | None) -> Image.Image:
         raise InputError(f"{name} could not be decoded (truncated or corrupt?): {e}") from None
 
 
-def ground(grounder: Grounder, image_path: str | None, expressions: str | None, law_off: bool = False):
-    """The page's and the API's function: (annotated image, attention overlays, JSON text)."""
+def request_folder(root: Path, keep_seconds: float = 3600) -> Path:
+    """A new folder of its own for one request's pictures under ``root``; folders older than
+    ``keep_seconds`` are removed. Each answer's files have names no other request uses, so a file
+    is never rewritten while a client downloads it (Gradio's own cache names its pictures by their
+    content and rewrites them in place: two equal answers at once could truncate a download)."""
+    now = time.time()
+    if root.is_dir():
+        for old in root.iterdir():
+            if now - old.stat().st_mtime > keep_seconds:
+                shutil.rmtree(old, ignore_errors=True)
+    folder = root / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    return folder
+
+
+def ground(grounder: Grounder, image_path: str | None, expressions: str | None, law_off: bool = False, *,
+           out_dir: str | os.PathLike):
+    """The page's and the API's function: (picture of the boxes and masks, [(attention map,
+    expression)], JSON text); the pictures are PNG files written into a new folder under ``out_dir``."""
     texts = parse_expressions(expressions)
     rgb = open_upload(image_path)
     predictions = grounder.predict(rgb, texts, use_law=not law_off)
     result = predictions_json(Path(image_path).name, rgb, predictions)
     result["law"] = not law_off
-    annotations = [(p.mask, p.text) for p in predictions]
-    annotations += [(tuple(int(round(v)) for v in p.box), f"{p.text}: box") for p in predictions]
-    heatmaps = [(attention_overlay(rgb, p.attention), p.text) for p in predictions]
-    return (rgb, annotations), heatmaps, json.dumps(result, indent=1)
+    folder = request_folder(Path(out_dir))
+    picture = folder / "grounded.png"
+    draw_predictions(rgb, predictions).save(picture)
+    heatmaps = []
+    for i, p in enumerate(predictions):
+        path = folder / f"attention_{i}.png"
+        attention_tile(rgb, p, colour(i)).save(path)
+        heatmaps.append((str(path), p.text))
+    return str(picture), heatmaps, json.dumps(result, indent=1)
 
 
 def describe(checkpoint: Path, grounder: Grounder) -> str:
@@ -77,7 +104,7 @@ def describe(checkpoint: Path, grounder: Grounder) -> str:
     config = grounder.model.config
     arch = (f"{config.embed_dim}-wide ViTDet, {config.depth} blocks, canvas {config.img_size} px, "
             f"LAW `{config.law_type}` rank {config.law_rank}")
-    if checkpoint.resolve() == DEMO_CHECKPOINT.resolve():
+    if is_demo_checkpoint(checkpoint):
         return (f"**Checkpoint: the bundled demo model** ({arch}). It was trained only on synthetic images of "
                 "coloured circles, squares and triangles, so it knows nothing else: **on photos its answers are "
                 "meaningless**. Serve a RefCOCO-trained checkpoint (`vglaw serve --checkpoint DIR`) for photos.")
@@ -95,6 +122,21 @@ def trained_on(checkpoint: Path) -> str:
     return "; ".join(lines) + "." if lines else "not recorded with it."
 
 
+def _image_input(gr):
+    """Gradio's image input, except that a file Gradio cannot decode reaches :func:`ground` as it
+    is, so that the user gets vglaw's message instead of Gradio's preprocessing error."""
+    class ImageInput(gr.Image):
+        is_template = True  # the page draws it as a gr.Image
+
+        def preprocess(self, payload):
+            try:
+                return super().preprocess(payload)
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+                return payload.path
+
+    return ImageInput(type="filepath", label="Image", sources=["upload"], elem_id="image")
+
+
 def build_app(grounder: Grounder, checkpoint: Path):
     """The Gradio app (not launched)."""
     try:
@@ -102,11 +144,14 @@ def build_app(grounder: Grounder, checkpoint: Path):
     except ImportError:
         raise ImportError("vglaw serve needs Gradio: pip install 'vglaw[demo]'") from None
 
+    answers = Path(gr.utils.get_upload_folder()) / "vglaw"  # served from Gradio's folder as they are
+
     def run(image_path, expressions, law_off):
         try:
-            return ground(grounder, image_path, expressions, law_off)
+            return ground(grounder, image_path, expressions, law_off, out_dir=answers)
         except InputError as e:
-            raise gr.Error(str(e)) from None
+            log.warning("request refused: %s", e)  # expected: one line, no traceback
+            raise gr.Error(str(e), print_exception=False) from None
 
     examples = json.loads((EXAMPLES / "examples.json").read_text())
     with gr.Blocks(title="vglaw: ground expressions in an image") as app:
@@ -115,18 +160,19 @@ def build_app(grounder: Grounder, checkpoint: Path):
                       f"{MAX_EXPRESSIONS} expressions of up to {MAX_CHARS} characters.")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="filepath", label="Image", sources=["upload"], elem_id="image")
+                image = _image_input(gr)
                 expressions = gr.Textbox(label="Expressions, one per line", lines=3, elem_id="expressions")
                 law_off = gr.Checkbox(label="LAW off: run the static backbone, to compare", value=False)
                 button = gr.Button("Ground", variant="primary", elem_id="ground")
                 gr.Examples([[str(EXAMPLES / e["image"]), "\n".join(e["expressions"])] for e in examples],
                             inputs=[image, expressions])
             with gr.Column():
-                annotated = gr.AnnotatedImage(label="Boxes and masks")
+                grounded = gr.Image(label="Boxes and masks (one colour per expression)", type="filepath",
+                                    format="png", elem_id="grounded")
                 heatmaps = gr.Gallery(label="Where the box head looks, per expression", columns=3)
                 result = gr.Textbox(label="JSON result (boxes in pixels, masks as COCO RLE)", lines=8,
                                     elem_id="result-json")
-        button.click(run, [image, expressions, law_off], [annotated, heatmaps, result], api_name="ground")
+        button.click(run, [image, expressions, law_off], [grounded, heatmaps, result], api_name="ground")
     return app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
 
 
@@ -137,7 +183,7 @@ def launch(app, *, host: str = "127.0.0.1", port: int = 7860, block: bool = True
 
 
 def serve(checkpoint: str | os.PathLike | None = None, *, host: str = "127.0.0.1", port: int = 7860,
-          device: str = "cpu", precision: str = "fp32", block: bool = True):
+          device: str = "auto", precision: str = "fp32", block: bool = True):
     """Load the checkpoint (default: the bundled demo model) and serve the app; returns it."""
     checkpoint = Path(checkpoint or DEMO_CHECKPOINT)
     grounder = Grounder.from_pretrained(checkpoint, device=device, precision=precision)

@@ -6,6 +6,7 @@ import os
 import torch
 import torch.nn as nn
 from transformers import BertConfig, BertModel
+from transformers.utils import logging as hf_logging
 
 from ..errors import InputError
 from ..hub import resolve_text_source
@@ -45,7 +46,13 @@ class TextEncoder(nn.Module):
         online) and keep its first ``num_layers`` layers."""
         source = resolve_text_source(source)
         config = BertConfig.from_pretrained(source)
-        bert = BertWithoutPooler.from_pretrained(source, config=truncated_bert_config(config, num_layers))
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # loading is quiet: no "Loading weights" bar per model load
+        try:
+            bert = BertWithoutPooler.from_pretrained(source, config=truncated_bert_config(config, num_layers))
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
         encoder = cls.__new__(cls)
         nn.Module.__init__(encoder)
         encoder.bert = bert
