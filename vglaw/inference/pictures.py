@@ -10,8 +10,9 @@ from torchvision.ops import box_iou
 from ..data.readers import decode_rle, gt_box_xyxy
 from ..engine.metrics import mask_iou
 
-COLOURS = [(230, 40, 40), (30, 120, 255), (0, 170, 60), (235, 150, 0), (170, 60, 230), (0, 170, 190)]
-GT_COLOUR, PRED_COLOUR = (0, 170, 60), (230, 40, 40)
+# colours that stand apart from the primaries that objects often have (and from a white page)
+COLOURS = [(230, 0, 230), (0, 190, 230), (255, 130, 0), (110, 60, 255), (0, 160, 120), (150, 80, 30)]
+GT_COLOUR, PRED_COLOUR = (0, 190, 230), (230, 0, 230)
 TEXT, GREY = (0, 0, 0), (90, 90, 90)
 
 
@@ -175,13 +176,16 @@ def attention_overlay(image: Image.Image, attention: np.ndarray, alpha: float = 
     return with_colour_bar(Image.blend(image, heat, alpha), "max")
 
 
-def attention_tile(image: Image.Image, prediction, caption_colour=TEXT) -> Image.Image:
-    """One expression's attention overlay, enlarged when small, with its box and the expression."""
+def attention_tile(image: Image.Image, prediction, caption_colour=TEXT, caption: bool = True) -> Image.Image:
+    """One expression's attention overlay, enlarged when small, with its box (white), its colour
+    scale and (with ``caption``) the expression."""
     big = upscale(image)
     factor = big.width / image.width
     attention = np.asarray(Image.fromarray(prediction.attention).resize(big.size, Image.BILINEAR))
     heat = Image.blend(big, _heat(torch.from_numpy(attention.copy()), big.size, 1.0), 0.6)
     tile = with_colour_bar(draw_box(heat, [v * factor for v in prediction.box], (255, 255, 255), 2), "max")
+    if not caption:
+        return tile
     return with_caption(tile, [(f'"{prediction.text}"', caption_colour),
                                ("where the box head looks (white: its box)", GREY)])
 

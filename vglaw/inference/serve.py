@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..errors import InputError
 from ..hub import DEMO_CHECKPOINT, is_demo_checkpoint
-from .pictures import attention_tile, colour, draw_predictions
+from .pictures import attention_tile, draw_predictions
 from .postprocess import predictions_json
 from .predictor import Grounder, as_rgb
 
@@ -94,7 +94,7 @@ def ground(grounder: Grounder, image_path: str | None, expressions: str | None, 
     heatmaps = []
     for i, p in enumerate(predictions):
         path = folder / f"attention_{i}.png"
-        attention_tile(rgb, p, colour(i)).save(path)
+        attention_tile(rgb, p, caption=False).save(path)  # the gallery captions it
         heatmaps.append((str(path), p.text))
     return str(picture), heatmaps, json.dumps(result, indent=1)
 
@@ -169,7 +169,8 @@ def build_app(grounder: Grounder, checkpoint: Path):
             with gr.Column():
                 grounded = gr.Image(label="Boxes and masks (one colour per expression)", type="filepath",
                                     format="png", elem_id="grounded")
-                heatmaps = gr.Gallery(label="Where the box head looks, per expression", columns=3)
+                heatmaps = gr.Gallery(label="Where the box head looks, per expression (white: its box)", columns=3,
+                                      object_fit="contain")
                 result = gr.Textbox(label="JSON result (boxes in pixels, masks as COCO RLE)", lines=8,
                                     elem_id="result-json")
         button.click(run, [image, expressions, law_off], [grounded, heatmaps, result], api_name="ground")
