@@ -10,7 +10,7 @@ from torchvision.ops import box_iou, box_convert, masks_to_boxes
 from vglaw.inference.predictor import Grounder
 from vglaw.data import GroundingDataset, collate, prepare
 from vglaw.data.synth import generate
-from vglaw.data.transforms import box_to_original, mask_to_original
+from vglaw.data.transforms import box_to_original, mask_to_original, normalize_canvas
 from vglaw.engine.metrics import mask_iou
 ck, root, seed, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 g = Grounder.from_pretrained(ck); model = g.model.eval()
@@ -21,7 +21,7 @@ ds = GroundingDataset(root / "prepared", "val", tokenizer=g.tokenizer, img_size=
 rows = []
 with torch.inference_mode():
     for batch in DataLoader(ds, batch_size=64, collate_fn=collate):
-        out = model(batch["image"], batch["input_ids"], batch["attention_mask"])
+        out = model(normalize_canvas(batch["image"], batch["extent"]), batch["input_ids"], batch["attention_mask"])
         probs = out["mask_logits"][:, 0].float().sigmoid()
         for j, meta in enumerate(batch["meta"]):
             r = ds.records[meta["index"]]

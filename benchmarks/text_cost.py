@@ -9,6 +9,7 @@ import time
 import torch
 from vglaw.config import load_config
 from vglaw.data import GroundingDataset, collate, load_tokenizer
+from vglaw.data.transforms import normalize_canvas
 from vglaw.engine.losses import grounding_loss
 from vglaw.engine.text_cache import FrozenTextCache
 from vglaw.engine.train import build_train_model
@@ -30,7 +31,7 @@ opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1
 
 def step(batch, use_cache=False):
     text = cache(batch["input_ids"], batch["attention_mask"]) if use_cache else None
-    out = model(batch["image"], batch["input_ids"], batch["attention_mask"], text=text)
+    out = model(normalize_canvas(batch["image"], batch["extent"]), batch["input_ids"], batch["attention_mask"], text=text)
     loss = grounding_loss(out, batch, cfg.loss)["loss"]; loss.backward(); opt.step(); opt.zero_grad()
 
 

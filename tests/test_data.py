@@ -16,7 +16,7 @@ from vglaw.data import BadRecordsError, GroundingDataset, collate, load_image, l
 from vglaw.data.readers import decode_rle, read_refer, read_seqtr, read_transvg
 from vglaw.data.synth import generate
 from vglaw.data.transforms import (TrainAugment, crop_keeping_box, eval_transform, has_spatial_word, make_sample,
-                                   swap_left_right)
+                                   normalize_canvas, swap_left_right)
 from vglaw.model import build_model
 
 
@@ -212,6 +212,7 @@ def test_eval_letterbox_maps_back_exactly():
     assert torch.allclose(box, torch.tensor([44.8, 179.2, 134.4, 224.0]), atol=1e-4)
     assert (torch.tensor(mask_box(out.mask[0]), dtype=torch.float) - box).abs().max() <= 1
     assert torch.all(out.image[:, :112] == 0) and torch.all(out.image[:, 336:] == 0)  # zero padding
+    assert out.image.dtype == torch.uint8 and lb["extent"] == (0, 112, 448, 224)
 
 
 def test_flip_moves_box_and_mask_and_swaps_words():
@@ -271,14 +272,15 @@ def test_cutting_the_padding_leaves_the_model_output_unchanged(synth, tmp_path, 
             progress=False)
     ds = GroundingDataset(tmp_path / "p", "val", tokenizer=tokenizer, img_size=64, max_len=20)
     items = [ds[i] for i in range(4)]
-    full = {key: torch.stack([item[key] for item in items]) for key in ("image", "input_ids", "attention_mask")}
+    full = {key: torch.stack([item[key] for item in items]) for key in ("image", "extent", "input_ids",
+                                                                         "attention_mask")}
     cut = collate(items)
     assert cut["input_ids"].shape[1] < 20
     torch.manual_seed(0)
     model = build_model("tiny", img_size=64, pretrain_img_size=64).eval()
     with torch.no_grad():
-        a = model(full["image"], full["input_ids"], full["attention_mask"])
-        b = model(cut["image"], cut["input_ids"], cut["attention_mask"])
+        a = model(normalize_canvas(full["image"], full["extent"]), full["input_ids"], full["attention_mask"])
+        b = model(normalize_canvas(cut["image"], cut["extent"]), cut["input_ids"], cut["attention_mask"])
     for key in ("boxes", "mask_logits", "features"):
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
 
@@ -310,3 +312,27 @@ def test_unreadable_image_names_the_file(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with pytest.raises(OSError, match="broken.jpg"):
         load_image(tmp_path / "broken.jpg")
+
+
+def test_uint8_canvases_normalised_on_the_device_equal_the_float_canvases(synth, tmp_path, tokenizer):
+    """Items carry a uint8 canvas and the image's extent on it; normalize_canvas gives what
+    normalising the letterboxed image in float32 and then padding it with zeros gave."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from vglaw.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    prepare(fmt="refer", data_root=synth, dataset="synthref", image_root=synth / "images", out=tmp_path / "p",
+            progress=False)
+    for train in (False, True):
+        ds = GroundingDataset(tmp_path / "p", "train" if train else "val", tokenizer=tokenizer, img_size=96,
+                              max_len=20, train=train)
+        batch = collate([ds[i] for i in range(6)])
+        assert batch["image"].dtype == torch.uint8 and batch["mask"].dtype == torch.uint8
+        ours = normalize_canvas(batch["image"], batch["extent"])
+        for canvas, (dx, dy, w, h), got in zip(batch["image"], batch["extent"].tolist(), ours):
+            image = canvas[:, dy:dy + h, dx:dx + w]  # the letterboxed image, as uint8
+            assert canvas.sum() == image.sum()  # nothing outside it
+            floats = TF.normalize(TF.to_dtype(image, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
+            expected = TF.pad(floats, [dx, dy, 96 - w - dx, 96 - h - dy], fill=0)
+            assert (got - expected).abs().max() <= 1e-6
+        assert any(e[2] < 96 or e[3] < 96 for e in batch["extent"].tolist())  # some padding was checked

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vglaw.config import load_config
-from vglaw.data.transforms import box_to_original, mask_to_original
+from vglaw.data.transforms import box_to_original, mask_to_original, normalize_canvas
 from vglaw.engine.checkpoint import load_checkpoint
 from vglaw.engine.metrics import GroundingMeter
 from vglaw.engine.optim import build_optimizer, build_scheduler, param_groups
@@ -160,10 +160,11 @@ def test_loss_falls_and_a_small_batch_is_overfit(prepared):
     model = build_model("tiny", img_size=64, pretrain_img_size=64, window_size=2, max_len=12).train()
     ds = GroundingDataset(prepared, "train", tokenizer=load_tokenizer(), img_size=64, max_len=12)
     batch = collate([ds[i] for i in range(0, 16, 4)])
+    images = normalize_canvas(batch["image"], batch["extent"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(300):
-        out = model(batch["image"], batch["input_ids"], batch["attention_mask"])
+        out = model(images, batch["input_ids"], batch["attention_mask"])
         loss = grounding_loss(out, batch, LossSection())
         optimizer.zero_grad()
         loss["loss"].backward()
@@ -172,7 +173,7 @@ def test_loss_falls_and_a_small_batch_is_overfit(prepared):
     assert losses[-1]["loss"] < 0.3 * losses[0]["loss"] and losses[-1]["l1"] < 0.1
     model.eval()
     with torch.no_grad():
-        boxes = model(batch["image"], batch["input_ids"], batch["attention_mask"])["boxes"]
+        boxes = model(images, batch["input_ids"], batch["attention_mask"])["boxes"]
     iou = box_iou(box_convert(boxes, "cxcywh", "xyxy"), box_convert(batch["box"], "cxcywh", "xyxy")).diagonal()
     assert (iou > 0.5).all(), iou
 

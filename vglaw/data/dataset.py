@@ -32,7 +32,9 @@ class GroundingDataset(Dataset):
     """One sample per sentence of a prepared split.
 
     Each item is a dict:
-        ``image`` (3, S, S) float, ImageNet-normalised, zero-padded canvas;
+        ``image`` (3, S, S) uint8 canvas, zero-padded, and ``extent`` (4,) the image's (dx, dy,
+        w, h) on it: :func:`~vglaw.data.transforms.normalize_canvas` makes the model's input on
+        the device;
         ``box`` (4,) normalised (cx, cy, w, h) on the canvas;
         ``mask`` (S, S) uint8 target mask on the canvas (zeros when the data has no masks),
         ``has_mask`` bool;
@@ -72,12 +74,14 @@ class GroundingDataset(Dataset):
         """The target box at original resolution, (4,) xyxy pixels."""
         return gt_box_xyxy(self.records[index])
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Item ``key``, or ``(epoch, index)``: item ``index`` as augmented in ``epoch``."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         if not self.skip_bad:
-            return self._item(index)
+            return self._item(index, epoch)
         for skipped in range(len(self)):
             try:
-                item = self._item((index + skipped) % len(self))
+                item = self._item((index + skipped) % len(self), epoch)
             except (OSError, ValueError) as e:
                 log.warning("skipping sample %d: %s", (index + skipped) % len(self), e)
                 continue
@@ -85,7 +89,7 @@ class GroundingDataset(Dataset):
             return item
         raise InputError(f"no usable sample in {self.meta.get('dataset')}: every one was skipped")
 
-    def _item(self, index: int) -> dict:
+    def _item(self, index: int, epoch: int) -> dict:
         record = self.records[index]
         path = self.image_root / record["image"]
         x, y, w, h = record["box"]
@@ -98,7 +102,7 @@ class GroundingDataset(Dataset):
         mask = self.gt_mask(index)
         sample = make_sample(image, record["box"], mask, record["sentence"])
         if self.augment is not None:
-            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
             sample, letterbox = self.augment(sample, gen)
         else:
             sample, letterbox = eval_transform(sample, self.img_size)
@@ -109,6 +113,7 @@ class GroundingDataset(Dataset):
                        else sample.mask.as_subclass(torch.Tensor)[0])
         return {
             "image": sample.image.as_subclass(torch.Tensor),
+            "extent": torch.tensor(letterbox["extent"]),
             "box": box.clamp(0, 1),
             "mask": canvas_mask,
             "has_mask": mask is not None,
@@ -125,7 +130,7 @@ def collate(items: list[dict]) -> dict:
     are padding in every item are dropped (the batch keeps its longest expression's length): the
     text encoder skips work whose result nothing attends to, about 40 % of it on short expressions."""
     batch = {key: torch.stack([item[key] for item in items]) for key in
-             ("image", "box", "mask", "input_ids", "attention_mask")}
+             ("image", "extent", "box", "mask", "input_ids", "attention_mask")}
     used = batch["attention_mask"].bool().any(0)
     batch["input_ids"], batch["attention_mask"] = batch["input_ids"][:, used], batch["attention_mask"][:, used]
     batch["has_mask"] = torch.tensor([item["has_mask"] for item in items])

@@ -67,7 +67,7 @@ def swap_left_right(text: str) -> str:
 class Sample:
     """One image with its target box (XYXY pixels), optional mask and expression."""
 
-    image: tv_tensors.Image  # (3, H, W) uint8, later float
+    image: tv_tensors.Image  # (3, H, W) uint8
     box: tv_tensors.BoundingBoxes  # (1, 4) XYXY
     mask: tv_tensors.Mask | None  # (1, H, W) uint8
     text: str
@@ -121,25 +121,45 @@ def crop_keeping_box(sample: Sample, gen: torch.Generator, size: int | None = No
     return sample.apply(TF.crop, top, left, ch, cw)
 
 
-def normalize_and_pad(sample: Sample, size: int, offset: tuple[int, int]) -> Sample:
-    """ImageNet-normalise, then pad with zeros to a (size, size) canvas at ``offset`` (dx, dy)."""
+def pad_to_canvas(sample: Sample, size: int, offset: tuple[int, int]) -> tuple[Sample, tuple[int, int, int, int]]:
+    """Pad with zeros to a (size, size) canvas at ``offset`` (dx, dy); the image stays uint8 (a
+    quarter of float32's bytes through the loader). Also returns the image's extent on the
+    canvas, (dx, dy, w, h), which :func:`normalize_canvas` needs."""
     h, w = sample.size
-    image = TF.normalize(TF.to_dtype(sample.image, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
     dx, dy = offset
     padding = [dx, dy, size - w - dx, size - h - dy]
-    return Sample(TF.pad(image, padding, fill=0), TF.pad(sample.box, padding),
-                  None if sample.mask is None else TF.pad(sample.mask, padding, fill=0), sample.text)
+    return sample.apply(TF.pad, padding, fill=0), (dx, dy, w, h)
+
+
+def normalize_canvas(images: torch.Tensor, extents: torch.Tensor) -> torch.Tensor:
+    """The model's input from (B, 3, S, S) uint8 canvases and their (B, 4) image extents
+    (dx, dy, w, h): ImageNet-normalised float32 inside each image and 0 in the padding, the same
+    values as normalising the image before padding it. Runs where ``images`` are (the device),
+    for training, evaluation and prediction alike."""
+    x = TF.normalize(TF.to_dtype(images, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
+    pixels = torch.arange(images.shape[-1], device=images.device)
+    dx, dy, w, h = extents.to(images.device).unbind(1)
+    inside_x = (pixels >= dx[:, None]) & (pixels < (dx + w)[:, None])  # (B, S)
+    inside_y = (pixels >= dy[:, None]) & (pixels < (dy + h)[:, None])
+    return x.masked_fill_(~(inside_y[:, :, None] & inside_x[:, None, :])[:, None], 0.0)
+
+
+def _letterboxed(sample: Sample, size: int, offset: tuple[int, int], before: tuple[int, int]) -> tuple[Sample, dict]:
+    """The sample on its canvas, and the letterbox: ``scale`` (sx, sy), ``offset`` (dx, dy) and
+    ``extent`` (dx, dy, w, h) of the image on the canvas."""
+    (h0, w0), (h, w) = before, sample.size
+    sample, extent = pad_to_canvas(sample, size, offset)
+    return sample, {"scale": (w / w0, h / h0), "offset": offset, "extent": extent}
 
 
 def eval_transform(sample: Sample, size: int) -> tuple[Sample, dict]:
-    """Resize the longer side to ``size`` and centre it on the canvas. Returns the sample and
-    the letterbox (``scale`` (sx, sy), ``offset`` (dx, dy)) that maps canvas pixels back:
-    x_original = (x_canvas - dx) / sx."""
-    h0, w0 = sample.size
+    """Resize the longer side to ``size`` and centre it on a uint8 canvas. Returns the sample
+    and the letterbox (``scale`` (sx, sy), ``offset`` (dx, dy), ``extent``) that maps canvas
+    pixels back: x_original = (x_canvas - dx) / sx."""
+    before = sample.size
     sample = resize_longer(sample, size)
     h, w = sample.size
-    offset = ((size - w) // 2, (size - h) // 2)
-    return normalize_and_pad(sample, size, offset), {"scale": (w / w0, h / h0), "offset": offset}
+    return _letterboxed(sample, size, ((size - w) // 2, (size - h) // 2), before)
 
 
 def box_to_original(box_cxcywh: torch.Tensor, img_size: int, scale, offset, orig_size) -> torch.Tensor:
@@ -183,7 +203,7 @@ class TrainAugment:
             raise InputError(f"config key data.crop must be 'canvas' or 'random', got {self.crop!r}")
 
     def __call__(self, sample: Sample, gen: torch.Generator | None = None) -> tuple[Sample, dict]:
-        h0, w0 = sample.size
+        before = h0, w0 = sample.size
         spatial = has_spatial_word(sample.text)
         longer = self.size
         if self.multiscale:
@@ -208,4 +228,4 @@ class TrainAugment:
                       int(torch.randint(0, self.size - h + 1, (1,), generator=gen)))
         else:
             offset = ((self.size - w) // 2, (self.size - h) // 2)
-        return normalize_and_pad(sample, self.size, offset), {"scale": (w / w0, h / h0), "offset": offset}
+        return _letterboxed(sample, self.size, offset, before)

@@ -9,7 +9,7 @@ import torch
 
 from .. import distributed as dist
 from ..config import MASK_THRESHOLD
-from ..data.transforms import box_to_original, mask_to_original
+from ..data.transforms import box_to_original, mask_to_original, normalize_canvas
 from ..errors import VglawError
 from ..progress import progress
 from .losses import grounding_loss
@@ -72,7 +72,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch: int, 
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast(device, cfg.run.precision):
-                out = model(batch["image"], batch["input_ids"], batch["attention_mask"], text=text)
+                out = model(normalize_canvas(batch["image"], batch["extent"]), batch["input_ids"],
+                            batch["attention_mask"], text=text)
             losses = grounding_loss(out, batch, cfg.loss)
             scaler.scale(losses["loss"] / accum_steps).backward()
         terms = torch.stack([v.detach().float() for v in losses.values()])
@@ -119,7 +120,8 @@ def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "
     for batch in progress(loader, desc, show=dist.is_main(), unit="batch"):
         batch = to_device(batch, device)
         with autocast(device, precision):
-            out = model(batch["image"], batch["input_ids"], batch["attention_mask"])
+            out = model(normalize_canvas(batch["image"], batch["extent"]), batch["input_ids"],
+                        batch["attention_mask"])
         boxes = out["boxes"].float().cpu()  # one copy per batch, not one per sample
         probs = out["mask_logits"][:, 0].float().sigmoid().cpu()
         for j, meta in enumerate(batch["meta"]):

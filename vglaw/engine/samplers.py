@@ -22,7 +22,9 @@ class GlobalBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, n: int, *, effective_batch: int, batch_size: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0) -> None:
+                 seed: int = 0, with_epoch: bool = False) -> None:
+        """``with_epoch``: yield ``(epoch, index)`` pairs, so that a dataset in persistent loader
+        workers (which never see the main process's ``set_epoch``) augments for the right epoch."""
         if effective_batch % (batch_size * world_size):
             raise InputError(f"effective_batch {effective_batch} is not a multiple of batch_size {batch_size} "
                              f"x world size {world_size}")
@@ -31,7 +33,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
         self.n, self.effective_batch, self.batch_size = n, effective_batch, batch_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.accum_steps = effective_batch // (batch_size * world_size)
-        self.epoch, self.start_step = 0, 0
+        self.epoch, self.start_step, self.with_epoch = 0, 0, with_epoch
 
     @property
     def steps_per_epoch(self) -> int:
@@ -48,7 +50,8 @@ class GlobalBatchSampler(Sampler[list[int]]):
             batch = perm[step * self.effective_batch:(step + 1) * self.effective_batch]
             for a in range(self.accum_steps):
                 start = (a * self.world_size + self.rank) * self.batch_size
-                yield batch[start:start + self.batch_size]
+                indices = batch[start:start + self.batch_size]
+                yield [(self.epoch, i) for i in indices] if self.with_epoch else indices
 
     def __len__(self) -> int:
         return (self.steps_per_epoch - self.start_step) * self.accum_steps

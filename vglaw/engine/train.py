@@ -113,7 +113,7 @@ class TrainRun:
         self.train_ds, self.eval_sets = _datasets(cfg, self.core)
         self.sampler = GlobalBatchSampler(len(self.train_ds), effective_batch=cfg.optim.effective_batch,
                                           batch_size=cfg.optim.batch_size, rank=dist.rank(),
-                                          world_size=dist.world_size(), seed=cfg.run.seed)
+                                          world_size=dist.world_size(), seed=cfg.run.seed, with_epoch=True)
         log.info("effective batch %d = %d per device x %d process(es) x %d accumulation step(s); %d steps/epoch",
                  cfg.optim.effective_batch, cfg.optim.batch_size, dist.world_size(), self.sampler.accum_steps,
                  self.sampler.steps_per_epoch)
@@ -123,6 +123,11 @@ class TrainRun:
         self.epoch, self.step_in_epoch, self.global_step, self.best = 0, 0, 0, -1.0
         self.text_cache = FrozenTextCache(self.core.text_encoder) if cfg.model.cache_text else None
         self.model = self.core  # what the loop runs: compiled and / or DDP-wrapped below
+        # uint8 canvases, pinned for the copy to the GPU; workers live for the whole run
+        workers = cfg.data.num_workers
+        self.loader = DataLoader(self.train_ds, batch_sampler=self.sampler, collate_fn=collate, num_workers=workers,
+                                 pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                                 prefetch_factor=4 if workers > 0 else None)
         self.writer = None
 
     def restore(self, state: dict) -> None:
@@ -172,11 +177,9 @@ class TrainRun:
         cfg = self.cfg
         self.sampler.set_epoch(self.epoch, self.step_in_epoch)
         self.train_ds.set_epoch(self.epoch)
-        loader = DataLoader(self.train_ds, batch_sampler=self.sampler, collate_fn=collate,
-                            num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda")
         steps_before = self.global_step - self.step_in_epoch
         losses, self.global_step = train_one_epoch(
-            self.model, loader, self.optimizer, self.scheduler, self.scaler, epoch=self.epoch,
+            self.model, self.loader, self.optimizer, self.scheduler, self.scaler, epoch=self.epoch,
             accum_steps=self.sampler.accum_steps, cfg=cfg, device=self.device, global_step=self.global_step,
             on_step=self._on_step, writer=self.writer, text_cache=self.text_cache)
         done_in_epoch = self.global_step - steps_before

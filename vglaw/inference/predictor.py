@@ -13,7 +13,8 @@ from PIL import Image
 
 from ..config import MASK_THRESHOLD, PRECISIONS
 from ..data.dataset import load_tokenizer
-from ..data.transforms import box_to_original, eval_transform, load_image, make_sample, mask_to_original
+from ..data.transforms import (box_to_original, eval_transform, load_image, make_sample, mask_to_original,
+                               normalize_canvas)
 from ..device import resolve_device
 from ..engine.checkpoint import load_model
 from ..engine.loop import autocast
@@ -103,7 +104,8 @@ class Grounder:
                 log.warning('warning: the expression "%s" is %d tokens; the model reads its first %d (%d with '
                             "[CLS] and [SEP])", shorten(t, 60, placeholder="..."), len(ids) - 2, max_len - 2, max_len)
         tokens = self.tokenizer(texts, padding="longest", truncation=True, max_length=max_len, return_tensors="pt")
-        images = sample.image.as_subclass(torch.Tensor)[None].expand(len(texts), -1, -1, -1).to(self.device)
+        canvas = sample.image.as_subclass(torch.Tensor)[None].to(self.device)  # uint8, normalised there
+        images = normalize_canvas(canvas, torch.tensor([letterbox["extent"]])).expand(len(texts), -1, -1, -1)
         return images, tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device), letterbox
 
     @torch.inference_mode()
