@@ -125,7 +125,8 @@ def jxu124_rows(refs, instances):
                      "sent_ids": [s["sent_id"] for s in ref["sentences"]],
                      "sentences": [{"raw": s["raw"], "sent": s["sent"], "sent_id": s["sent_id"],
                                     "tokens": s["tokens"]} for s in ref["sentences"]],
-                     "file_name": img["file_name"], "image_path": f"coco/train2014/{img['file_name']}",
+                     "file_name": ref["file_name"],  # the ref's, suffixed: no such file
+                     "image_path": f"coco/train2014/{img['file_name']}",
                      "raw_anns": json.dumps(ann), "raw_image_info": json.dumps(img),
                      "raw_sentences": json.dumps(ref["sentences"]),
                      "bbox": [x, y, x + bw, y + bh],  # xyxy, as third parties describe it: not to be used
@@ -172,7 +173,8 @@ def test_jxu124_parquet_gives_the_refer_records_maps_splits_and_reports_counts(t
 def test_parquet_records_are_validated_like_every_reader(tmp_path, synth):
     root, refs, instances = synth
     rows = jxu124_rows(refs, instances)[:3]
-    rows[0]["file_name"] = "COCO_train2014_000000099999.jpg"  # missing image
+    rows[0]["raw_image_info"] = json.dumps({**json.loads(rows[0]["raw_image_info"]),
+                                            "file_name": "COCO_train2014_000000099999.jpg"})  # missing image
     ann = json.loads(rows[1]["raw_anns"])
     rows[1]["raw_anns"] = json.dumps({**ann, "bbox": [1, 1, 0, 4]})  # zero-width box
     rows[2]["sentences"] = [{**rows[2]["sentences"][0], "sent": "  "}]  # empty sentence

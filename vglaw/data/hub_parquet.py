@@ -27,7 +27,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import InputError
-from .readers import bad_record, encode_rle
+from .readers import bad_record, encode_rle, image_file
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +102,13 @@ def _jxu124_records(row: dict, split: str, dataset: str, image_out: Path) -> lis
     try:
         ann, info = json.loads(row["raw_anns"]), json.loads(row["raw_image_info"])
     except (TypeError, json.JSONDecodeError) as e:
-        return [bad_record({**base, "image": row.get("file_name"), "width": None, "height": None},
+        return [bad_record({**base, "image": Path(row.get("image_path") or "").name, "width": None, "height": None},
                            f"raw_anns or raw_image_info is not JSON: {e}")]
     width, height = info.get("width"), info.get("height")
-    base.update(image=row.get("file_name") or info.get("file_name"), width=width, height=height,
+    # the image is the COCO image entry's file (or image_path's); the row's own file_name is the
+    # ref's, suffixed with its annotation, and names no file
+    name = info.get("file_name") or Path(row.get("image_path") or "").name or None
+    base.update(image=image_file(dataset, row["image_id"], name), width=width, height=height,
                 box=[float(v) for v in ann["bbox"]])
     mask = None
     if ann.get("segmentation") and width and height:

@@ -21,7 +21,7 @@ from PIL import Image
 from ..errors import InputError
 from ..progress import progress as progress_bar
 from .hub_parquet import read_hf_parquet, split_report
-from .readers import read_refer, read_seqtr, read_transvg
+from .readers import is_saiapr, locate_saiapr, read_refer, read_seqtr, read_transvg
 
 log = logging.getLogger(__name__)
 FORMATS = ("refer", "transvg", "seqtr", "hf-parquet")
@@ -106,6 +106,8 @@ def prepare(*, fmt: str, data_root: str | os.PathLike, dataset: str, image_root:
     image_root = Path(image_root).resolve()
     if not image_root.is_dir():
         raise FileNotFoundError(f"image folder {image_root} not found")
+    if is_saiapr(dataset):
+        records = locate_saiapr(records, image_root)
     sizes: dict = {}
     good, bad = defaultdict(list), []
     for record in progress_bar(records, f"prepare {dataset}", show=progress, unit="sent"):

@@ -31,13 +31,53 @@ from ..errors import InputError
 from ..weights.unpickle import safe_pickle_load
 
 COCO_PATTERN = "COCO_train2014_{:012d}.jpg"
-SAIAPR_PATTERN = "{}.jpg"
 XYXY_TRANSVG = ("referit", "flickr")  # TransVG stores these boxes as x0, y0, x1, y1
 
 
-def image_pattern(dataset: str) -> str:
-    """The image file name pattern of a dataset's image ids (ReferItGame's saiapr_tc-12 or COCO)."""
-    return SAIAPR_PATTERN if dataset.startswith(("refclef", "referit")) else COCO_PATTERN
+def is_saiapr(dataset: str) -> bool:
+    """ReferItGame (refclef, referit, SeqTR's referitgame-berkeley): images from SAIAPR TC-12."""
+    return dataset.lower().startswith(("refclef", "referit"))
+
+
+def image_file(dataset: str, image_id: int | str | None = None, file_name: str | None = None) -> str:
+    """The image file a record uses, relative to ``--images``: every reader names it here.
+
+    COCO (the refcoco family): the COCO image entry's ``file_name``, else
+    ``COCO_train2014_<12-digit id>.jpg``. A ref's own ``file_name`` (suffixed with its annotation,
+    ``COCO_train2014_000000581857_16.jpg``) names no file and must never be passed.
+    SAIAPR TC-12 (ReferItGame): ``<id>.jpg``; :func:`locate_saiapr` then finds the tree it is in.
+    """
+    if is_saiapr(dataset):
+        image_id = image_id if image_id is not None else Path(str(file_name)).stem.split("_")[0]
+        return f"{int(image_id)}.jpg"
+    if file_name:
+        return Path(file_name).name
+    return COCO_PATTERN.format(int(image_id))
+
+
+def saiapr_layouts(name: str) -> list[str]:
+    """Where the SAIAPR TC-12 image ``<id>.jpg`` lies below the tree's root, as each download
+    ships it: REFER's saiapr_tc-12.zip keeps ``<id // 1000, 2 digits>/images/<id>.jpg``
+    (25075 -> ``25/images/25075.jpg``); ReSC/TransVG's repack (``referit/images/``) and SeqTR's
+    ``saiaprtc12/`` are flat; a repack's root may hold ``images/`` itself."""
+    image_id = int(Path(name).stem)
+    return [f"{image_id // 1000:02d}/images/{name}", name, f"images/{name}"]
+
+
+def locate_saiapr(records: list[dict], image_root: Path) -> list[dict]:
+    """SAIAPR records with ``image`` in the tree that ``image_root`` holds (the layout of the
+    first record's image, found among :func:`saiapr_layouts`); an InputError names every path
+    tried when none holds it."""
+    first = next((r for r in records if r.get("image")), None)
+    if first is None:
+        return records
+    tried = [image_root / rel for rel in saiapr_layouts(first["image"])]
+    layout = next((k for k, path in enumerate(tried) if path.is_file()), None)
+    if layout is None:
+        raise InputError(f"ReferItGame image {first['image']} is in none of the SAIAPR TC-12 trees under --images "
+                         f"{image_root}; tried " + ", ".join(str(p) for p in tried) + " (point --images at "
+                         "saiapr_tc-12/ as REFER's zip unpacks, or at the folder of <id>.jpg files)")
+    return [dict(r, image=saiapr_layouts(r["image"])[layout]) if r.get("image") else r for r in records]
 
 
 def _is_polygons(segmentation) -> bool:
@@ -121,14 +161,13 @@ def read_refer(root: str | os.PathLike, dataset: str, split_by: str) -> list[dic
         instances = json.load(f)
     images = {img["id"]: img for img in instances["images"]}
     anns = {ann["id"]: ann for ann in instances["annotations"]}
-    pattern = image_pattern(dataset)
     records = []
     for ref in refs:
         ann = anns.get(ref["ann_id"])
         img = images.get(ref["image_id"], {})
         base = {"split": ref["split"], "image_id": ref["image_id"], "ref_id": ref["ref_id"], "ann_id": ref["ann_id"],
                 "category_id": ref.get("category_id"),
-                "image": img.get("file_name") or pattern.format(ref["image_id"]),
+                "image": image_file(dataset, ref["image_id"], img.get("file_name")),
                 "width": img.get("width"), "height": img.get("height")}
         if ann is None:
             records.append(bad_record(base, f"annotation {ref['ann_id']} missing from instances.json"))
@@ -171,7 +210,8 @@ def read_transvg(root: str | os.PathLike, dataset: str, splits: list[str] | None
             box = [float(v) for v in (box.tolist() if hasattr(box, "tolist") else box)]
             if xyxy:
                 box = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
-            records.append({"split": split, "image": img_file, "width": None, "height": None, "box": box,
+            records.append({"split": split, "image": image_file(dataset, file_name=img_file), "width": None,
+                            "height": None, "box": box,
                             "sentence": phrase, "ref_id": i, "ann_id": None, "sent_id": i, "category_id": None,
                             "image_id": None, "mask": None})
     return records
@@ -197,7 +237,6 @@ def read_seqtr(root: str | os.PathLike, dataset: str = "refcoco") -> list[dict]:
         data = json.load(f)
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected {{split: [records]}}")
-    pattern = image_pattern(dataset)
     records = []
     for split, items in data.items():
         for i, item in enumerate(items):
@@ -205,7 +244,7 @@ def read_seqtr(root: str | os.PathLike, dataset: str = "refcoco") -> list[dict]:
             mask = encode_rle(item["mask"], h, w) if item.get("mask") and h and w else None
             box = [float(v) for v in item["bbox"]]
             for j, sentence in enumerate(item.get("expressions", [])):
-                records.append({"split": split, "image": pattern.format(item["image_id"]), "width": w, "height": h,
+                records.append({"split": split, "image": image_file(dataset, item["image_id"]), "width": w, "height": h,
                                 "box": box, "sentence": sentence, "ref_id": item.get("ref_id", i),
                                 "ann_id": item.get("ann_id"), "sent_id": j, "category_id": item.get("category_id"),
                                 "image_id": item["image_id"], "mask": mask})

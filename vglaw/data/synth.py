@@ -191,7 +191,8 @@ def generate(out: str | Path, *, name: str = "synthref", seed: int = 0, split_si
                 sent_count += 1
                 sentences.append({"sent_id": sent_count, "sent": sent, "raw": sent, "tokens": sent.split()})
             refs.append({"ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "split": split,
-                         "category_id": SHAPES.index(shape.shape) + 1, "file_name": file_name,
+                         "category_id": SHAPES.index(shape.shape) + 1,
+                         "file_name": f"{Path(file_name).stem}_{ann_id}.jpg",  # as REFER's refs: names no file
                          "sent_ids": [s["sent_id"] for s in sentences], "sentences": sentences})
     with open(out / name / "refs(unc).p", "wb") as f:
         pickle.dump(refs, f, protocol=2)
