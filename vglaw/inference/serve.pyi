@@ -174,6 +174,11 @@ def _image_input(gr):
     if TYPE_CHECKING:
         from gradio.components import Timer
         from gradio.components.base import Component
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
 
     return ImageInput(type="filepath", label="Image", sources=["upload"], elem_id="image")
 
