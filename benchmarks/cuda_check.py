@@ -21,9 +21,9 @@ import torch
 from vglaw.inference.predictor import Grounder
 from vglaw.data import load_split, prepare
 from vglaw.data.synth import generate
-from vglaw.inference.demo import DEMO_CHECKPOINT
-from vglaw.engine.metrics import mask_iou
-from vglaw.engine.evaluate import run_eval
+from vglaw.hub import DEMO_CHECKPOINT
+from vglaw.data.masks import mask_iou
+from vglaw.commands.eval import run_eval
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from vglaw.inference.predictor import Grounder
 from vglaw.data import GroundingDataset, collate, prepare
 from vglaw.data.synth import generate
 from vglaw.data.transforms import box_to_original, mask_to_original, normalize_canvas
-from vglaw.engine.metrics import mask_iou
+from vglaw.data.masks import mask_iou
 ck, root, seed, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 g = Grounder.from_pretrained(ck); model = g.model.eval()
 if not (root / "prepared").exists():

@@ -21,7 +21,7 @@ import onnxruntime
 import torch
 
 from vglaw import build_model
-from vglaw.inference.demo import DEMO_CHECKPOINT
+from vglaw.hub import DEMO_CHECKPOINT
 from vglaw.inference.export import OnnxModel, export_onnx
 from vglaw.model.io import from_pretrained
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from vglaw.hub import DEMO_CHECKPOINT
 from vglaw.inference import serve
-from vglaw.inference.demo import run_demo
+from vglaw.commands.demo import run_demo
 from vglaw.inference.predictor import Grounder
 
 DOCS = Path(__file__).resolve().parent

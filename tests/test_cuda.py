@@ -12,7 +12,7 @@ from vglaw.config import load_config
 from vglaw.data import load_split
 from vglaw.engine.checkpoint import load_checkpoint
 from vglaw.engine.loop import NonFiniteLossError
-from vglaw.engine.metrics import mask_iou
+from vglaw.data.masks import mask_iou
 from vglaw.engine.train import train
 
 from conftest import poison_loss, write_run_config
@@ -64,7 +64,7 @@ def test_non_finite_loss_stops_before_the_update_under_nccl(tmp_path, synth_prep
 
 
 def test_predictor_on_cuda_matches_the_cpu(synth_prepared):
-    from vglaw.inference.demo import DEMO_CHECKPOINT
+    from vglaw.hub import DEMO_CHECKPOINT
     from vglaw.inference.predictor import Grounder
 
     meta, records = load_split(synth_prepared, "val")

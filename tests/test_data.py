@@ -13,7 +13,8 @@ from torchvision.ops import box_convert
 
 from vglaw.cli import main
 from vglaw.data import BadRecordsError, GroundingDataset, collate, load_image, load_tokenizer, prepare
-from vglaw.data.readers import decode_rle, read_refer, read_seqtr, read_transvg
+from vglaw.data.masks import decode_rle
+from vglaw.data.readers import read_refer, read_seqtr, read_transvg
 from vglaw.data.synth import generate
 from vglaw.data.transforms import (TrainAugment, crop_keeping_box, eval_transform, has_spatial_word, make_sample,
                                    normalize_canvas, swap_left_right)

@@ -13,7 +13,8 @@ from pycocotools import mask as mask_utils
 from vglaw.cli import main
 from vglaw.data import BadRecordsError, load_split, prepare
 from vglaw.data.leakage import leakage
-from vglaw.data.readers import decode_rle, encode_rle, read_refer, read_seqtr
+from vglaw.data.masks import decode_rle, encode_rle
+from vglaw.data.readers import read_refer, read_seqtr
 from vglaw.data.synth import generate
 
 

@@ -10,7 +10,7 @@ from vglaw.config import load_config
 from vglaw.data import prepare
 from vglaw.data.synth import generate
 from vglaw.engine.train import train
-from vglaw.inference.demo import DEMO_CHECKPOINT, REPO_CONFIG, THRESHOLDS, run_demo, shuffled
+from vglaw.commands.demo import DEMO_CHECKPOINT, REPO_CONFIG, THRESHOLDS, run_demo, shuffled
 
 needs_checkpoint = pytest.mark.skipif(not (DEMO_CHECKPOINT / "model.safetensors").is_file(),
                                       reason="no bundled demo checkpoint")

@@ -17,7 +17,7 @@ pytest.importorskip("onnxscript", reason="the export extra (pip install 'vglaw[e
 from vglaw import build_model  # noqa: E402
 from vglaw.cli import main  # noqa: E402
 from vglaw.inference import Grounder  # noqa: E402
-from vglaw.inference.demo import DEMO_CHECKPOINT  # noqa: E402
+from vglaw.hub import DEMO_CHECKPOINT  # noqa: E402
 from vglaw.inference.export import OnnxModel, export_onnx  # noqa: E402
 
 from conftest import randomize_  # noqa: E402

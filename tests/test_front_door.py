@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageFont
+from PIL import Image
 
 from vglaw.cli import build_parser, main
 from vglaw.config import PRECISIONS
@@ -18,7 +18,7 @@ from vglaw.device import resolve_device
 from vglaw.errors import InputError
 from vglaw.hub import DEMO_CHECKPOINT, DEMO_WARNING
 from vglaw.inference import pictures
-from vglaw.inference.demo import MARKER, run_demo
+from vglaw.commands.demo import MARKER, run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,7 +122,7 @@ def test_predict_defaults_to_the_demo_model_and_warns_once_and_about_long_expres
 # 7. eval writes where it is told, or in the current folder; unique, named columns
 
 def test_eval_writes_nothing_inside_the_checkpoint(tiny_checkpoint, synth_prepared, tmp_path, monkeypatch, capsys):
-    from vglaw.engine.evaluate import COLUMNS, format_table
+    from vglaw.commands.eval import COLUMNS, format_table
 
     before = sorted(p.name for p in tiny_checkpoint.parent.rglob("*"))
     monkeypatch.chdir(tmp_path)

@@ -12,7 +12,7 @@ from vglaw.cli import main
 from vglaw.config import load_config
 from vglaw.engine.train import train
 from vglaw.inference import Grounder
-from vglaw.inference.demo import DEMO_CHECKPOINT
+from vglaw.hub import DEMO_CHECKPOINT
 
 from conftest import randomize_, write_run_config
 

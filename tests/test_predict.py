@@ -8,7 +8,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from vglaw.cli import main
-from vglaw.data.readers import decode_rle
+from vglaw.data.masks import decode_rle
 from vglaw.inference.predictor import Grounder
 from vglaw.model import build_model
 

@@ -15,7 +15,7 @@ gradio = pytest.importorskip("gradio", reason="the demo extra (pip install 'vgla
 from gradio_client import Client, handle_file  # noqa: E402
 
 from vglaw.inference import serve as serve_module  # noqa: E402
-from vglaw.inference.demo import DEMO_CHECKPOINT  # noqa: E402
+from vglaw.hub import DEMO_CHECKPOINT  # noqa: E402
 from vglaw.inference.predictor import Grounder  # noqa: E402
 
 TEXTS = ["the small red circle", "the blue square"]

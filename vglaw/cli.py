@@ -67,7 +67,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from . import distributed
-    from .engine.evaluate import format_table, run_eval, write_results
+    from .commands.eval import format_table, run_eval, write_results
 
     results = run_eval(args.checkpoint, args.data, args.splits, mask_threshold=args.mask_threshold,
                        batch_size=args.batch_size, device=args.device, precision=args.precision,
@@ -82,7 +82,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from .inference.commands import predict
+    from .commands.predict import predict
 
     result = predict(args.checkpoint, args.image, args.text, out=args.out, json_path=args.json,
                      heatmap=args.heatmap, onnx=args.onnx, device=args.device, precision=args.precision,
@@ -118,7 +118,7 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _visualize(args: argparse.Namespace) -> None:
-    from .inference.commands import visualize
+    from .commands.predict import visualize
 
     for entry in visualize(args.checkpoint, args.data, args.split, args.index, args.out, law=args.law,
                            device=args.device, mask_threshold=args.mask_threshold):
@@ -127,7 +127,7 @@ def _visualize(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from .inference.demo import run_demo, train_demo_checkpoint
+    from .commands.demo import run_demo, train_demo_checkpoint
 
     if args.train:
         print(f"wrote {train_demo_checkpoint(args.work, overrides=args.overrides)}")

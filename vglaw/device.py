@@ -1,6 +1,8 @@
-"""Where a command runs: one resolver for every ``--device`` and ``run.device``."""
+"""Where a command runs: one resolver for every ``--device`` and ``run.device``, and the
+arithmetic (``--precision``) of a forward pass there."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 
@@ -35,3 +37,11 @@ def resolve_device(name: str | torch.device = "auto", *, local_rank: int = 0) ->
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     log.info("device: %s (%s)", device, where)
     return device
+
+
+def autocast(device: torch.device, precision: str):
+    """The context of a forward pass in ``precision`` (fp32, bf16 or fp16) on ``device``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device.type, dtype=dtype)

@@ -12,7 +12,8 @@ from torchvision.ops import box_convert
 
 from ..errors import InputError
 from .prepare import load_split
-from .readers import decode_rle, gt_box_xyxy
+from .masks import decode_rle
+from .readers import gt_box_xyxy
 from .transforms import TrainAugment, eval_transform, load_image, make_sample
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,8 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import InputError
-from .readers import bad_record, encode_rle, image_file
+from .masks import encode_rle
+from .readers import bad_record, image_file
 
 log = logging.getLogger(__name__)
 

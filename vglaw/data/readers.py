@@ -22,13 +22,12 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from torchvision.ops import box_convert
 
 from ..errors import InputError
-from ..weights.unpickle import safe_pickle_load
+from ..unpickle import safe_pickle_load
+from .masks import encode_rle
 
 COCO_PATTERN = "COCO_train2014_{:012d}.jpg"
 XYXY_TRANSVG = ("referit", "flickr")  # TransVG stores these boxes as x0, y0, x1, y1
@@ -78,61 +77,6 @@ def locate_saiapr(records: list[dict], image_root: Path) -> list[dict]:
                          f"{image_root}; tried " + ", ".join(str(p) for p in tried) + " (point --images at "
                          "saiapr_tc-12/ as REFER's zip unpacks, or at the folder of <id>.jpg files)")
     return [dict(r, image=saiapr_layouts(r["image"])[layout]) if r.get("image") else r for r in records]
-
-
-def _is_polygons(segmentation) -> bool:
-    return bool(segmentation) and all(isinstance(poly, list) and all(isinstance(v, (int, float)) for v in poly)
-                                      for poly in segmentation)
-
-
-def _is_rle(segmentation) -> bool:
-    return isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation
-
-
-def encode_rle(segmentation, height: int, width: int) -> dict:
-    """A COCO segmentation in any of its forms -> one compressed RLE with str counts.
-
-    Forms: polygons (a list of flat [x0, y0, x1, y1, ...] lists), one RLE dict (compressed,
-    counts a str or bytes, or uncompressed, counts a list of ints), or a list of RLE dicts
-    (ReferItGame's ``instances.json``), merged into their union as the REFER API does when it
-    sums the decoded masks. Anything else raises a ValueError.
-    """
-    if _is_polygons(segmentation):
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    elif _is_rle(segmentation):
-        rle = _compressed(segmentation, height, width)
-    elif isinstance(segmentation, list) and segmentation and all(_is_rle(part) for part in segmentation):
-        rle = mask_utils.merge([_compressed(part, height, width) for part in segmentation])
-    else:
-        kind = type(segmentation).__name__
-        inner = f" of {type(segmentation[0]).__name__}" if isinstance(segmentation, list) and segmentation else ""
-        raise InputError(f"unsupported segmentation (a {kind}{inner}): expected polygons, an RLE dict or a list "
-                         "of RLE dicts")
-    return _with_str_counts(rle)
-
-
-def mask_to_rle(mask: np.ndarray) -> dict:
-    """(H, W) bool or {0, 1} mask -> compressed COCO RLE with str counts (JSON-able)."""
-    return _with_str_counts(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))
-
-
-def _with_str_counts(rle: dict) -> dict:
-    counts = rle["counts"]
-    return {"size": [int(s) for s in rle["size"]], "counts": counts.decode() if isinstance(counts, bytes) else counts}
-
-
-def _compressed(rle: dict, height: int, width: int) -> dict:
-    """One RLE dict with compressed (bytes) counts."""
-    if isinstance(rle["counts"], list):
-        return mask_utils.frPyObjects(rle, height, width)
-    counts = rle["counts"]
-    return {"size": list(rle["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
-
-
-def decode_rle(rle: dict) -> np.ndarray:
-    """COCO RLE -> (H, W) uint8 mask."""
-    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()
-                              if isinstance(rle["counts"], str) else rle["counts"]})
 
 
 def bad_record(base: dict, error: str) -> dict:

@@ -13,11 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError
 from ..fileio import atomic_write
-from ..hub import resolve_checkpoint
-from ..model import VGLAW
-from ..model.io import from_config_dict, from_pretrained
+from ..model.io import read_checkpoint_file
 
 
 def rng_state() -> dict:
@@ -52,29 +49,4 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - name the file whatever went wrong
-        # torch's own message would suggest weights_only=False, which must never be done with an
-        # unknown file: only its first line is kept, and only when it is not that advice
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        reason = type(e).__name__ if "weights_only" in reason else reason
-        raise InputError(f"{path} is not a vglaw checkpoint: give a checkpoint folder (config.json + "
-                         f"model.safetensors) or a training .pt written by vglaw train ({reason})") from None
-    missing = {"model", "model_config"} - set(state if isinstance(state, dict) else ())
-    if missing:
-        raise InputError(f"{path} is not a vglaw training checkpoint (lacks {sorted(missing)})")
-    return state
-
-
-def load_model(path: str | os.PathLike) -> VGLAW:
-    """A VGLAW model from a checkpoint directory (``save_pretrained``) or a training
-    checkpoint file (``last.pt`` / ``best.pt``), or a Hub repo id (``USER/NAME``)."""
-    path = resolve_checkpoint(path)
-    if path.is_dir():
-        return from_pretrained(path)
-    state = load_checkpoint(path)
-    return from_config_dict(state["model_config"], state["model"], source=str(path))
+    return read_checkpoint_file(path)

@@ -6,25 +6,22 @@ import math
 import time
 
 import torch
+from torch.utils.data import DataLoader
 
 from .. import distributed as dist
 from ..config import MASK_THRESHOLD
+from ..data import collate
 from ..data.transforms import box_to_original, mask_to_original, normalize_canvas
+from ..device import autocast
 from ..errors import VglawError
 from ..progress import progress
 from .losses import grounding_loss
 from .metrics import GroundingMeter
+from .samplers import ShardSampler
 
 
 class NonFiniteLossError(VglawError, RuntimeError):
     """The loss became NaN or infinite: the run stops before that update."""
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -132,3 +129,9 @@ def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "
                 pred_mask = mask_to_original(probs[j], meta["scale"], meta["offset"], meta["orig_size"]) > mask_threshold
             meter.add(box, gt_box, pred_mask, gt_mask)
     return meter.summary(device)
+
+
+def eval_loader(dataset, batch_size: int, num_workers: int) -> DataLoader:
+    """Batches of ``dataset`` for evaluation: under torchrun each sample on exactly one process."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), dist.rank(), dist.world_size()),
+                      collate_fn=collate, num_workers=num_workers)

@@ -12,24 +12,9 @@ import torch
 from torchvision.ops import box_iou
 
 from .. import distributed as dist
+from ..data.masks import iou_of_counts, mask_intersection_union
 
 MASK_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-def mask_intersection_union(pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray) -> tuple[int, int]:
-    """Pixel counts of the intersection and union of two (H, W) masks (bool or {0, 1})."""
-    p, g = torch.as_tensor(pred).bool(), torch.as_tensor(gt).bool()
-    return int((p & g).sum()), int((p | g).sum())
-
-
-def iou_of_counts(inter: int, union: int) -> float:
-    """Intersection over union of pixel counts; 1 when both masks are empty."""
-    return inter / union if union else 1.0
-
-
-def mask_iou(pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray) -> float:
-    """IoU of two (H, W) masks; 1 when both are empty."""
-    return iou_of_counts(*mask_intersection_union(pred, gt))
 
 
 class GroundingMeter:

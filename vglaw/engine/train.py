@@ -22,11 +22,10 @@ from .. import distributed as dist
 from ..config import Config, config_to_dict
 from ..data import GroundingDataset, TrainAugment, collate, load_tokenizer
 from ..errors import InputError
-from ..model import build_model
+from ..model import VGLAW, build_model
 from ..weights.vit import load_detectron2_vit, load_mae_vit
-from .checkpoint import load_checkpoint, load_model, rng_state, save_checkpoint, set_rng_state
-from .evaluate import eval_loader
-from .loop import evaluate, train_one_epoch
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .loop import eval_loader, evaluate, train_one_epoch
 from .optim import build_optimizer, build_scheduler
 from .samplers import GlobalBatchSampler
 from .text_cache import FrozenTextCache
@@ -39,7 +38,7 @@ def build_train_model(cfg: Config):
         raise InputError("model.cache_text needs model.freeze_text: a text encoder that trains changes its "
                          "output at every step, so there is nothing to keep")
     if cfg.model.init_from:
-        model = load_model(cfg.model.init_from)
+        model = VGLAW.from_pretrained(cfg.model.init_from)
     else:
         model = build_model(cfg.model.name, **cfg.model.overrides)
     weights = cfg.model.backbone_weights

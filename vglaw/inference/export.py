@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..config import MASK_THRESHOLD
-from ..engine.checkpoint import load_model
+from ..model import VGLAW
 from ..errors import InputError
 from ..fileio import atomic_write
 from ..hub import MINILM
@@ -74,7 +74,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, opset:
         raise ImportError("vglaw export needs onnx and onnxscript: pip install 'vglaw[export]'") from None
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    model = load_model(checkpoint).eval()
+    model = VGLAW.from_pretrained(checkpoint).eval()
     size, max_len = model.img_size, model.config.max_len
     images = torch.zeros(2, 3, size, size)
     ids = torch.full((2, 7), 1000, dtype=torch.long)
@@ -104,7 +104,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, opset:
 def check_onnx(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, seed: int = 0) -> str:
     """Run the exported model and the checkpoint on one random image with two expressions of
     different lengths; a line with the largest differences of boxes and mask logits."""
-    model = load_model(checkpoint).eval()
+    model = VGLAW.from_pretrained(checkpoint).eval()
     g = torch.Generator().manual_seed(seed)
     images = torch.rand(2, 3, model.img_size, model.img_size, generator=g)
     ids = torch.randint(1000, 20000, (2, 9), generator=g)

@@ -7,8 +7,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from torchvision.ops import box_iou
 
-from ..data.readers import decode_rle, gt_box_xyxy
-from ..engine.metrics import mask_iou
+from ..data.masks import decode_rle, mask_iou
+from ..data.readers import gt_box_xyxy
 
 # colours that stand apart from the primaries that objects often have (and from a white page)
 COLOURS = [(230, 0, 230), (0, 190, 230), (255, 130, 0), (110, 60, 255), (0, 160, 120), (150, 80, 30)]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from ..data.readers import mask_to_rle
+from ..data.masks import mask_to_rle
 
 
 def predictions_json(image: str, rgb: Image.Image, predictions) -> dict:

@@ -15,10 +15,9 @@ from ..config import MASK_THRESHOLD, PRECISIONS
 from ..data.dataset import load_tokenizer
 from ..data.transforms import (box_to_original, eval_transform, load_image, make_sample, mask_to_original,
                                normalize_canvas)
-from ..device import resolve_device
-from ..engine.checkpoint import load_model
-from ..engine.loop import autocast
+from ..device import autocast, resolve_device
 from ..errors import InputError, InputTypeError
+from ..model import VGLAW
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 log = logging.getLogger(__name__)
@@ -74,7 +73,7 @@ class Grounder:
                         compile: bool = False) -> "Grounder":
         """From a vglaw checkpoint directory or a training checkpoint file."""
         device = resolve_device(device)  # a bad device fails before the model loads
-        model = load_model(checkpoint)
+        model = VGLAW.from_pretrained(checkpoint)
         return cls(model, load_tokenizer(tokenizer or model.config.text_encoder), device=device,
                    precision=precision, mask_threshold=mask_threshold, compile=compile)
 

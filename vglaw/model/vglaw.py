@@ -87,10 +87,22 @@ class VGLAW(nn.Module):
         return out
 
     # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike, *, device: str | torch.device | None = None,
+                        strict: bool = True, **overrides) -> "VGLAW":
+        """The model saved in ``source``: a directory written by :meth:`save_pretrained`, a
+        training checkpoint file (``last.pt`` / ``best.pt``) or a Hub repo id ``USER/NAME``
+        (through the local Hub cache). Every weight is loaded strictly unless ``strict=False``;
+        ``overrides`` replace config fields; ``device`` moves it there."""
+        from .io import load_pretrained
+
+        model = load_pretrained(source, strict=strict, **overrides)
+        return model if device is None else model.to(device)
+
     def save_pretrained(self, directory: str | os.PathLike, include_text_encoder: bool = True,
                         training: dict | None = None) -> None:
         """Write ``config.json``, ``model.safetensors`` and the model card ``README.md`` into
-        ``directory`` (:func:`vglaw.model.io.from_pretrained` reads them back; ``vglaw push``
+        ``directory`` (:meth:`from_pretrained` reads them back; ``vglaw push``
         uploads them to the Hugging Face Hub).
 
         With ``include_text_encoder=False`` the text encoder's weights are left out; loading

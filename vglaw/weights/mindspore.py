@@ -25,7 +25,7 @@ import torch
 from ..errors import InputError
 from ..model import VGLAWConfig, build_model
 from ..model.build import model_config_from_dict
-from .state import load_state
+from ..model.state import load_state
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from ..model.text import TextEncoder
-from .state import LoadReport, load_state
+from ..model.state import LoadReport, load_state
 
 
 def load_text_encoder(model: nn.Module, directory: str | os.PathLike) -> LoadReport:

@@ -11,8 +11,8 @@ import torch.nn as nn
 
 from ..errors import InputError
 from ..model.vit_utils import get_abs_pos, resize_rel_pos
-from .state import LoadReport, load_state
-from .unpickle import safe_pickle_load
+from ..model.state import LoadReport, load_state
+from ..unpickle import safe_pickle_load
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The user-facing inference commands: predict and visualize."""
+"""``vglaw predict`` and ``vglaw visualize``: the predictor on your images and on dataset samples."""
 from __future__ import annotations
 
 import json
@@ -7,9 +7,9 @@ from pathlib import Path
 from ..config import MASK_THRESHOLD
 from ..errors import InputError
 from ..hub import checkpoint_or_demo
-from .pictures import attention_tile, colour, draw_predictions, hstack, law_panel, record_panel
-from .postprocess import predictions_json
-from .predictor import Grounder, as_rgb
+from ..inference.pictures import attention_tile, colour, draw_predictions, hstack, law_panel, record_panel
+from ..inference.postprocess import predictions_json
+from ..inference.predictor import Grounder, as_rgb
 
 
 def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=None, heatmap: bool = False,

@@ -11,7 +11,7 @@ import pickle
 
 import numpy as np
 
-from ..errors import InputError
+from .errors import InputError
 
 # (module, name) pairs a weights or annotation pickle may rebuild: numpy arrays, dtypes and
 # scalars, and plain containers. Everything else is refused.

@@ -18,11 +18,11 @@ import torch
 
 from ..data import GroundingDataset, prepare
 from ..data.synth import generate
-from ..engine.evaluate import eval_loader, format_table
-from ..engine.loop import evaluate
+from ..engine.loop import eval_loader, evaluate
+from .eval import format_table
 from ..errors import InputError
 from ..hub import DEMO_CHECKPOINT
-from .predictor import Grounder, as_rgb
+from ..inference.predictor import Grounder, as_rgb
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synth_tiny.yaml"
 DEMO_SEED = 20261127  # the bundled model was trained on seed 0
@@ -132,7 +132,7 @@ def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = 
 
 
 def _pictures(grounder: Grounder, ds: GroundingDataset, folder: Path, panels: int) -> list[tuple[Path, str]]:
-    from .pictures import draw_predictions, law_panel, record_panel
+    from ..inference.pictures import draw_predictions, law_panel, record_panel
 
     folder.mkdir(parents=True, exist_ok=True)
     files = []

@@ -7,15 +7,13 @@ import os
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from .. import distributed as dist
 from ..config import MASK_THRESHOLD
-from ..data import GroundingDataset, collate, load_tokenizer
-from .checkpoint import load_model
-from .loop import evaluate
-from .metrics import MASK_THRESHOLDS
-from .samplers import ShardSampler
+from ..data import GroundingDataset, load_tokenizer
+from ..engine.loop import eval_loader, evaluate
+from ..engine.metrics import MASK_THRESHOLDS
+from ..model import VGLAW
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +31,12 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def eval_loader(dataset, batch_size: int, num_workers: int) -> DataLoader:
-    """Batches of ``dataset`` for evaluation: under torchrun each sample on exactly one process."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), dist.rank(), dist.world_size()),
-                      collate_fn=collate, num_workers=num_workers)
-
-
 def run_eval(checkpoint: str | os.PathLike, prepared: str | os.PathLike, splits: list[str], *,
              mask_threshold: float = MASK_THRESHOLD, batch_size: int = 16, device: str = "auto", precision: str = "fp32",
              num_workers: int = 2, tokenizer: str | None = None) -> dict:
     """Metrics per split; runs distributed when launched with torchrun (each sample once)."""
     device = dist.init(device)
-    model = load_model(checkpoint).to(device).eval()
+    model = VGLAW.from_pretrained(checkpoint, device=device).eval()
     tok = load_tokenizer(tokenizer or model.config.text_encoder)
     results = {}
     for split in splits:
