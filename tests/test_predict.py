@@ -47,7 +47,11 @@ def test_boxes_inside_and_masks_at_original_size(grounder, size):
 
 def test_expressions_in_one_batch_differ(grounder):
     image = np.random.default_rng(1).integers(0, 255, (50, 70, 3), dtype=np.uint8)
-    a, b = grounder.predict(image, ["the red circle", "the green triangle at the bottom"])
+    texts = ["the red circle", "the green triangle at the bottom"]
+    a, b = grounder.predict(image, texts)
+    # each is exactly the expression's own answer, in either order of the batch, and they differ
+    assert a.box == grounder.predict(image, texts[0]).box and b.box == grounder.predict(image, texts[1]).box
+    assert [p.box for p in grounder.predict(image, texts[::-1])] == [b.box, a.box]
     assert a.box != b.box
 
 

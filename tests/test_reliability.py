@@ -21,6 +21,7 @@ from vglaw.config import load_config
 from vglaw.data import GroundingDataset, load_tokenizer, prepare
 from vglaw.engine.checkpoint import load_checkpoint
 from vglaw.engine.loop import NonFiniteLossError
+from vglaw.engine.samplers import GlobalBatchSampler
 from vglaw.engine.train import train
 from vglaw.inference.predictor import Grounder
 from vglaw.model import build_model
@@ -150,7 +151,8 @@ def damage(prepared: Path, tmp_path: Path) -> tuple[Path, dict]:
     return out, {"truncated": truncated, "missing": missing, "zero_index": zero}
 
 
-def test_corrupt_truncated_or_missing_image_and_zero_area_box_stop_training_with_the_file_named(tmp_path, prepared):
+def test_corrupt_truncated_or_missing_image_and_zero_area_box_stop_training_with_the_file_named(tmp_path, prepared,
+                                                                                               capsys):
     damaged, what = damage(prepared, tmp_path)
     ds = GroundingDataset(damaged, "train", tokenizer=load_tokenizer(), img_size=64, max_len=12, train=True)
     named = {"truncated": what["truncated"], "missing": what["missing"]}
@@ -161,7 +163,11 @@ def test_corrupt_truncated_or_missing_image_and_zero_area_box_stop_training_with
     with pytest.raises(ValueError, match="zero or negative size"):
         ds[what["zero_index"]]
     cfg = write_run_config(tmp_path / "cfg.yaml", damaged, tmp_path / "run")
-    assert main(["train", "--config", str(cfg)]) == 2  # stops with the error (the CLI prints it)
+    assert main(["train", "--config", str(cfg)]) == 2  # stops with the error, in one line naming the file
+    err = capsys.readouterr().err.strip().splitlines()
+    zero_image = ds.records[what["zero_index"]]["image"]
+    assert len(err) == 1 and err[0].startswith("vglaw train: error:")
+    assert any(name in err[0] for name in (what["truncated"], what["missing"], zero_image)), err
 
 
 def test_with_skip_bad_images_bad_samples_are_skipped_counted_in_the_log_and_training_continues(tmp_path, prepared):
@@ -170,7 +176,20 @@ def test_with_skip_bad_images_bad_samples_are_skipped_counted_in_the_log_and_tra
     assert main(["train", "--config", str(cfg), "data.skip_bad_images=true"]) == 0
     log = [json.loads(x) for x in (tmp_path / "run/log.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in log] == [0, 1]
-    assert sum(x["train"]["skipped_samples"] for x in log) >= 1
+    # a bad sample is replaced by the next good one: each visit skips the run of bad ones it starts
+    records = [json.loads(x) for x in (damaged / "train.jsonl").read_text().splitlines()]
+    bad = {i for i, r in enumerate(records) if r["image"] in (what["truncated"], what["missing"])} | {what["zero_index"]}
+    for x in log:
+        sampler = GlobalBatchSampler(len(records), effective_batch=4, batch_size=2, seed=1)  # the run's
+        sampler.set_epoch(x["epoch"])
+        skipped = 0
+        for index in (i for batch in sampler for i in batch):
+            run = 0
+            while (index + run) % len(records) in bad:
+                run += 1
+            skipped += run
+        assert x["train"]["skipped_samples"] == skipped, x
+    assert sum(x["train"]["skipped_samples"] for x in log) >= 3
 
 
 def test_nan_loss_stops_with_a_clear_message_and_the_last_good_checkpoint_stays_intact(tmp_path, prepared, monkeypatch):

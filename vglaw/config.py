@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import InputError, InputTypeError
+from .errors import InputError, InputTypeError, MissingFileError
 
 
 class _Loader(yaml.SafeLoader):
@@ -171,7 +171,7 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     if path in seen:
         raise InputError(f"config {path} includes itself through _base_")
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} not found")
+        raise MissingFileError(f"config file {path} not found")
     values = _yaml(path.read_text()) or {}
     if not isinstance(values, dict):
         raise InputError(f"config file {path} must hold a mapping")

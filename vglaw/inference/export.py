@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from ..config import MASK_THRESHOLD
 from ..model import VGLAW
-from ..errors import InputError
+from ..errors import InputError, MissingExtraError, MissingFileError
 from ..fileio import atomic_write
 from ..hub import MINILM
 
@@ -71,7 +71,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, opset:
     try:
         import onnx
     except ImportError:
-        raise ImportError("vglaw export needs onnx and onnxscript: pip install 'vglaw[export]'") from None
+        raise MissingExtraError("vglaw export needs onnx and onnxscript: pip install 'vglaw[export]'") from None
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     model = VGLAW.from_pretrained(checkpoint).eval()
@@ -127,10 +127,10 @@ class OnnxModel:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise ImportError("running an ONNX model needs onnxruntime: pip install 'vglaw[export]'") from None
+            raise MissingExtraError("running an ONNX model needs onnxruntime: pip install 'vglaw[export]'") from None
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"ONNX model {path} not found")
+            raise MissingFileError(f"ONNX model {path} not found")
         try:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own error types

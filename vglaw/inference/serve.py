@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..errors import InputError
+from ..errors import InputError, MissingExtraError
 from ..hub import DEMO_CHECKPOINT, is_demo_checkpoint
 from .pictures import attention_tile, draw_predictions
 from .postprocess import predictions_json
@@ -142,7 +142,7 @@ def build_app(grounder: Grounder, checkpoint: Path):
     try:
         import gradio as gr
     except ImportError:
-        raise ImportError("vglaw serve needs Gradio: pip install 'vglaw[demo]'") from None
+        raise MissingExtraError("vglaw serve needs Gradio: pip install 'vglaw[demo]'") from None
 
     answers = Path(gr.utils.get_upload_folder()) / "vglaw"  # served from Gradio's folder as they are
 

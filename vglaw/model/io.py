@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..errors import InputError
+from ..errors import InputError, MissingFileError
 from ..hub import resolve_checkpoint
 from .build import build_model, model_config_from_dict
 from .state import load_state
@@ -38,7 +38,7 @@ def read_checkpoint_file(path: str | os.PathLike) -> dict:
     """The dict of a training checkpoint file (``torch.load`` with ``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
+        raise MissingFileError(f"checkpoint {path} not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - name the file whatever went wrong
@@ -58,7 +58,7 @@ def _read_directory(directory: Path) -> tuple[dict, dict[str, torch.Tensor], Pat
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     for path in (config_path, weights_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: {directory} is not a vglaw checkpoint directory")
+            raise MissingFileError(f"{path} not found: {directory} is not a vglaw checkpoint directory")
     try:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as e:

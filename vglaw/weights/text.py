@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from ..errors import MissingFileError
 from ..model.text import TextEncoder
 from ..model.state import LoadReport, load_state
 
@@ -15,7 +16,7 @@ def load_text_encoder(model: nn.Module, directory: str | os.PathLike) -> LoadRep
     hidden size and at least as many layers)."""
     directory = Path(directory)
     if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory / 'config.json'} not found: not a Hugging Face model directory")
+        raise MissingFileError(f"{directory / 'config.json'} not found: not a Hugging Face model directory")
     layers = model.text_encoder.bert.config.num_hidden_layers
     pretrained = TextEncoder.from_pretrained(directory, layers)
     return load_state(model.text_encoder, pretrained.state_dict(), source=str(directory), strict=True)
