@@ -70,6 +70,11 @@ def test_a_training_run_writes_a_model_card_naming_its_data_and_metrics(tmp_path
     assert f"| val | {metrics['val']['samples']} | {metrics['val']['prec@0.5']:.4f} |" in card
     assert f"vglaw train --config {tmp_path / 'run/config.yaml'}" in card
     assert "datasets:\n- synthref" in card
+    record = json.loads((tmp_path / "run/best/training.json").read_text())  # what the card is rendered from
+    assert record["splits"]["train"] == n_train and record["metrics"]["val"] == metrics["val"]
+    from vglaw.inference.serve import trained_on  # what the page says, read from the record
+
+    assert trained_on(tmp_path / "run/best").startswith("dataset: synthref (refer format")
 
 
 def test_the_bundled_demo_checkpoint_has_its_model_card():

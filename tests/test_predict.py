@@ -128,3 +128,22 @@ def test_visualize_cli(tmp_path, checkpoint):
         assert 0 <= e["box_iou"] <= 1 and 0 <= e["mask_iou"] <= 1
         Image.open(e["png"]).verify()
         Image.open(e["law_png"]).verify()
+
+
+def test_the_mask_threshold_lives_on_the_model_config(tmp_path):
+    """Saved with the checkpoint, read by the predictor (and evaluation, export) unless given; a
+    checkpoint saved before the field existed gets the authors' 0.35."""
+    torch.manual_seed(0)
+    model = randomize_(build_model("tiny", img_size=64, pretrain_img_size=64, window_size=2, mask_threshold=0.6),
+                       seed=3)
+    model.save_pretrained(tmp_path / "ck")
+    assert json.loads((tmp_path / "ck/config.json").read_text())["mask_threshold"] == 0.6
+    grounder = Grounder.from_pretrained(tmp_path / "ck")
+    image = np.random.default_rng(4).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    pred = grounder.predict(image, "the red circle")
+    assert grounder.mask_threshold == 0.6 and np.array_equal(pred.mask, pred.prob > 0.6)
+    assert Grounder.from_pretrained(tmp_path / "ck", mask_threshold=0.2).mask_threshold == 0.2
+    config = json.loads((tmp_path / "ck/config.json").read_text())
+    del config["mask_threshold"]
+    (tmp_path / "ck/config.json").write_text(json.dumps(config))
+    assert Grounder.from_pretrained(tmp_path / "ck").mask_threshold == 0.35

@@ -74,8 +74,7 @@ def _eval(args: argparse.Namespace) -> None:
     if distributed.is_main():
         print(format_table(results))
         out = args.json or f"eval_{Path(args.checkpoint).stem}.json"  # never inside the checkpoint or package
-        write_results(results, out, checkpoint=str(args.checkpoint), data=str(args.data),
-                      mask_threshold=args.mask_threshold)
+        write_results(results, out, checkpoint=str(args.checkpoint), data=str(args.data))
         print(f"wrote {out}")
     distributed.shutdown()
 
@@ -136,6 +135,8 @@ def _demo(args: argparse.Namespace) -> None:
 
 DEVICE_HELP = "auto (the GPU when there is one, else the CPU), cpu, cuda or cuda:N"
 PRECISION_HELP = "arithmetic of the forward pass (bf16 pays off on GPUs and CPUs with AVX-512 BF16)"
+MASK_HELP = (f"a mask pixel is the object where its probability is above this (default: the checkpoint's, "
+             f"{MASK_THRESHOLD} unless it says otherwise)")
 DEMO_HELP = "a vglaw checkpoint directory, training .pt or Hub id (default: the bundled demo model)"
 
 
@@ -222,8 +223,7 @@ def _add_training_commands(commands) -> None:
     p.add_argument("--checkpoint", required=True, help="a vglaw checkpoint directory, training .pt or Hub id")
     p.add_argument("--data", required=True, help="prepared dataset folder")
     p.add_argument("--splits", nargs="+", default=["val"], help="the splits to evaluate")
-    p.add_argument("--mask-threshold", type=float, default=MASK_THRESHOLD,
-                   help="a mask pixel is the object where its probability is above this")
+    p.add_argument("--mask-threshold", type=float, default=None, help=MASK_HELP)
     p.add_argument("--batch-size", type=int, default=16, help="expressions per forward pass")
     p.add_argument("--num-workers", type=int, default=2, help="data loader processes")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -246,8 +246,7 @@ def _add_inference_commands(commands) -> None:
                    help="also write <out>.heatmap.png: where the box head looks for each expression")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
-    p.add_argument("--mask-threshold", type=float, default=MASK_THRESHOLD,
-                   help="a mask pixel is the object where its probability is above this")
+    p.add_argument("--mask-threshold", type=float, default=None, help=MASK_HELP)
     p.set_defaults(run=_predict)
 
     p = commands.add_parser("serve", help="a web page and HTTP API for grounding (needs the demo extra)")
@@ -266,8 +265,7 @@ def _add_inference_commands(commands) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--law", action="store_true", help="also show LAW on/off feature maps for each image")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--mask-threshold", type=float, default=MASK_THRESHOLD,
-                   help="a mask pixel is the object where its probability is above this")
+    p.add_argument("--mask-threshold", type=float, default=None, help=MASK_HELP)
     p.set_defaults(run=_visualize)
 
     p = commands.add_parser("demo", help="run the bundled demo model on a fresh synthetic set")

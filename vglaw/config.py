@@ -33,7 +33,7 @@ _Loader.add_implicit_resolver(
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # every command's --precision choices
-MASK_THRESHOLD = 0.35  # a mask pixel is the object where sigmoid(logit) > this (the authors' value)
+MASK_THRESHOLD = 0.35  # the authors' mask threshold: the default of VGLAWConfig.mask_threshold
 
 
 def _yaml(text: str):
@@ -101,7 +101,7 @@ class RunSection:
     device: str = "auto"  # auto | cpu | cuda
     checkpoint_every: int = 0  # also save `last` every N optimizer steps (0: only per epoch)
     eval_every: int = 1  # epochs
-    mask_threshold: float = MASK_THRESHOLD
+    mask_threshold: float | None = None  # evaluation's; None: the model's (model.overrides.mask_threshold)
     compile: bool = False
     max_steps: int = 0  # stop after this many optimizer steps (0: no limit); for smoke runs
 

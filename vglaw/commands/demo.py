@@ -183,6 +183,7 @@ def train_demo_checkpoint(work: str | Path = "data/demo-train", *, config: str |
     train(cfg)
     model = load_model(work / "run" / "best")
     model.save_pretrained(DEMO_CHECKPOINT, include_text_encoder=False)
-    shutil.copy(work / "run" / "best" / "README.md", DEMO_CHECKPOINT / "README.md")  # the run's model card
+    for name in ("README.md", "training.json"):  # the run's model card and the record it is rendered from
+        shutil.copy(work / "run" / "best" / name, DEMO_CHECKPOINT / name)
     shutil.copy(work / "run" / "log.jsonl", DEMO_CHECKPOINT / "train_log.jsonl")
     return DEMO_CHECKPOINT

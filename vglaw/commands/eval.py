@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 
 from .. import distributed as dist
-from ..config import MASK_THRESHOLD
 from ..data import GroundingDataset, load_tokenizer
 from ..engine.loop import eval_loader, evaluate
 from ..engine.metrics import MASK_THRESHOLDS
@@ -32,11 +31,14 @@ def format_table(results: dict) -> str:
 
 
 def run_eval(checkpoint: str | os.PathLike, prepared: str | os.PathLike, splits: list[str], *,
-             mask_threshold: float = MASK_THRESHOLD, batch_size: int = 16, device: str = "auto", precision: str = "fp32",
+             mask_threshold: float | None = None, batch_size: int = 16, device: str = "auto", precision: str = "fp32",
              num_workers: int = 2, tokenizer: str | None = None) -> dict:
-    """Metrics per split; runs distributed when launched with torchrun (each sample once)."""
+    """Metrics per split (with the mask threshold used: by default the checkpoint's); runs
+    distributed when launched with torchrun (each sample once)."""
     device = dist.init(device)
     model = VGLAW.from_pretrained(checkpoint, device=device).eval()
+    if mask_threshold is None:
+        mask_threshold = model.config.mask_threshold
     tok = load_tokenizer(tokenizer or model.config.text_encoder)
     results = {}
     for split in splits:
@@ -45,6 +47,7 @@ def run_eval(checkpoint: str | os.PathLike, prepared: str | os.PathLike, splits:
         with torch.inference_mode():
             results[split] = evaluate(model, eval_loader(ds, batch_size, num_workers), ds, device=device,
                                       precision=precision, mask_threshold=mask_threshold, desc=f"eval {split}")
+        results[split]["mask_threshold"] = mask_threshold
         if dist.is_main():
             log.info("%s: %d expressions, box P@0.5 %.4f", split, results[split]["samples"],
                      results[split]["prec@0.5"])

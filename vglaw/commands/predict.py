@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import MASK_THRESHOLD
 from ..errors import InputError
 from ..hub import checkpoint_or_demo
 from ..inference.pictures import attention_tile, colour, draw_predictions, hstack, law_panel, record_panel
@@ -13,7 +12,7 @@ from ..inference.predictor import Grounder, as_rgb
 
 
 def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=None, heatmap: bool = False,
-            onnx=None, device="auto", precision="fp32", mask_threshold=MASK_THRESHOLD) -> dict:
+            onnx=None, device="auto", precision="fp32", mask_threshold=None) -> dict:
     """``vglaw predict``: ground the expressions, write the picture and the JSON (and with
     ``heatmap``, ``<out>.heatmap.png``: where the box head looks for each expression). With
     ``onnx`` (a file from ``vglaw export``) onnxruntime runs the model instead of PyTorch;
@@ -43,7 +42,7 @@ def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=Non
 
 
 def visualize(checkpoint, prepared, split: str, indexes: list[int], out_dir, *, law: bool = False,
-              device="auto", mask_threshold=MASK_THRESHOLD) -> list[dict]:
+              device="auto", mask_threshold=None) -> list[dict]:
     """``vglaw visualize``: a ground truth vs prediction panel per sample (and with ``law``, a
     LAW on/off panel for each sample's image and its expression beside another one)."""
     from ..data.prepare import load_split

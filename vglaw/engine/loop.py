@@ -9,7 +9,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import distributed as dist
-from ..config import MASK_THRESHOLD
 from ..data import collate
 from ..data.transforms import box_to_original, mask_to_original, normalize_canvas
 from ..device import autocast
@@ -110,9 +109,11 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch: int, 
 
 @torch.no_grad()
 def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "fp32",
-             mask_threshold: float = MASK_THRESHOLD, desc: str = "eval") -> dict:
+             mask_threshold: float | None = None, desc: str = "eval") -> dict:
     """REC and RES metrics of a split, in original image pixels, over all processes."""
     model.eval()
+    if mask_threshold is None:  # the model's own (a DDP or compiled wrapper's inner model)
+        mask_threshold = getattr(model, "module", model).config.mask_threshold
     meter = GroundingMeter()
     for batch in progress(loader, desc, show=dist.is_main(), unit="batch"):
         batch = to_device(batch, device)

@@ -20,7 +20,6 @@ from types import SimpleNamespace
 import torch
 import torch.nn as nn
 
-from ..config import MASK_THRESHOLD
 from ..model import VGLAW
 from ..errors import InputError, MissingExtraError, MissingFileError
 from ..fileio import atomic_write
@@ -62,8 +61,7 @@ def _quiet():
                 lg.setLevel(level)
 
 
-def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
-                mask_threshold: float = MASK_THRESHOLD) -> Path:
+def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET) -> Path:
     """Export ``checkpoint`` to ``out`` (an ``.onnx`` file); returns its path.
 
     The weights are inside the one file. A model over protobuf's 2 GB limit is written with its
@@ -92,7 +90,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, opset:
                                                     "attention_mask": {0: batch, 1: length}})
         graph = program.model_proto
     info = {"img_size": size, "max_len": max_len, "patch_size": model.config.patch_size,
-            "mask_threshold": mask_threshold, "tokenizer": model.config.text_encoder or MINILM,
+            "mask_threshold": model.config.mask_threshold, "tokenizer": model.config.text_encoder or MINILM,
             "model_config": model.config_dict(), "checkpoint": str(checkpoint)}
     onnx.helper.set_model_props(graph, {"vglaw": json.dumps(info)})
     external = sum(p.numel() * p.element_size() for p in model.parameters()) > PROTOBUF_LIMIT
@@ -141,7 +139,7 @@ class OnnxModel:
         self.info = json.loads(meta["vglaw"])
         self.img_size = self.info["img_size"]
         self.config = SimpleNamespace(max_len=self.info["max_len"], text_encoder=self.info["tokenizer"],
-                                      patch_size=self.info["patch_size"])
+                                      patch_size=self.info["patch_size"], mask_threshold=self.info["mask_threshold"])
 
     def to(self, device) -> "OnnxModel":
         if torch.device(device).type != "cpu":

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..config import MASK_THRESHOLD, PRECISIONS
+from ..config import PRECISIONS
 from ..data.dataset import load_tokenizer
 from ..data.transforms import (box_to_original, eval_transform, load_image, make_sample, mask_to_original,
                                normalize_canvas)
@@ -56,7 +56,7 @@ class Grounder:
     """
 
     def __init__(self, model, tokenizer, *, device: str | torch.device = "auto", precision: str = "fp32",
-                 mask_threshold: float = MASK_THRESHOLD, compile: bool = False) -> None:
+                 mask_threshold: float | None = None, compile: bool = False) -> None:
         """``device``: auto (the GPU when there is one), cpu, cuda or cuda:N. ``compile`` runs the
         model through ``torch.compile`` (first call slower, later faster)."""
         if precision not in PRECISIONS:
@@ -65,11 +65,13 @@ class Grounder:
         self.model = model.to(self.device).eval()
         self._forward = torch.compile(self.model) if compile else self.model
         self.tokenizer = tokenizer
-        self.precision, self.mask_threshold = precision, mask_threshold
+        self.precision = precision
+        # a mask pixel is the object where its probability is above this; default: the model's
+        self.mask_threshold = model.config.mask_threshold if mask_threshold is None else mask_threshold
 
     @classmethod
     def from_pretrained(cls, checkpoint: str | os.PathLike, *, device: str = "auto", precision: str = "fp32",
-                        tokenizer: str | None = None, mask_threshold: float = MASK_THRESHOLD,
+                        tokenizer: str | None = None, mask_threshold: float | None = None,
                         compile: bool = False) -> "Grounder":
         """From a vglaw checkpoint directory or a training checkpoint file."""
         device = resolve_device(device)  # a bad device fails before the model loads
@@ -84,9 +86,8 @@ class Grounder:
         from .export import OnnxModel
 
         model = OnnxModel(path)
-        threshold = model.info["mask_threshold"] if mask_threshold is None else mask_threshold
         return cls(model, load_tokenizer(tokenizer or model.config.text_encoder), device="cpu",
-                   mask_threshold=threshold)
+                   mask_threshold=mask_threshold)
 
     def inputs(self, rgb: Image.Image, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """The model's inputs for expressions on one RGB image: the letterboxed image repeated

@@ -20,6 +20,7 @@ from PIL import Image
 
 from ..errors import InputError, MissingExtraError
 from ..hub import DEMO_CHECKPOINT, is_demo_checkpoint
+from ..model.card import read_training, training_lines
 from .pictures import attention_tile, draw_predictions
 from .postprocess import predictions_json
 from .predictor import Grounder, as_rgb
@@ -112,14 +113,9 @@ def describe(checkpoint: Path, grounder: Grounder) -> str:
 
 
 def trained_on(checkpoint: Path) -> str:
-    """The "Training data" section of the checkpoint's model card, as one line."""
-    card = checkpoint / "README.md"
-    if not card.is_file():
-        return "not recorded with it."
-    section = card.read_text().split("## Training data", 1)[-1].split("\n## ", 1)[0]
-    lines = [line.strip("- ").strip() for line in section.strip().splitlines()
-             if line.startswith("- ") or line.startswith("Not recorded")]
-    return "; ".join(lines) + "." if lines else "not recorded with it."
+    """The checkpoint's training record (``training.json``), as one line."""
+    lines = [line[2:] for line in training_lines(read_training(checkpoint)) if line.startswith("- ")]
+    return "; ".join(lines) + "." if lines else "Not recorded with this checkpoint."
 
 
 def _image_input(gr):

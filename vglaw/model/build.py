@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..config import build_dataclass
+from ..config import MASK_THRESHOLD, build_dataclass
 from ..errors import InputError
 from ..hub import resolve_text_source
 from .heads import BoxHead, MaskHead
@@ -56,6 +56,9 @@ class VGLAWConfig:
     box_hidden_dim: int = 256
     mask_hidden_dim: int = 256
     mask_ln_eps: float = 1e-6
+    # a mask pixel is the object where sigmoid(logit) > this (the authors' value); checkpoints and
+    # ONNX files carry it, and the predictor, evaluation and export read it from here
+    mask_threshold: float = MASK_THRESHOLD
 
     def __post_init__(self) -> None:
         self.global_blocks = tuple(self.global_blocks)

@@ -6,7 +6,18 @@ command that trained it.
 """
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 LICENSE = "apache-2.0"
+TRAINING_NAME = "training.json"  # the training record beside the weights; the card is rendered from it
+
+
+def read_training(directory: str | os.PathLike) -> dict | None:
+    """The training record saved with a checkpoint directory, or None."""
+    path = Path(directory) / TRAINING_NAME
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _architecture(config: dict) -> list[str]:
@@ -27,7 +38,8 @@ def _law(config: dict) -> str:
             f"{config['generator_reduction']}")
 
 
-def _training(training: dict | None) -> list[str]:
+def training_lines(training: dict | None) -> list[str]:
+    """The card's "Training data" section: the dataset, its split sizes, the epoch, the command."""
     if not training:
         return ["Not recorded with this checkpoint."]
     lines = [f"- dataset: {training.get('dataset', 'unknown')} ({training.get('format', '?')} format, split by "
@@ -65,7 +77,7 @@ def model_card(config: dict, training: dict | None = None) -> str:
              "PyTorch: the expression generates per-block low-rank updates of the ViT's qkv weights; a "
              "language-guided pooling gives the box and a dot product with the text [CLS] feature the mask.", "",
              "## Architecture", "", *_architecture(config), "", "## Language adaptive weights", "", _law(config), "",
-             "## Training data", "", *_training(training), "", "## Metrics", "",
+             "## Training data", "", *training_lines(training), "", "## Metrics", "",
              *_metrics((training or {}).get("metrics")), "", "## Use", "", "```python",
              "from vglaw.inference import Grounder", "", "grounder = Grounder.from_pretrained(\"THIS_DIRECTORY_OR_REPO\")",
              "pred = grounder.predict(\"photo.jpg\", \"the man in the red shirt\")  # pred.box, pred.mask", "```", "",

@@ -12,7 +12,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from ..fileio import atomic_write
-from .card import model_card
+from .card import TRAINING_NAME, model_card
 from .heads import BoxHead, MaskHead
 from .law import LawFactors, WeightGenerator
 from .text import TextEncoder
@@ -107,7 +107,8 @@ class VGLAW(nn.Module):
 
         With ``include_text_encoder=False`` the text encoder's weights are left out; loading
         then takes them from ``config.text_encoder`` (a local pretrained directory).
-        ``training`` (see :func:`vglaw.model.card.model_card`) goes into the card.
+        ``training`` (see :func:`vglaw.model.card.model_card`) is saved as ``training.json`` and
+        rendered into the card.
         """
         if self.config is None:
             raise ValueError("this model has no config; build it with vglaw.build_model")
@@ -118,6 +119,8 @@ class VGLAW(nn.Module):
         config = {**self.config_dict(), "includes_text_encoder": include_text_encoder}
         atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
         atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+        if training is not None:
+            atomic_write(directory / TRAINING_NAME, lambda p: p.write_text(json.dumps(training, indent=2) + "\n"))
         atomic_write(directory / CARD_NAME, lambda p: p.write_text(model_card(config, training)))
 
     def config_dict(self) -> dict:
