@@ -80,6 +80,10 @@ def test_the_api_answers_as_the_predictor_does(server, grounder, tmp_path):
     assert boxes_of(without_law) == static and static != boxes_of(result)
 
 
+def test_building_the_app_writes_nothing_into_the_package(server):
+    assert not Path(serve_module.__file__).with_suffix(".pyi").exists()  # Gradio's stub for component subclasses
+
+
 def test_bad_input_gets_a_message_and_the_server_keeps_serving(server, grounder, tmp_path, monkeypatch, capfd,
                                                                caplog):
     from gradio_client.exceptions import AppError

@@ -120,17 +120,20 @@ def trained_on(checkpoint: Path) -> str:
 
 def _image_input(gr):
     """Gradio's image input, except that a file Gradio cannot decode reaches :func:`ground` as it
-    is, so that the user gets vglaw's message instead of Gradio's preprocessing error."""
-    class ImageInput(gr.Image):
-        is_template = True  # the page draws it as a gr.Image
+    is, so that the user gets vglaw's message instead of Gradio's preprocessing error. (The
+    instance's method is wrapped: a subclass of a Gradio component would make Gradio write a
+    ``.pyi`` stub beside this module.)"""
+    image = gr.Image(type="filepath", label="Image", sources=["upload"], elem_id="image")
+    preprocess = image.preprocess
 
-        def preprocess(self, payload):
-            try:
-                return super().preprocess(payload)
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-                return payload.path
+    def tolerant(payload):
+        try:
+            return preprocess(payload)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            return payload.path
 
-    return ImageInput(type="filepath", label="Image", sources=["upload"], elem_id="image")
+    image.preprocess = tolerant
+    return image
 
 
 def build_app(grounder: Grounder, checkpoint: Path):
