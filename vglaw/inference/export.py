@@ -1,5 +1,5 @@
 """``vglaw export``: the whole model (text encoder, weight generator, backbone, heads) as one
-ONNX graph, and :class:`OnnxModel`, which runs it with onnxruntime in place of the PyTorch model.
+ONNX graph (:mod:`.onnx_runner` runs it with onnxruntime in place of the PyTorch model).
 
 The graph takes ``images`` (B, 3, S, S) float32 at the checkpoint's canvas size S and
 ``input_ids`` / ``attention_mask`` (B, L) int64, with B and L dynamic, and returns ``boxes``
@@ -14,19 +14,18 @@ import json
 import logging
 import os
 import warnings
+from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
 
-from ..model import VGLAW
-from ..errors import InputError, MissingExtraError, MissingFileError
+from ..errors import MissingExtraError
 from ..fileio import atomic_write
-from ..hub import MINILM
+from ..model import VGLAW
+from .onnx_runner import OUTPUTS, OnnxModel
 
 INPUTS = ("images", "input_ids", "attention_mask")
-OUTPUTS = ("boxes", "mask_logits", "box_attention")
 DEFAULT_OPSET = 18
 PROTOBUF_LIMIT = 2**31 - 2**26  # one ONNX protobuf holds up to 2 GB: weights above ~1.9 GB go to <out>.data
 
@@ -89,9 +88,9 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, opset:
                                     dynamic_shapes={"images": {0: batch}, "input_ids": {0: batch, 1: length},
                                                     "attention_mask": {0: batch, 1: length}})
         graph = program.model_proto
-    info = {"img_size": size, "max_len": max_len, "patch_size": model.config.patch_size,
-            "mask_threshold": model.config.mask_threshold, "tokenizer": model.config.text_encoder or MINILM,
-            "model_config": model.config_dict(), "checkpoint": str(checkpoint)}
+    # the inference contract, as the runner reads it back (InferenceSpec's fields), and provenance
+    info = {**asdict(model.spec), "patch_size": model.config.patch_size, "model_config": model.config_dict(),
+            "checkpoint": str(checkpoint)}
     onnx.helper.set_model_props(graph, {"vglaw": json.dumps(info)})
     external = sum(p.numel() * p.element_size() for p in model.parameters()) > PROTOBUF_LIMIT
     atomic_write(out, lambda tmp: onnx.save(graph, str(tmp), save_as_external_data=external,
@@ -116,46 +115,3 @@ def check_onnx(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, seed
     logits = float((got["mask_logits"] - want["mask_logits"]).abs().max())
     return (f"onnxruntime vs PyTorch on a random input: boxes within {box:.2g} px of the {model.img_size} px "
             f"canvas, mask logits within {logits:.2g}")
-
-
-class OnnxModel:
-    """An exported model run by onnxruntime on the CPU, called like ``VGLAW`` (a dict of tensors)."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise MissingExtraError("running an ONNX model needs onnxruntime: pip install 'vglaw[export]'") from None
-        path = Path(path)
-        if not path.is_file():
-            raise MissingFileError(f"ONNX model {path} not found")
-        try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own error types
-            raise InputError(f"{path} is not a readable ONNX model: {e}") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if "vglaw" not in meta:
-            raise InputError(f"{path} was not written by vglaw export (no 'vglaw' metadata)")
-        self.info = json.loads(meta["vglaw"])
-        self.img_size = self.info["img_size"]
-        self.config = SimpleNamespace(max_len=self.info["max_len"], text_encoder=self.info["tokenizer"],
-                                      patch_size=self.info["patch_size"], mask_threshold=self.info["mask_threshold"])
-
-    def to(self, device) -> "OnnxModel":
-        if torch.device(device).type != "cpu":
-            raise InputError("an ONNX model runs on the CPU here (onnxruntime's CPU provider)")
-        return self
-
-    def eval(self) -> "OnnxModel":
-        return self
-
-    def __call__(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
-                 use_law: bool = True, box_attention: bool = False) -> dict[str, torch.Tensor]:
-        if not use_law:
-            raise InputError("an exported model always runs with LAW; use the PyTorch checkpoint to switch it off")
-        feed = {"images": images.float().contiguous().numpy(), "input_ids": input_ids.long().numpy(),
-                "attention_mask": attention_mask.long().numpy()}
-        outs = dict(zip(OUTPUTS, (torch.from_numpy(o) for o in self.session.run(list(OUTPUTS), feed))))
-        if not box_attention:
-            outs.pop("box_attention")
-        return outs

@@ -201,7 +201,7 @@ def record_panel(grounder, image: Image.Image, record: dict) -> tuple[Image.Imag
 def law_panel(grounder, image: Image.Image, texts: list[str]) -> Image.Image:
     """For each expression: the image with its prediction, the norm of the last block's
     features with LAW on and with LAW off, and the norm of their difference."""
-    model, size = grounder.model, grounder.model.img_size
+    model, size = grounder.model, grounder.spec.img_size
     images, ids, mask, lb = grounder.inputs(image, texts)
     on = model(images, ids, mask)["features"].float().cpu()
     off = model(images, ids, mask, use_law=False)["features"].float().cpu()

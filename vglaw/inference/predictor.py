@@ -49,25 +49,35 @@ def as_rgb(image: ImageLike) -> Image.Image:
 
 
 class Grounder:
-    """A VG-LAW model with its tokenizer and letterbox, for inference on your own images.
+    """A forward function with its inference contract, tokenizer and letterbox, for inference on
+    your own images.
 
+    ``model`` is a :class:`~vglaw.model.VGLAW` or an exported model's runner
+    (:class:`~vglaw.inference.onnx_runner.OnnxModel`): a callable ``(images, input_ids,
+    attention_mask, *, use_law, box_attention) -> dict`` with a ``spec``
+    (:class:`~vglaw.model.InferenceSpec`: canvas size, token limit, tokenizer, mask threshold).
     The expression changes the backbone's weights, so image features cannot be shared across
     expressions: several expressions for one image run as one batch instead.
     """
 
-    def __init__(self, model, tokenizer, *, device: str | torch.device = "auto", precision: str = "fp32",
+    def __init__(self, model, tokenizer=None, *, device: str | torch.device = "auto", precision: str = "fp32",
                  mask_threshold: float | None = None, compile: bool = False) -> None:
-        """``device``: auto (the GPU when there is one), cpu, cuda or cuda:N. ``compile`` runs the
-        model through ``torch.compile`` (first call slower, later faster)."""
+        """``tokenizer``: default, the one ``model.spec`` names. ``device``: auto (the GPU when
+        there is one), cpu, cuda or cuda:N. ``compile`` runs the model through ``torch.compile``
+        (first call slower, later faster)."""
         if precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        self.model = model.to(self.device).eval()
-        self._forward = torch.compile(self.model) if compile else self.model
-        self.tokenizer = tokenizer
+        if isinstance(model, torch.nn.Module):
+            model = model.to(self.device).eval()
+        elif self.device.type != "cpu":
+            raise InputError(f"{type(model).__name__} runs on the CPU (onnxruntime's CPU provider), not {self.device}")
+        self.model, self.spec = model, model.spec
+        self._forward = torch.compile(model) if compile else model
+        self.tokenizer = tokenizer or load_tokenizer(self.spec.tokenizer)
         self.precision = precision
         # a mask pixel is the object where its probability is above this; default: the model's
-        self.mask_threshold = model.config.mask_threshold if mask_threshold is None else mask_threshold
+        self.mask_threshold = self.spec.mask_threshold if mask_threshold is None else mask_threshold
 
     @classmethod
     def from_pretrained(cls, checkpoint: str | os.PathLike, *, device: str = "auto", precision: str = "fp32",
@@ -75,18 +85,16 @@ class Grounder:
                         compile: bool = False) -> "Grounder":
         """From a vglaw checkpoint directory or a training checkpoint file."""
         device = resolve_device(device)  # a bad device fails before the model loads
-        model = VGLAW.from_pretrained(checkpoint)
-        return cls(model, load_tokenizer(tokenizer or model.config.text_encoder), device=device,
+        return cls(VGLAW.from_pretrained(checkpoint), tokenizer and load_tokenizer(tokenizer), device=device,
                    precision=precision, mask_threshold=mask_threshold, compile=compile)
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, *, tokenizer: str | None = None,
                   mask_threshold: float | None = None) -> "Grounder":
         """From a file written by ``vglaw export``, run by onnxruntime on the CPU (LAW always on)."""
-        from .export import OnnxModel
+        from .onnx_runner import OnnxModel
 
-        model = OnnxModel(path)
-        return cls(model, load_tokenizer(tokenizer or model.config.text_encoder), device="cpu",
+        return cls(OnnxModel(path), tokenizer and load_tokenizer(tokenizer), device="cpu",
                    mask_threshold=mask_threshold)
 
     def inputs(self, rgb: Image.Image, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
@@ -97,8 +105,8 @@ class Grounder:
         for t in texts:
             if not isinstance(t, str) or not t.strip():
                 raise InputError(f"empty expression {t!r}: say what to find in the image")
-        sample, letterbox = eval_transform(make_sample(rgb, (0, 0, 1, 1), None, texts[0]), self.model.img_size)
-        max_len = self.model.config.max_len
+        sample, letterbox = eval_transform(make_sample(rgb, (0, 0, 1, 1), None, texts[0]), self.spec.img_size)
+        max_len = self.spec.max_len
         for t, ids in zip(texts, self.tokenizer(texts, verbose=False)["input_ids"]):
             if len(ids) > max_len:
                 log.warning('warning: the expression "%s" is %d tokens; the model reads its first %d (%d with '
@@ -123,7 +131,7 @@ class Grounder:
         images, ids, mask, letterbox = self.inputs(rgb, texts)
         with autocast(self.device, self.precision):
             out = self._forward(images, ids, mask, use_law=use_law, box_attention=True)
-        size = self.model.img_size
+        size = self.spec.img_size
         probs = out["mask_logits"][:, 0].float().sigmoid().cpu()
         # (B, h, w) token weights -> (B, S, S) on the canvas, each map scaled to a maximum of 1
         attention = F.interpolate(out["box_attention"].float()[:, None], size=(size, size), mode="bilinear",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -12,11 +12,24 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from ..fileio import atomic_write
+from ..hub import MINILM
 from .card import TRAINING_NAME, model_card
 from .heads import BoxHead, MaskHead
 from .law import LawFactors, WeightGenerator
 from .text import TextEncoder
 from .vit import ViT
+
+@dataclass(frozen=True)
+class InferenceSpec:
+    """What inference needs besides the forward pass, as the model and an exported ONNX file
+    state it alike: the canvas size, the token limit, the tokenizer's source and the mask
+    threshold (a pixel is the object where sigmoid(logit) > it)."""
+
+    img_size: int
+    max_len: int
+    tokenizer: str
+    mask_threshold: float
+
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -85,6 +98,13 @@ class VGLAW(nn.Module):
         if box_attention:
             out["box_attention"] = self.box_head.attention(features, text_cls)
         return out
+
+    @property
+    def spec(self) -> InferenceSpec:
+        """The inference contract of this model (see :class:`InferenceSpec`)."""
+        return InferenceSpec(img_size=self.img_size, max_len=self.config.max_len,
+                             tokenizer=str(self.config.text_encoder or MINILM),
+                             mask_threshold=self.config.mask_threshold)
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod
