@@ -10,7 +10,7 @@ from torchvision.ops import box_iou, box_convert, masks_to_boxes
 from vglaw.inference.predictor import Grounder
 from vglaw.data import GroundingDataset, collate, prepare
 from vglaw.data.synth import generate
-from vglaw.data.transforms import box_to_original, mask_to_original, normalize_canvas
+from vglaw.data.transforms import normalize_canvas
 from vglaw.data.masks import mask_iou
 ck, root, seed, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 g = Grounder.from_pretrained(ck); model = g.model.eval()
@@ -25,9 +25,9 @@ with torch.inference_mode():
         probs = out["mask_logits"][:, 0].float().sigmoid()
         for j, meta in enumerate(batch["meta"]):
             r = ds.records[meta["index"]]
-            box = box_to_original(out["boxes"][j], ds.img_size, meta["scale"], meta["offset"], meta["orig_size"])
+            box = meta["letterbox"].boxes_to_original(out["boxes"][j:j + 1])[0]
             gt = box_convert(torch.tensor(r["box"])[None].float(), "xywh", "xyxy")
-            pm = mask_to_original(probs[j], meta["scale"], meta["offset"], meta["orig_size"]) > g.mask_threshold
+            pm = meta["letterbox"].maps_to_original(probs[j:j + 1])[0] > g.mask_threshold
             gm = torch.as_tensor(ds.gt_mask(meta["index"])).bool()
             biou = box_iou(box[None].float(), gt)[0, 0].item()
             miou = mask_iou(pm, gm)

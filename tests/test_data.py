@@ -204,7 +204,7 @@ def test_eval_letterbox_maps_back_exactly():
     sample = box_sample()
     out, lb = eval_transform(sample, 448)
     assert out.image.shape == (3, 448, 448)
-    (sx, sy), (dx, dy) = lb["scale"], lb["offset"]
+    (sx, sy), (dx, dy) = lb.scale, lb.offset
     assert (sx, sy, dx, dy) == (448 / 200, 224 / 100, 0, 112)
     box = out.box[0]
     back = [(box[0] - dx) / sx, (box[1] - dy) / sy, (box[2] - dx) / sx, (box[3] - dy) / sy]
@@ -213,7 +213,7 @@ def test_eval_letterbox_maps_back_exactly():
     assert torch.allclose(box, torch.tensor([44.8, 179.2, 134.4, 224.0]), atol=1e-4)
     assert (torch.tensor(mask_box(out.mask[0]), dtype=torch.float) - box).abs().max() <= 1
     assert torch.all(out.image[:, :112] == 0) and torch.all(out.image[:, 336:] == 0)  # zero padding
-    assert out.image.dtype == torch.uint8 and lb["extent"] == (0, 112, 448, 224)
+    assert out.image.dtype == torch.uint8 and lb.extent == (0, 112, 448, 224)
 
 
 def test_flip_moves_box_and_mask_and_swaps_words():
@@ -240,8 +240,8 @@ def test_translation_moves_box_and_mask_together_and_spatial_words_cap_scale():
     offsets = set()
     for _ in range(10):
         out, lb = aug(box_sample(text="the cat on the left"), gen)  # spatial: no crop, no up-scale
-        offsets.add(lb["offset"])
-        assert out.image.shape == (3, 256, 256) and lb["scale"][0] <= 256 / 200 + 1e-9
+        offsets.add(lb.offset)
+        assert out.image.shape == (3, 256, 256) and lb.scale[0] <= 256 / 200 + 1e-9
         x0, y0, x1, y1 = out.box[0].tolist()
         assert (torch.tensor(mask_box(out.mask[0]), dtype=torch.float) - out.box[0]).abs().max() <= 1
         assert abs((x1 - x0) / (y1 - y0) - 2.0) < 0.15  # no crop changed the box's shape

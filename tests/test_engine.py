@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vglaw.config import load_config
-from vglaw.data.transforms import box_to_original, mask_to_original, normalize_canvas
+from vglaw.data.transforms import Letterbox, normalize_canvas
 from vglaw.engine.checkpoint import load_checkpoint
 from vglaw.engine.metrics import GroundingMeter
 from vglaw.engine.optim import build_optimizer, build_scheduler, param_groups
@@ -137,13 +137,17 @@ def test_mask_metrics_miou_vs_oiou_and_empty_masks():
 
 def test_predictions_map_back_from_the_letterboxed_canvas():
     # a 200 x 100 image letterboxed into 100: scale 0.5, offset (0, 25)
-    scale, offset, orig = (0.5, 0.5), (0, 25), (100, 200)
-    canvas_box = torch.tensor([30 / 100, 50 / 100, 20 / 100, 10 / 100])  # cx, cy, w, h on the canvas
-    assert torch.allclose(box_to_original(canvas_box, 100, scale, offset, orig), torch.tensor([40.0, 40, 80, 60]))
-    prob = torch.zeros(100, 100)
-    prob[25 + 10:25 + 20, 20:40] = 1.0  # original rows 20-40, columns 40-80
-    mask = mask_to_original(prob, scale, offset, orig) > 0.35
-    assert mask.shape == (100, 200)
+    letterbox = Letterbox.centred((100, 200), 100)
+    assert (letterbox.scale, letterbox.offset, letterbox.extent) == ((0.5, 0.5), (0, 25), (0, 25, 100, 50))
+    canvas_boxes = torch.tensor([[30 / 100, 50 / 100, 20 / 100, 10 / 100],  # cx, cy, w, h on the canvas
+                                 [0.95, 0.1, 0.2, 0.2]])  # over the padding and the right edge: clipped
+    assert torch.allclose(letterbox.boxes_to_original(canvas_boxes), torch.tensor([[40.0, 40, 80, 60],
+                                                                                   [170, 0, 200, 0]]))
+    prob = torch.zeros(2, 100, 100)
+    prob[0, 25 + 10:25 + 20, 20:40] = 1.0  # original rows 20-40, columns 40-80
+    masks = letterbox.maps_to_original(prob) > 0.35
+    assert masks.shape == (2, 100, 200) and not masks[1].any()
+    mask = masks[0]
     ys, xs = torch.nonzero(mask, as_tuple=True)
     assert (ys.min().item(), ys.max().item(), xs.min().item(), xs.max().item()) == (20, 39, 40, 79)
 

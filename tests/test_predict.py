@@ -82,7 +82,7 @@ def test_attention_maps_are_the_box_heads_at_the_original_size(tmp_path, grounde
         # the hottest place of the map is the hottest token of the head (the image fills the canvas' width)
         row, col = np.unravel_index(p.attention.argmax(), p.attention.shape)
         cell = 64 / weights.shape[0]
-        canvas_y, canvas_x = row * letterbox["scale"][1] + letterbox["offset"][1], col * letterbox["scale"][0]
+        canvas_y, canvas_x = row * letterbox.scale[1] + letterbox.offset[1], col * letterbox.scale[0]
         assert weights[int(canvas_y // cell), int(canvas_x // cell)] >= 0.9 * weights.max()
     assert not np.allclose(preds[0].attention, preds[1].attention)
     Image.fromarray(image).save(tmp_path / "x.png")

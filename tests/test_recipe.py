@@ -119,9 +119,9 @@ def test_the_authors_crop_leaves_the_image_alone_without_multiscale_and_trims_on
     changed = 0
     for seed in range(10):
         out, lb = plain(sample, torch.Generator().manual_seed(seed))
-        assert lb["scale"] == (1.0, 1.0) and out.box[0].tolist() == [150, 80, 190, 110]  # centred vertically
+        assert lb.scale == (1.0, 1.0) and out.box[0].tolist() == [150, 80, 190, 110]  # centred vertically
         out, lb = random_size(sample, torch.Generator().manual_seed(seed))
-        changed += lb["scale"] != (1.0, 1.0) or out.box[0].tolist() != [150, 80, 190, 110]
+        changed += lb.scale != (1.0, 1.0) or out.box[0].tolist() != [150, 80, 190, 110]
     assert changed > 0  # the random-size crop does change it
     enlarged = TrainAugment(200, multiscale=True, scale_step=25, crop_prob=1.0, flip_prob=0.0, translate=False)
     widths = set()

@@ -2,7 +2,7 @@
 synthetic REFER-format set."""
 from .dataset import GroundingDataset, collate, load_tokenizer
 from .prepare import BadRecordsError, load_split, prepare
-from .transforms import TrainAugment, eval_transform, load_image
+from .transforms import Letterbox, TrainAugment, eval_transform, load_image, normalize_canvas
 
 __all__ = ["GroundingDataset", "collate", "load_tokenizer", "BadRecordsError", "load_split", "prepare",
-           "TrainAugment", "eval_transform", "load_image"]
+           "Letterbox", "TrainAugment", "eval_transform", "load_image", "normalize_canvas"]

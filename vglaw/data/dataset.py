@@ -40,8 +40,8 @@ class GroundingDataset(Dataset):
         ``mask`` (S, S) uint8 target mask on the canvas (zeros when the data has no masks),
         ``has_mask`` bool;
         ``input_ids``, ``attention_mask`` (max_len,) the tokenised expression (after the flip);
-        ``meta``: ``index``, ``image_path``, ``text``, ``orig_size`` (H, W), and the letterbox
-        ``scale`` (sx, sy) and ``offset`` (dx, dy): x_original = (x_canvas - dx) / sx (eval).
+        ``meta``: ``index``, ``image_path``, ``text``, ``orig_size`` (H, W), and the
+        :class:`~vglaw.data.transforms.Letterbox` that maps predictions back.
     """
 
     def __init__(self, prepared: str | os.PathLike, split: str, *, tokenizer, img_size: int = 448,
@@ -114,7 +114,7 @@ class GroundingDataset(Dataset):
                        else sample.mask.as_subclass(torch.Tensor)[0])
         return {
             "image": sample.image.as_subclass(torch.Tensor),
-            "extent": torch.tensor(letterbox["extent"]),
+            "extent": torch.tensor(letterbox.extent),
             "box": box.clamp(0, 1),
             "mask": canvas_mask,
             "has_mask": mask is not None,
@@ -122,7 +122,7 @@ class GroundingDataset(Dataset):
             "input_ids": tokens["input_ids"][0],
             "attention_mask": tokens["attention_mask"][0],
             "meta": {"index": index, "image_path": str(path), "text": sample.text,
-                     "orig_size": (record["height"], record["width"]), **letterbox},
+                     "orig_size": (record["height"], record["width"]), "letterbox": letterbox},
         }
 
 

@@ -121,16 +121,6 @@ def crop_keeping_box(sample: Sample, gen: torch.Generator, size: int | None = No
     return sample.apply(TF.crop, top, left, ch, cw)
 
 
-def pad_to_canvas(sample: Sample, size: int, offset: tuple[int, int]) -> tuple[Sample, tuple[int, int, int, int]]:
-    """Pad with zeros to a (size, size) canvas at ``offset`` (dx, dy); the image stays uint8 (a
-    quarter of float32's bytes through the loader). Also returns the image's extent on the
-    canvas, (dx, dy, w, h), which :func:`normalize_canvas` needs."""
-    h, w = sample.size
-    dx, dy = offset
-    padding = [dx, dy, size - w - dx, size - h - dy]
-    return sample.apply(TF.pad, padding, fill=0), (dx, dy, w, h)
-
-
 def normalize_canvas(images: torch.Tensor, extents: torch.Tensor) -> torch.Tensor:
     """The model's input from (B, 3, S, S) uint8 canvases and their (B, 4) image extents
     (dx, dy, w, h): ImageNet-normalised float32 inside each image and 0 in the padding, the same
@@ -144,39 +134,72 @@ def normalize_canvas(images: torch.Tensor, extents: torch.Tensor) -> torch.Tenso
     return x.masked_fill_(~(inside_y[:, :, None] & inside_x[:, None, :])[:, None], 0.0)
 
 
-def _letterboxed(sample: Sample, size: int, offset: tuple[int, int], before: tuple[int, int]) -> tuple[Sample, dict]:
-    """The sample on its canvas, and the letterbox: ``scale`` (sx, sy), ``offset`` (dx, dy) and
-    ``extent`` (dx, dy, w, h) of the image on the canvas."""
-    (h0, w0), (h, w) = before, sample.size
-    sample, extent = pad_to_canvas(sample, size, offset)
-    return sample, {"scale": (w / w0, h / h0), "offset": offset, "extent": extent}
+@dataclass(frozen=True)
+class Letterbox:
+    """An image of ``orig_size`` (H, W) resized to ``resized`` (h, w) and placed at ``offset``
+    (dx, dy) on a (``size``, ``size``) canvas: the forward map for images, boxes and masks, and
+    its inverse for predictions, batched. x_original = (x_canvas - dx) / sx."""
+
+    size: int
+    orig_size: tuple[int, int]
+    resized: tuple[int, int]
+    offset: tuple[int, int]
+
+    @classmethod
+    def centred(cls, orig_size: tuple[int, int], size: int) -> "Letterbox":
+        """Evaluation's and prediction's: the longer side resized to ``size``, the image centred."""
+        h0, w0 = orig_size
+        scale = size / max(h0, w0)
+        h, w = max(1, round(h0 * scale)), max(1, round(w0 * scale))
+        return cls(size, (h0, w0), (h, w), ((size - w) // 2, (size - h) // 2))
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """(sx, sy): canvas pixels per original pixel."""
+        return self.resized[1] / self.orig_size[1], self.resized[0] / self.orig_size[0]
+
+    @property
+    def extent(self) -> tuple[int, int, int, int]:
+        """(dx, dy, w, h): where the image lies on the canvas (what :func:`normalize_canvas` needs)."""
+        return (*self.offset, self.resized[1], self.resized[0])
+
+    def apply(self, sample: Sample) -> Sample:
+        """The sample (image, box and mask alike) resized when it is not yet, then zero-padded
+        onto the canvas; the image stays uint8."""
+        if sample.size != self.resized:
+            sample = sample.apply(TF.resize, list(self.resized), antialias=True)
+        (dx, dy), (h, w) = self.offset, self.resized
+        return sample.apply(TF.pad, [dx, dy, self.size - w - dx, self.size - h - dy], fill=0)
+
+    def apply_image(self, image: Image.Image) -> torch.Tensor:
+        """An RGB image -> its (3, S, S) uint8 canvas (what :meth:`apply` makes of a sample's)."""
+        tensor = tv_tensors.Image(torch.from_numpy(np.array(image)).permute(2, 0, 1))
+        if tuple(tensor.shape[-2:]) != self.resized:
+            tensor = TF.resize(tensor, list(self.resized), antialias=True)
+        (dx, dy), (h, w) = self.offset, self.resized
+        return TF.pad(tensor, [dx, dy, self.size - w - dx, self.size - h - dy], fill=0).as_subclass(torch.Tensor)
+
+    def boxes_to_original(self, boxes_cxcywh: torch.Tensor) -> torch.Tensor:
+        """(B, 4) normalised cxcywh on the canvas -> (B, 4) xyxy in original pixels, clipped to
+        the image."""
+        (sx, sy), (dx, dy), (h, w) = self.scale, self.offset, self.orig_size
+        xyxy = (box_convert(boxes_cxcywh.float(), "cxcywh", "xyxy") * self.size).double()
+        back = (xyxy - torch.tensor([dx, dy, dx, dy])) / torch.tensor([sx, sy, sx, sy], dtype=torch.float64)
+        return torch.minimum(back.clamp(min=0), torch.tensor([w, h, w, h], dtype=back.dtype)).float()
+
+    def maps_to_original(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, S, S) maps on the canvas (mask probabilities, attention) -> (B, H, W) on the
+        original image (the image's region, resized back bilinearly)."""
+        (dx, dy), (rh, rw) = self.offset, self.resized
+        region = maps[:, dy:dy + rh, dx:dx + rw].float()
+        return F.interpolate(region[:, None], size=self.orig_size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def eval_transform(sample: Sample, size: int) -> tuple[Sample, dict]:
-    """Resize the longer side to ``size`` and centre it on a uint8 canvas. Returns the sample
-    and the letterbox (``scale`` (sx, sy), ``offset`` (dx, dy), ``extent``) that maps canvas
-    pixels back: x_original = (x_canvas - dx) / sx."""
-    before = sample.size
-    sample = resize_longer(sample, size)
-    h, w = sample.size
-    return _letterboxed(sample, size, ((size - w) // 2, (size - h) // 2), before)
-
-
-def box_to_original(box_cxcywh: torch.Tensor, img_size: int, scale, offset, orig_size) -> torch.Tensor:
-    """(4,) normalised cxcywh on the canvas -> (4,) xyxy in original pixels, clipped to the
-    image: the inverse of :func:`eval_transform`'s letterbox."""
-    (sx, sy), (dx, dy), (h, w) = scale, offset, orig_size
-    x0, y0, x1, y1 = (box_convert(box_cxcywh.float()[None], "cxcywh", "xyxy")[0] * img_size).tolist()
-    return torch.tensor([min(max((x0 - dx) / sx, 0), w), min(max((y0 - dy) / sy, 0), h),
-                         min(max((x1 - dx) / sx, 0), w), min(max((y1 - dy) / sy, 0), h)])
-
-
-def mask_to_original(prob: torch.Tensor, scale, offset, orig_size) -> torch.Tensor:
-    """(S, S) canvas probabilities -> (H, W) probabilities on the original image."""
-    (sx, sy), (dx, dy), (h, w) = scale, offset, orig_size
-    rh, rw = max(1, round(h * sy)), max(1, round(w * sx))
-    region = prob[dy:dy + rh, dx:dx + rw].float()
-    return F.interpolate(region[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+def eval_transform(sample: Sample, size: int) -> tuple[Sample, Letterbox]:
+    """Resize the longer side to ``size`` and centre it on a uint8 canvas; returns the sample
+    and its :class:`Letterbox`."""
+    letterbox = Letterbox.centred(sample.size, size)
+    return letterbox.apply(sample), letterbox
 
 
 @dataclass
@@ -202,7 +225,7 @@ class TrainAugment:
         if self.crop not in ("canvas", "random"):
             raise InputError(f"config key data.crop must be 'canvas' or 'random', got {self.crop!r}")
 
-    def __call__(self, sample: Sample, gen: torch.Generator | None = None) -> tuple[Sample, dict]:
+    def __call__(self, sample: Sample, gen: torch.Generator | None = None) -> tuple[Sample, Letterbox]:
         before = h0, w0 = sample.size
         spatial = has_spatial_word(sample.text)
         longer = self.size
@@ -228,4 +251,5 @@ class TrainAugment:
                       int(torch.randint(0, self.size - h + 1, (1,), generator=gen)))
         else:
             offset = ((self.size - w) // 2, (self.size - h) // 2)
-        return _letterboxed(sample, self.size, offset, before)
+        letterbox = Letterbox(self.size, before, (h, w), offset)
+        return letterbox.apply(sample), letterbox

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from .. import distributed as dist
 from ..data import collate
-from ..data.transforms import box_to_original, mask_to_original, normalize_canvas
+from ..data.transforms import normalize_canvas
 from ..device import autocast
 from ..errors import VglawError
 from ..progress import progress
@@ -123,11 +123,12 @@ def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "
         boxes = out["boxes"].float().cpu()  # one copy per batch, not one per sample
         probs = out["mask_logits"][:, 0].float().sigmoid().cpu()
         for j, meta in enumerate(batch["meta"]):
-            box = box_to_original(boxes[j], dataset.img_size, meta["scale"], meta["offset"], meta["orig_size"])
+            letterbox = meta["letterbox"]
+            box = letterbox.boxes_to_original(boxes[j:j + 1])[0]
             gt_box, gt_mask = dataset.gt_box(meta["index"]).float(), dataset.gt_mask(meta["index"])
             pred_mask = None
             if gt_mask is not None:
-                pred_mask = mask_to_original(probs[j], meta["scale"], meta["offset"], meta["orig_size"]) > mask_threshold
+                pred_mask = letterbox.maps_to_original(probs[j:j + 1])[0] > mask_threshold
             meter.add(box, gt_box, pred_mask, gt_mask)
     return meter.summary(device)
 

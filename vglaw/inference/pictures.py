@@ -206,11 +206,10 @@ def law_panel(grounder, image: Image.Image, texts: list[str]) -> Image.Image:
     on = model(images, ids, mask)["features"].float().cpu()
     off = model(images, ids, mask, use_law=False)["features"].float().cpu()
     # crop the feature grid to the image region of the canvas
-    (sx, sy), (dx, dy) = lb["scale"], lb["offset"]
-    grid = on.shape[-1]
-    cell = size / grid
+    dx, dy, w, h = lb.extent
+    cell = size / on.shape[-1]
     r0, c0 = int(dy // cell), int(dx // cell)
-    r1, c1 = int(np.ceil((dy + image.height * sy) / cell)), int(np.ceil((dx + image.width * sx) / cell))
+    r1, c1 = int(np.ceil((dy + h) / cell)), int(np.ceil((dx + w) / cell))
     on, off = on[..., r0:r1, c0:c1], off[..., r0:r1, c0:c1]
     norm_on, norm_off, diff = on.norm(dim=1), off.norm(dim=1), (on - off).norm(dim=1)
     vmax, dmax = float(torch.maximum(norm_on.max(), norm_off.max())), float(diff.max())

@@ -13,8 +13,7 @@ from PIL import Image
 
 from ..config import PRECISIONS
 from ..data.dataset import load_tokenizer
-from ..data.transforms import (box_to_original, eval_transform, load_image, make_sample, mask_to_original,
-                               normalize_canvas)
+from ..data.transforms import Letterbox, load_image, normalize_canvas
 from ..device import autocast, resolve_device
 from ..errors import InputError, InputTypeError
 from ..model import VGLAW
@@ -99,21 +98,21 @@ class Grounder:
 
     def inputs(self, rgb: Image.Image, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """The model's inputs for expressions on one RGB image: the letterboxed image repeated
-        per expression, token ids and mask on the device, and the letterbox (``scale``, ``offset``)."""
+        per expression, token ids and mask on the device, and the :class:`Letterbox`."""
         if not texts:
             raise InputError("no expression given")
         for t in texts:
             if not isinstance(t, str) or not t.strip():
                 raise InputError(f"empty expression {t!r}: say what to find in the image")
-        sample, letterbox = eval_transform(make_sample(rgb, (0, 0, 1, 1), None, texts[0]), self.spec.img_size)
+        letterbox = Letterbox.centred((rgb.height, rgb.width), self.spec.img_size)
         max_len = self.spec.max_len
         for t, ids in zip(texts, self.tokenizer(texts, verbose=False)["input_ids"]):
             if len(ids) > max_len:
                 log.warning('warning: the expression "%s" is %d tokens; the model reads its first %d (%d with '
                             "[CLS] and [SEP])", shorten(t, 60, placeholder="..."), len(ids) - 2, max_len - 2, max_len)
         tokens = self.tokenizer(texts, padding="longest", truncation=True, max_length=max_len, return_tensors="pt")
-        canvas = sample.image.as_subclass(torch.Tensor)[None].to(self.device)  # uint8, normalised there
-        images = normalize_canvas(canvas, torch.tensor([letterbox["extent"]])).expand(len(texts), -1, -1, -1)
+        canvas = letterbox.apply_image(rgb)[None].to(self.device)  # uint8, normalised there
+        images = normalize_canvas(canvas, torch.tensor([letterbox.extent])).expand(len(texts), -1, -1, -1)
         return images, tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device), letterbox
 
     @torch.inference_mode()
@@ -137,13 +136,8 @@ class Grounder:
         attention = F.interpolate(out["box_attention"].float()[:, None], size=(size, size), mode="bilinear",
                                   align_corners=False)[:, 0].cpu()
         attention = attention / attention.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]
-        boxes = out["boxes"].float().cpu()
-        scale, offset, orig = letterbox["scale"], letterbox["offset"], (rgb.height, rgb.width)
-        results = []
-        for i, t in enumerate(texts):
-            box = box_to_original(boxes[i], size, scale, offset, orig)
-            prob = mask_to_original(probs[i], scale, offset, orig).numpy()
-            heat = mask_to_original(attention[i], scale, offset, orig).numpy()
-            results.append(Prediction(t, tuple(round(v, 2) for v in box.tolist()), prob > self.mask_threshold,
-                                      prob.astype(np.float32), heat.astype(np.float32)))
+        boxes = letterbox.boxes_to_original(out["boxes"].float().cpu())
+        probs, heats = letterbox.maps_to_original(probs).numpy(), letterbox.maps_to_original(attention).numpy()
+        results = [Prediction(t, tuple(round(v, 2) for v in box.tolist()), prob > self.mask_threshold, prob, heat)
+                   for t, box, prob, heat in zip(texts, boxes, probs, heats)]
         return results[0] if isinstance(text, str) else results
