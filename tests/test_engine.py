@@ -248,3 +248,14 @@ def test_two_gloo_processes_match_one_process(tmp_path, prepared):
     for out in ("one", "two"):
         log = [json.loads(x) for x in (tmp_path / out / "log.jsonl").read_text().splitlines()]
         assert n_odd % 2 == 1 and log[-1]["eval"]["odd"]["samples"] == n_odd
+
+
+def test_a_frozen_text_encoder_stays_in_eval_mode_when_the_model_trains(tmp_path, synth_prepared):
+    from vglaw.engine.train import build_train_model
+
+    model = build_train_model(load_config(write_run_config(tmp_path / "c.yaml", synth_prepared, tmp_path / "run")))
+    model.train()  # the config freezes the text encoder: no dropout, no gradients there
+    assert model.freeze_text and not model.text_encoder.training and model.backbone.training
+    assert not any(p.requires_grad for p in model.text_encoder.parameters())
+    model.freeze_text = False
+    assert model.train().text_encoder.training

@@ -12,7 +12,7 @@ import vglaw
 from vglaw.config import LossSection, load_config
 from vglaw.data import GroundingDataset, collate, load_tokenizer
 from vglaw.data.transforms import TrainAugment, make_sample
-from vglaw.engine.loop import train_one_epoch
+from vglaw.engine.loop import TrainState, train_one_epoch
 from vglaw.engine.losses import grounding_loss
 from vglaw.engine.optim import AdamWeightDecay, build_optimizer, build_scheduler
 from vglaw.engine.text_cache import FrozenTextCache
@@ -194,8 +194,10 @@ def test_training_reads_the_device_at_most_four_times_per_optimizer_step(tmp_pat
     cache = FrozenTextCache(model.text_encoder) if cache_text else None
     host_reads.clear()  # only the loop's reads count
     with SummaryWriter(str(tmp_path / "tb")) as writer:
-        means, step = train_one_epoch(model, batches, optimizer, scheduler, scaler, epoch=0, accum_steps=2, cfg=cfg,
-                                      device=torch.device("cpu"), global_step=0, writer=writer, text_cache=cache)
-    assert step == 6 and np.isfinite(means["loss"])
+        state = TrainState()
+        means = train_one_epoch(model, batches, optimizer, scheduler, scaler, state=state, accum_steps=2,
+                                device=torch.device("cpu"), precision="fp32", loss_weights=cfg.loss,
+                                clip_grad_norm=cfg.optim.clip_grad_norm, writer=writer, text_cache=cache)
+    assert (state.global_step, state.step_in_epoch) == (6, 6) and np.isfinite(means["loss"])
     print(f"{len(host_reads)} host reads in 6 optimizer steps: {sorted(set(host_reads))}")
     assert len(host_reads) <= 4 * 6, host_reads

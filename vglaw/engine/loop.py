@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
@@ -37,29 +38,37 @@ def optimizer_step(model, optimizer, scheduler, scaler, clip_grad_norm: float) -
     scheduler.step()
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch: int, accum_steps: int, cfg,
-                    device: torch.device, global_step: int, on_step=None, writer=None,
-                    text_cache=None) -> tuple[dict, int]:
-    """Run the epoch's micro-batches; every ``accum_steps`` of them make one optimizer step.
+@dataclass
+class TrainState:
+    """A run's progress, saved with every checkpoint and restored from it as one unit."""
 
-    ``on_step(global_step, step_in_epoch)`` is called after each optimizer step (checkpoints).
+    epoch: int = 0
+    step_in_epoch: int = 0  # optimizer steps of ``epoch`` already done
+    global_step: int = 0  # optimizer steps of the whole run
+    best: float = -1.0  # the best evaluation score so far
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, state: TrainState, accum_steps: int,
+                    device: torch.device, precision: str, loss_weights, clip_grad_norm: float, max_steps: int = 0,
+                    on_step=None, writer=None, text_cache=None) -> dict:
+    """Run the epoch's micro-batches; every ``accum_steps`` of them make one optimizer step,
+    which advances ``state.step_in_epoch`` and ``state.global_step`` (then ``on_step()`` runs:
+    checkpoints). Stops early at ``max_steps`` optimizer steps of the run (0: no limit).
     ``text_cache`` (a FrozenTextCache) supplies the frozen text encoder's output.
-    Returns ``(means, global_step)``: ``means`` holds each loss term's mean over the epoch and all
-    processes, ``skipped_samples`` and the last step's ``lr``. Raises NonFiniteLossError on
-    NaN/inf, before that step's update is applied.
+    Returns each loss term's mean over the epoch and all processes, ``skipped_samples`` and
+    the last step's ``lr``. Raises NonFiniteLossError on NaN/inf, before that step's update is
+    applied.
 
     The loss terms stay on the device while the micro-batches of a step run: the host reads
     them once per optimizer step (one all-reduce over processes, one copy), which is also where
     finiteness is checked, so the GPU is never made to wait for the host inside a step.
     """
-    model.train()
+    model.train()  # a frozen text encoder stays in eval mode (VGLAW.train)
     core = model.module if hasattr(model, "module") else model
-    if cfg.model.freeze_text:
-        core.text_encoder.eval()
     totals, micro_batches, seen, skipped, start = {}, 0, 0, 0, time.perf_counter()
     step_terms = None  # (5,) this process's loss terms summed over the step's micro-batches
     lr = optimizer.param_groups[-1]["lr"]
-    bar = progress(loader, f"epoch {epoch}", show=dist.is_main(), unit="batch")
+    bar = progress(loader, f"epoch {state.epoch}", show=dist.is_main(), unit="batch")
     for i, batch in enumerate(bar):
         skipped += batch["skipped"]
         text = text_cache(batch["input_ids"], batch["attention_mask"], device) if text_cache is not None else None
@@ -67,10 +76,10 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch: int, 
         last = (i + 1) % accum_steps == 0
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            with autocast(device, cfg.run.precision):
+            with autocast(device, precision):
                 out = model(normalize_canvas(batch["image"], batch["extent"]), batch["input_ids"],
                             batch["attention_mask"], text=text)
-            losses = grounding_loss(out, batch, cfg.loss)
+            losses = grounding_loss(out, batch, loss_weights)
             scaler.scale(losses["loss"] / accum_steps).backward()
         terms = torch.stack([v.detach().float() for v in losses.values()])
         step_terms = terms if step_terms is None else step_terms + terms
@@ -82,29 +91,30 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch: int, 
         step_terms = None
         if not math.isfinite(values["loss"]):
             raise NonFiniteLossError(
-                f"non-finite loss at epoch {epoch}, optimizer step {global_step} (loss terms summed over the "
+                f"non-finite loss at epoch {state.epoch}, optimizer step {state.global_step} (loss terms summed over the "
                 f"step's micro-batches and processes: {values}); stopping before this update. The last "
                 "checkpoint is intact; lower the learning rate or check the data, then --resume")
         for k, v in values.items():
             totals[k] = totals.get(k, 0.0) + v
         lr = optimizer.param_groups[-1]["lr"]  # the lr this step uses (the scheduler then moves on)
-        optimizer_step(core, optimizer, scheduler, scaler, cfg.optim.clip_grad_norm)
-        global_step += 1
+        optimizer_step(core, optimizer, scheduler, scaler, clip_grad_norm)
+        state.global_step += 1
+        state.step_in_epoch += 1
         step_loss = values["loss"] / (accum_steps * dist.world_size())
         bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}",
                         samples_s=f"{seen / (time.perf_counter() - start):.1f}")
         if writer is not None:
-            writer.add_scalar("train/loss", step_loss, global_step)
-            writer.add_scalar("train/lr", lr, global_step)
+            writer.add_scalar("train/loss", step_loss, state.global_step)
+            writer.add_scalar("train/lr", lr, state.global_step)
         if on_step is not None:
-            on_step(global_step, (i + 1) // accum_steps)
-        if cfg.run.max_steps and global_step >= cfg.run.max_steps:
+            on_step()
+        if max_steps and state.global_step >= max_steps:
             break
     bar.close()
     means = {k: v / max(micro_batches * dist.world_size(), 1) for k, v in totals.items()}
     means["lr"] = lr  # of the epoch's last optimizer step
     means["skipped_samples"] = int(dist.all_reduce_sum(torch.tensor(float(skipped), device=device)).item())
-    return means, global_step
+    return means
 
 
 @torch.no_grad()

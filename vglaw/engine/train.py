@@ -8,6 +8,7 @@ state) and ``best/`` (the best model as a vglaw checkpoint directory, for predic
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 import logging
 import random
 import time
@@ -25,7 +26,7 @@ from ..errors import InputError
 from ..model import VGLAW, build_model
 from ..weights.vit import load_detectron2_vit, load_mae_vit
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .loop import eval_loader, evaluate, train_one_epoch
+from .loop import TrainState, eval_loader, evaluate, train_one_epoch
 from .optim import build_optimizer, build_scheduler
 from .samplers import GlobalBatchSampler
 from .text_cache import FrozenTextCache
@@ -47,6 +48,7 @@ def build_train_model(cfg: Config):
         log.info("%s", loader(model.backbone, weights))
     if cfg.model.freeze_text:
         model.text_encoder.requires_grad_(False)
+        model.freeze_text = True
     return model
 
 
@@ -102,8 +104,8 @@ def _datasets(cfg: Config, model) -> tuple[GroundingDataset, dict[str, Grounding
 class TrainRun:
     """One run's model, data, optimizer and progress, with its checkpoints and log.
 
-    Progress is (``epoch``, ``step_in_epoch``, ``global_step``, ``best``): a checkpoint saves it
-    with every state, and :meth:`restore` continues exactly where it stopped."""
+    Its progress is one :class:`TrainState` (epoch, step in the epoch, global step, best score):
+    every checkpoint saves it, and :meth:`restore` continues exactly where it stopped."""
 
     def __init__(self, cfg: Config, device: torch.device, out: Path) -> None:
         self.cfg, self.device, self.out = cfg, device, out
@@ -119,7 +121,7 @@ class TrainRun:
         self.optimizer = build_optimizer(self.core, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.sampler.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.run.precision == "fp16")
-        self.epoch, self.step_in_epoch, self.global_step, self.best = 0, 0, 0, -1.0
+        self.state = TrainState()
         self.text_cache = FrozenTextCache(self.core.text_encoder) if cfg.model.cache_text else None
         self.model = self.core  # what the loop runs: compiled and / or DDP-wrapped below
         # uint8 canvases, pinned for the copy to the GPU; workers live for the whole run
@@ -135,14 +137,14 @@ class TrainRun:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
-        self.global_step, self.best = state["global_step"], state["best"]
+        self.state = TrainState(**{name: state[name] for name in TrainState.__dataclass_fields__})
         set_rng_state(state["rng"][min(dist.rank(), len(state["rng"]) - 1)])
         log.info("resumed from %s at epoch %d, step %d of the epoch (optimizer step %d)", self.last_path,
-                 self.epoch, self.step_in_epoch, self.global_step)
+                 self.state.epoch, self.state.step_in_epoch, self.state.global_step)
         log_path = self.out / "log.jsonl"
         if dist.is_main() and log_path.exists():
-            kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["epoch"] < self.epoch]
+            kept = [line for line in log_path.read_text().splitlines()
+                    if json.loads(line)["epoch"] < self.state.epoch]
             log_path.write_text("".join(line + "\n" for line in kept))
 
     def wrap(self) -> None:
@@ -156,36 +158,37 @@ class TrainRun:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(self.out / "tb"))
 
-    def checkpoint(self, path: Path, epoch: int, step_in_epoch: int) -> None:
+    def checkpoint(self, path: Path) -> None:
+        """Everything to continue exactly: weights, optimizer, schedule, scaler, RNGs, progress."""
         rngs = dist.gather_object(rng_state())
         if dist.is_main():
             save_checkpoint(path, {
                 "model": self.core.state_dict(), "model_config": self.core.config_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "epoch": epoch, "step_in_epoch": step_in_epoch,
-                "global_step": self.global_step, "best": self.best, "rng": rngs, "config": config_to_dict(self.cfg)})
+                "scaler": self.scaler.state_dict(), **asdict(self.state), "rng": rngs,
+                "config": config_to_dict(self.cfg)})
         dist.barrier()
 
-    def _on_step(self, step: int, steps_this_call: int) -> None:
-        self.global_step = step
-        if self.cfg.run.checkpoint_every and step % self.cfg.run.checkpoint_every == 0:
-            self.checkpoint(self.last_path, self.epoch, self.step_in_epoch + steps_this_call)
+    def _on_step(self) -> None:
+        every = self.cfg.run.checkpoint_every
+        if every and self.state.global_step % every == 0:
+            self.checkpoint(self.last_path)
 
-    def train_epoch(self) -> tuple[dict, tuple[int, int], bool]:
-        """The rest of epoch ``self.epoch``: (mean losses, where to resume, whether max_steps stopped it)."""
-        cfg = self.cfg
-        self.sampler.set_epoch(self.epoch, self.step_in_epoch)
-        self.train_ds.set_epoch(self.epoch)
-        steps_before = self.global_step - self.step_in_epoch
-        losses, self.global_step = train_one_epoch(
-            self.model, self.loader, self.optimizer, self.scheduler, self.scaler, epoch=self.epoch,
-            accum_steps=self.sampler.accum_steps, cfg=cfg, device=self.device, global_step=self.global_step,
+    def train_epoch(self) -> tuple[dict, bool]:
+        """The rest of epoch ``state.epoch``: (mean losses, whether max_steps stopped it). The
+        state moves to the next epoch when this one is complete."""
+        cfg, state = self.cfg, self.state
+        self.sampler.set_epoch(state.epoch, state.step_in_epoch)
+        self.train_ds.set_epoch(state.epoch)
+        losses = train_one_epoch(
+            self.model, self.loader, self.optimizer, self.scheduler, self.scaler, state=state,
+            accum_steps=self.sampler.accum_steps, device=self.device, precision=cfg.run.precision,
+            loss_weights=cfg.loss, clip_grad_norm=cfg.optim.clip_grad_norm, max_steps=cfg.run.max_steps,
             on_step=self._on_step, writer=self.writer, text_cache=self.text_cache)
-        done_in_epoch = self.global_step - steps_before
-        stopped = bool(cfg.run.max_steps and self.global_step >= cfg.run.max_steps)
-        # the epoch is complete unless max_steps cut it short: then resume mid-epoch
-        complete = done_in_epoch >= self.sampler.steps_per_epoch
-        return losses, ((self.epoch + 1, 0) if complete else (self.epoch, done_in_epoch)), stopped
+        stopped = bool(cfg.run.max_steps and state.global_step >= cfg.run.max_steps)
+        if state.step_in_epoch >= self.sampler.steps_per_epoch:  # complete, unless max_steps cut it short
+            state.epoch, state.step_in_epoch = state.epoch + 1, 0
+        return losses, stopped
 
     def evaluate(self) -> dict:
         return {split: evaluate(self.core, eval_loader(ds, self.cfg.optim.batch_size, self.cfg.data.num_workers), ds,
@@ -193,28 +196,28 @@ class TrainRun:
                                 mask_threshold=self.cfg.run.mask_threshold, desc=f"eval {split}")
                 for split, ds in self.eval_sets.items()}
 
-    def training_record(self, metrics: dict) -> dict:
-        """What the model card of ``best/`` says about this run."""
+    def training_record(self, epoch: int, metrics: dict) -> dict:
+        """What ``best/`` records about this run (its ``training.json`` and model card)."""
         meta = self.train_ds.meta
         splits = {self.cfg.data.train_split: len(self.train_ds), **{s: len(ds) for s, ds in self.eval_sets.items()}}
         return {"dataset": meta.get("dataset"), "format": meta.get("format"), "split_by": meta.get("split_by"),
-                "prepared": str(self.cfg.data.prepared), "splits": splits, "epoch": self.epoch,
+                "prepared": str(self.cfg.data.prepared), "splits": splits, "epoch": epoch,
                 "epochs": self.cfg.run.epochs, "metrics": metrics,
                 "command": f"vglaw train --config {self.out / 'config.yaml'}  # the run's merged config"}
 
-    def log_epoch(self, losses: dict, metrics: dict, seconds: float) -> None:
+    def log_epoch(self, epoch: int, losses: dict, metrics: dict, seconds: float) -> None:
         """One line of ``log.jsonl``, TensorBoard scalars and a console line (rank 0)."""
         if not dist.is_main():
             return
-        lr = losses.pop("lr")
-        record = {"epoch": self.epoch, "global_step": self.global_step, "lr": lr, "train": losses,
-                  "eval": metrics, "best": self.best, "seconds": round(seconds, 1)}
+        train = {k: v for k, v in losses.items() if k != "lr"}
+        record = {"epoch": epoch, "global_step": self.state.global_step, "lr": losses["lr"], "train": train,
+                  "eval": metrics, "best": self.state.best, "seconds": round(seconds, 1)}
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         for split, values in metrics.items():
             for key, value in values.items():
-                self.writer.add_scalar(f"{split}/{key}", value, self.global_step)
-        log.info("epoch %d: loss %.4f %s", self.epoch, losses.get("loss", float("nan")),
+                self.writer.add_scalar(f"{split}/{key}", value, self.state.global_step)
+        log.info("epoch %d: loss %.4f %s", epoch, losses.get("loss", float("nan")),
                  " ".join(f"{s}: prec@0.5 {m['prec@0.5']:.4f} mIoU {m.get('mIoU', float('nan')):.4f}"
                           for s, m in metrics.items()))
 
@@ -233,20 +236,19 @@ def train(cfg: Config, resume: bool = False) -> dict:
         run.restore(state)
     run.wrap()
     metrics: dict = {}
-    for epoch in range(run.epoch, cfg.run.epochs):
-        run.epoch, started = epoch, time.time()
-        losses, resume_at, stopped = run.train_epoch()
-        run.step_in_epoch = 0
+    while run.state.epoch < cfg.run.epochs:
+        epoch, started = run.state.epoch, time.time()
+        losses, stopped = run.train_epoch()  # moves the state to the next epoch when this one is complete
         last_epoch = epoch + 1 == cfg.run.epochs
         metrics = run.evaluate() if (epoch + 1) % cfg.run.eval_every == 0 or last_epoch or stopped else {}
         score = metrics[cfg.data.eval_splits[-1]]["prec@0.5"] if metrics else -1.0
-        improved, run.best = score > run.best, max(run.best, score)
-        run.checkpoint(run.last_path, *resume_at)
+        improved, run.state.best = score > run.state.best, max(run.state.best, score)
+        run.checkpoint(run.last_path)
         if improved:
-            run.checkpoint(run.best_path, *resume_at)
+            run.checkpoint(run.best_path)
             if dist.is_main():
-                run.core.save_pretrained(out / "best", training=run.training_record(metrics))
-        run.log_epoch(losses, metrics, time.time() - started)
+                run.core.save_pretrained(out / "best", training=run.training_record(epoch, metrics))
+        run.log_epoch(epoch, losses, metrics, time.time() - started)
         if stopped:
             break
     if run.writer is not None:

@@ -53,6 +53,13 @@ class VGLAW(nn.Module):
         self.mask_head = mask_head
         self.img_size = img_size
         self.config = config  # the VGLAWConfig it was built from (for save_pretrained)
+        self.freeze_text = False  # a frozen text encoder stays in eval mode (no dropout) when training
+
+    def train(self, mode: bool = True) -> "VGLAW":
+        super().train(mode)
+        if self.freeze_text:
+            self.text_encoder.eval()
+        return self
 
     def law_factors(self, text: torch.Tensor, text_mask: torch.Tensor) -> list[LawFactors] | None:
         """Per-block LAW factors for the text features, or None for ``law_type="none"``."""
