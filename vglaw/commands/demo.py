@@ -19,10 +19,10 @@ import torch
 from ..data import GroundingDataset, prepare
 from ..data.synth import generate
 from ..engine.loop import eval_loader, evaluate
-from .eval import format_table
 from ..fileio import claim_output_folder, record_output_folder
 from ..hub import DEMO_CHECKPOINT, DEMO_MARKER
 from ..inference.predictor import Grounder, as_rgb
+from .eval import format_table
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synth_tiny.yaml"
 DEMO_SEED = 20261127  # the bundled model was trained on seed 0

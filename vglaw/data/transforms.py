@@ -82,20 +82,28 @@ class Sample:
         return self.image.shape[-2], self.image.shape[-1]
 
 
+def image_tensor(image: Image.Image) -> tv_tensors.Image:
+    """An RGB PIL image as a (3, H, W) uint8 tensor."""
+    return tv_tensors.Image(torch.from_numpy(np.array(image)).permute(2, 0, 1))
+
+
 def make_sample(image: Image.Image, box_xywh, mask: np.ndarray | None, text: str) -> Sample:
     h, w = image.height, image.width
     x, y, bw, bh = box_xywh
     box = tv_tensors.BoundingBoxes([[x, y, x + bw, y + bh]], format="XYXY", canvas_size=(h, w), dtype=torch.float32)
-    img = tv_tensors.Image(torch.from_numpy(np.array(image)).permute(2, 0, 1))
     m = None if mask is None else tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask))[None])
-    return Sample(img, box, m, text)
+    return Sample(image_tensor(image), box, m, text)
+
+
+def longer_side_to(size_hw: tuple[int, int], size: int) -> tuple[int, int]:
+    """(h, w) with the longer side resized to ``size``, the aspect ratio kept."""
+    h, w = size_hw
+    scale = size / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def resize_longer(sample: Sample, size: int) -> Sample:
-    h, w = sample.size
-    scale = size / max(h, w)
-    new = [max(1, round(h * scale)), max(1, round(w * scale))]
-    return sample.apply(TF.resize, new, antialias=True)
+    return sample.apply(TF.resize, list(longer_side_to(sample.size, size)), antialias=True)
 
 
 def crop_keeping_box(sample: Sample, gen: torch.Generator, size: int | None = None) -> Sample:
@@ -148,10 +156,8 @@ class Letterbox:
     @classmethod
     def centred(cls, orig_size: tuple[int, int], size: int) -> "Letterbox":
         """Evaluation's and prediction's: the longer side resized to ``size``, the image centred."""
-        h0, w0 = orig_size
-        scale = size / max(h0, w0)
-        h, w = max(1, round(h0 * scale)), max(1, round(w0 * scale))
-        return cls(size, (h0, w0), (h, w), ((size - w) // 2, (size - h) // 2))
+        h, w = longer_side_to(orig_size, size)
+        return cls(size, tuple(orig_size), (h, w), ((size - w) // 2, (size - h) // 2))
 
     @property
     def scale(self) -> tuple[float, float]:
@@ -163,21 +169,25 @@ class Letterbox:
         """(dx, dy, w, h): where the image lies on the canvas (what :func:`normalize_canvas` needs)."""
         return (*self.offset, self.resized[1], self.resized[0])
 
+    @property
+    def padding(self) -> list[int]:
+        """Zeros added left, top, right and bottom of the resized image to fill the canvas."""
+        (dx, dy), (h, w) = self.offset, self.resized
+        return [dx, dy, self.size - w - dx, self.size - h - dy]
+
     def apply(self, sample: Sample) -> Sample:
         """The sample (image, box and mask alike) resized when it is not yet, then zero-padded
         onto the canvas; the image stays uint8."""
         if sample.size != self.resized:
             sample = sample.apply(TF.resize, list(self.resized), antialias=True)
-        (dx, dy), (h, w) = self.offset, self.resized
-        return sample.apply(TF.pad, [dx, dy, self.size - w - dx, self.size - h - dy], fill=0)
+        return sample.apply(TF.pad, self.padding, fill=0)
 
     def apply_image(self, image: Image.Image) -> torch.Tensor:
         """An RGB image -> its (3, S, S) uint8 canvas (what :meth:`apply` makes of a sample's)."""
-        tensor = tv_tensors.Image(torch.from_numpy(np.array(image)).permute(2, 0, 1))
+        tensor = image_tensor(image)
         if tuple(tensor.shape[-2:]) != self.resized:
             tensor = TF.resize(tensor, list(self.resized), antialias=True)
-        (dx, dy), (h, w) = self.offset, self.resized
-        return TF.pad(tensor, [dx, dy, self.size - w - dx, self.size - h - dy], fill=0).as_subclass(torch.Tensor)
+        return TF.pad(tensor, self.padding, fill=0).as_subclass(torch.Tensor)
 
     def boxes_to_original(self, boxes_cxcywh: torch.Tensor) -> torch.Tensor:
         """(B, 4) normalised cxcywh on the canvas -> (B, 4) xyxy in original pixels, clipped to
