@@ -182,8 +182,7 @@ def attention_tile(image: Image.Image, prediction, caption_colour=TEXT, caption:
     big = upscale(image)
     factor = big.width / image.width
     attention = np.asarray(Image.fromarray(prediction.attention).resize(big.size, Image.BILINEAR))
-    heat = Image.blend(big, _heat(torch.from_numpy(attention.copy()), big.size, 1.0), 0.6)
-    tile = with_colour_bar(draw_box(heat, [v * factor for v in prediction.box], (255, 255, 255), 2), "max")
+    tile = draw_box(attention_overlay(big, attention), [v * factor for v in prediction.box], (255, 255, 255), 2)
     if not caption:
         return tile
     return with_caption(tile, [(f'"{prediction.text}"', caption_colour),
