@@ -16,7 +16,8 @@ from ..device import autocast
 from ..errors import VglawError
 from ..progress import progress
 from .losses import grounding_loss
-from .metrics import GroundingMeter
+from ..model.confidence import FEATURES, confidence_features
+from .metrics import GroundingMeter, confidence_metrics
 from .samplers import ShardSampler
 
 
@@ -119,28 +120,49 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, state: Train
 
 @torch.no_grad()
 def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "fp32",
-             mask_threshold: float | None = None, desc: str = "eval") -> dict:
-    """REC and RES metrics of a split, in original image pixels, over all processes."""
+             mask_threshold: float | None = None, desc: str = "eval", calibrator=None, with_samples: bool = False):
+    """REC and RES metrics of a split, in original image pixels, over all processes.
+
+    With a ``calibrator`` (:class:`~vglaw.model.confidence.Calibrator`) the metrics also say how
+    well its scores tell right boxes from wrong ones (:func:`.metrics.confidence_metrics`). With
+    ``with_samples``, returns ``(metrics, samples)``: ``samples`` holds per sample, in dataset
+    order, ``box_iou`` (N,), ``boxes`` (N, 4) xyxy in original pixels and ``features``
+    {name: (N,)}, the confidence features."""
     model.eval()
-    if mask_threshold is None:  # the model's own (a DDP or compiled wrapper's inner model)
-        mask_threshold = getattr(model, "module", model).config.mask_threshold
+    inner = getattr(model, "module", model)  # a DDP or compiled wrapper's inner model
+    if mask_threshold is None:
+        mask_threshold = inner.config.mask_threshold
     meter = GroundingMeter()
+    n = len(dataset)  # per-sample values, each filled on one process and summed over them
+    # rows: box IoU, the box (4), the confidence features
+    per_sample = torch.zeros(5 + len(FEATURES), n, dtype=torch.float64)
     for batch in progress(loader, desc, show=dist.is_main(), unit="batch"):
         batch = to_device(batch, device)
         with autocast(device, precision):
             out = model(normalize_canvas(batch["image"], batch["extent"]), batch["input_ids"],
-                        batch["attention_mask"])
+                        batch["attention_mask"], box_attention=True)
         boxes = out["boxes"].float().cpu()  # one copy per batch, not one per sample
         probs = out["mask_logits"][:, 0].float().sigmoid().cpu()
+        feats = torch.stack(list(confidence_features(out["boxes"], out["mask_logits"], out["box_attention"],
+                                                     batch["extent"]).values())).cpu()  # (F, B)
         for j, meta in enumerate(batch["meta"]):
-            letterbox = meta["letterbox"]
+            letterbox, index = meta["letterbox"], meta["index"]
             box = letterbox.boxes_to_original(boxes[j:j + 1])[0]
-            gt_box, gt_mask = dataset.gt_box(meta["index"]).float(), dataset.gt_mask(meta["index"])
+            gt_box, gt_mask = dataset.gt_box(index).float(), dataset.gt_mask(index)
             pred_mask = None
             if gt_mask is not None:
                 pred_mask = letterbox.maps_to_original(probs[j:j + 1])[0] > mask_threshold
-            meter.add(box, gt_box, pred_mask, gt_mask)
-    return meter.summary(device)
+            per_sample[0, index] = meter.add(box, gt_box, pred_mask, gt_mask)
+            per_sample[1:5, index] = box.double()
+            per_sample[5:, index] = feats[:, j].double()
+    metrics = meter.summary(device)
+    per_sample = dist.all_reduce_sum(per_sample.to(device)).cpu()
+    samples = {"box_iou": per_sample[0], "boxes": per_sample[1:5].T.float(),
+               "features": dict(zip(FEATURES, per_sample[5:].float()))}
+    if calibrator is not None:
+        metrics.update(confidence_metrics(calibrator(samples["features"]).numpy(),
+                                          (samples["box_iou"] >= 0.5).numpy()))
+    return (metrics, samples) if with_samples else metrics
 
 
 def eval_loader(dataset, batch_size: int, num_workers: int) -> DataLoader:

@@ -1,0 +1,30 @@
+"""Fitting a checkpoint's confidence calibrator on a labelled split (``vglaw calibrate``, and the
+end of ``vglaw train``)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..model.confidence import FEATURES, Calibrator
+from .metrics import confidence_metrics
+
+
+def fit_calibrator(features: dict[str, torch.Tensor], box_iou: torch.Tensor, *, names=tuple(FEATURES),
+                   fitted_on: dict | None = None) -> Calibrator:
+    """A logistic regression (scikit-learn's, L2 with C = 1, on standardised features) from the
+    features ``names`` to whether the box is right (``box_iou >= 0.5``); its metrics on the
+    fitting data are kept with it."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.stack([features[name].double().numpy() for name in names], 1)  # (N, F)
+    y = (box_iou >= 0.5).numpy()
+    if y.all() or not y.any():
+        raise ValueError(f"a calibrator needs right and wrong answers to learn from; all {len(y)} boxes of the "
+                         f"fitting split are {'right' if y.all() else 'wrong'}")
+    mean, scale = x.mean(0), x.std(0)
+    scale[scale < 1e-12] = 1.0  # a constant feature gets a zero weight, not a division by zero
+    fit = LogisticRegression(C=1.0, max_iter=1000).fit((x - mean) / scale, y)
+    calibrator = Calibrator(tuple(names), tuple(mean.tolist()), tuple(scale.tolist()), tuple(fit.coef_[0].tolist()),
+                            float(fit.intercept_[0]), dict(fitted_on or {}, samples=len(y)))
+    metrics = confidence_metrics(calibrator(features).numpy(), y)
+    return Calibrator(**{**calibrator.__dict__, "metrics": metrics})

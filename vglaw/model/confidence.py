@@ -1,0 +1,186 @@
+"""How likely an answer is to be right: signals the model computes anyway, and a calibrator that
+maps them to a probability.
+
+VG-LAW answers one question twice: the box head pools the features where the expression
+points, the mask head scores every pixel against the expression. Where the two agree and are
+sure, the box is usually right; where they disagree, usually wrong. :func:`confidence_features`
+measures that on the canvas (inside the image, never the padding) from the forward pass's
+outputs alone, so a PyTorch model and its ONNX export give the same features.
+:class:`Calibrator` is a logistic regression over them, fitted on a labelled split (``vglaw
+calibrate``): its output is the probability that the box's IoU with the truth is at least 0.5.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torchvision.ops import box_convert
+
+from ..fileio import atomic_write
+
+from ..errors import InputError
+
+CALIBRATION_NAME = "calibration.json"
+FG = 0.5  # a mask pixel counts as the object where its probability is above this (fixed: the
+#           features do not move with a user's --mask-threshold)
+
+FEATURES = {
+    "box_mask_iou": "IoU of the box with the bounding box of the mask (pixels with p > 0.5)",
+    "mask_confidence": "mean probability of the mask's pixels (p > 0.5); 0 for an empty mask",
+    "box_probability": "mean mask probability inside the box",
+    "mass_in_box": "share of the mask's probability mass inside the box",
+    "mask_peak": "the largest mask probability",
+    "mask_logit_peak": "the largest mask logit (the text-pixel agreement, before the sigmoid saturates)",
+    "mask_logit_mean": "mean mask logit of the mask's pixels (p > 0.5); 0 for an empty mask",
+    "attention_entropy": "entropy of the box head's pooling weights / log(tokens): 0 on one token, 1 uniform",
+    "attention_peak": "the largest pooling weight of the box head",
+}
+
+
+def _inside(extents: torch.Tensor, size: int, device) -> torch.Tensor:
+    """(B, 4) extents (dx, dy, w, h) -> (B, S, S) bool: the image's pixels on the canvas."""
+    pixels = torch.arange(size, device=device)
+    dx, dy, w, h = extents.to(device).unbind(1)
+    inside_x = (pixels >= dx[:, None]) & (pixels < (dx + w)[:, None])
+    inside_y = (pixels >= dy[:, None]) & (pixels < (dy + h)[:, None])
+    return inside_y[:, :, None] & inside_x[:, None, :]
+
+
+def _in_box(boxes_xyxy: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 4) xyxy canvas pixels -> (B, S, S) bool: pixels whose centre lies in the box."""
+    centres = torch.arange(size, device=boxes_xyxy.device, dtype=torch.float32) + 0.5
+    x0, y0, x1, y1 = boxes_xyxy.unbind(1)
+    in_x = (centres >= x0[:, None]) & (centres <= x1[:, None])
+    in_y = (centres >= y0[:, None]) & (centres <= y1[:, None])
+    return in_y[:, :, None] & in_x[:, None, :]
+
+
+def _diag_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of row i of ``a`` with row i of ``b``, (B, 4) xyxy each."""
+    lt, rb = torch.maximum(a[:, :2], b[:, :2]), torch.minimum(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(1)
+    area = lambda x: (x[:, 2:] - x[:, :2]).clamp(min=0).prod(1)  # noqa: E731
+    return inter / (area(a) + area(b) - inter).clamp(min=1e-6)
+
+
+@torch.no_grad()
+def confidence_features(boxes: torch.Tensor, mask_logits: torch.Tensor, box_attention: torch.Tensor,
+                        extents: torch.Tensor) -> dict[str, torch.Tensor]:
+    """
+    Args:
+        boxes: (B, 4) normalised (cx, cy, w, h) on the canvas; mask_logits: (B, 1, S, S);
+        box_attention: (B, h, w) the box head's pooling weights; extents: (B, 4) where each image
+        lies on the canvas (dx, dy, w, h).
+    Returns:
+        {name: (B,) float32} for every name of :data:`FEATURES`, in that order.
+    """
+    logits = mask_logits[:, 0].float()
+    B, S, _ = logits.shape
+    inside = _inside(extents, S, logits.device)
+    prob = logits.sigmoid() * inside
+    box = box_convert(boxes.float(), "cxcywh", "xyxy") * S
+    fg = (prob > FG)
+    n_fg = fg.flatten(1).sum(1)
+    # the mask's bounding box, in canvas pixels (x1, y1 exclusive); a zero box for an empty mask
+    pixels = torch.arange(S, device=logits.device)
+    cols, rows = fg.any(1), fg.any(2)  # (B, S) each
+    big = torch.full_like(cols, S, dtype=torch.long)
+    x0 = torch.where(cols, pixels, big).amin(1)
+    x1 = torch.where(cols, pixels + 1, 0 * big).amax(1)
+    y0 = torch.where(rows, pixels, big).amin(1)
+    y1 = torch.where(rows, pixels + 1, 0 * big).amax(1)
+    mask_box = torch.stack([x0, y0, x1, y1], 1).float() * (n_fg > 0)[:, None]
+    in_box = _in_box(box, S) & inside
+    attention = box_attention.float().flatten(1)  # (B, hw), each row sums to 1
+    entropy = -(attention * attention.clamp(min=1e-12).log()).sum(1) / math.log(attention.shape[1])
+    mass = prob.flatten(1).sum(1)
+    return {
+        "box_mask_iou": _diag_iou(box, mask_box),
+        "mask_confidence": (prob * fg).flatten(1).sum(1) / n_fg.clamp(min=1),
+        "box_probability": (prob * in_box).flatten(1).sum(1) / in_box.flatten(1).sum(1).clamp(min=1),
+        "mass_in_box": (prob * in_box).flatten(1).sum(1) / mass.clamp(min=1e-6),
+        "mask_peak": prob.flatten(1).amax(1),
+        "mask_logit_peak": logits.masked_fill(~inside, -1e4).flatten(1).amax(1),
+        "mask_logit_mean": (logits * fg).flatten(1).sum(1) / n_fg.clamp(min=1),
+        "attention_entropy": entropy,
+        "attention_peak": attention.amax(1),
+    }
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    """A logistic regression over named confidence features: ``score = sigmoid(intercept +
+    sum_i coef_i * (x_i - mean_i) / scale_i)``, the probability that the box is right (IoU >= 0.5).
+
+    Each coefficient is stored with its feature's name and is applied to that feature by name, so
+    the order of features in a file or a dict never matters; a name this version of vglaw does not
+    compute is an error, never a silent zero."""
+
+    features: tuple[str, ...]
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    coef: tuple[float, ...]
+    intercept: float
+    fitted_on: dict = field(default_factory=dict)  # checkpoint, data, split, samples
+    metrics: dict = field(default_factory=dict)  # of the fit: AUROC, ECE, ...
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.features if f not in FEATURES]
+        if unknown:
+            raise InputError(f"the calibrator uses features this vglaw does not compute: {unknown} "
+                             f"(known: {', '.join(FEATURES)}); refit it with vglaw calibrate")
+        lengths = {len(self.features), len(self.mean), len(self.scale), len(self.coef)}
+        if len(lengths) != 1 or len(set(self.features)) != len(self.features):
+            raise InputError("a calibrator needs one mean, scale and coefficient per feature, each feature once")
+
+    def __call__(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """{name: (B,)} -> (B,) float32 probabilities in [0, 1]."""
+        missing = [f for f in self.features if f not in features]
+        if missing:
+            raise InputError(f"features {missing} are missing (given: {sorted(features)})")
+        z = torch.full_like(features[self.features[0]], self.intercept, dtype=torch.float64)
+        for name, mean, scale, coef in zip(self.features, self.mean, self.scale, self.coef):
+            z = z + coef * (features[name].double() - mean) / scale
+        return z.sigmoid().float()
+
+    # ------------------------------------------------------------------ files
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        per_feature = [{"name": n, "mean": m, "scale": s, "coef": c}
+                       for n, m, s, c in zip(d.pop("features"), d.pop("mean"), d.pop("scale"), d.pop("coef"))]
+        return {"model": "logistic regression on standardised features; score = P(box IoU >= 0.5)",
+                "intercept": d.pop("intercept"), "features": per_feature, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "calibrator") -> "Calibrator":
+        try:
+            rows = d["features"]
+            return cls(tuple(r["name"] for r in rows), tuple(float(r["mean"]) for r in rows),
+                       tuple(float(r["scale"]) for r in rows), tuple(float(r["coef"]) for r in rows),
+                       float(d["intercept"]), dict(d.get("fitted_on", {})), dict(d.get("metrics", {})))
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"{source} is not a vglaw calibrator ({type(e).__name__}: {e})") from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write(Path(path), lambda p: p.write_text(json.dumps(self.to_dict(), indent=2) + "\n"))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Calibrator":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path} is not valid JSON: {e}") from None
+        return cls.from_dict(d, str(path))
+
+
+def calibration_path(checkpoint: str | os.PathLike) -> Path:
+    """Where a checkpoint's calibrator lives: ``calibration.json`` in a checkpoint directory,
+    ``<file>.calibration.json`` beside a training checkpoint file."""
+    checkpoint = Path(checkpoint)
+    return checkpoint / CALIBRATION_NAME if checkpoint.is_dir() else checkpoint.with_name(
+        checkpoint.name + "." + CALIBRATION_NAME)
