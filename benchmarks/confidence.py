@@ -27,10 +27,9 @@ from vglaw.data import GroundingDataset, prepare
 from vglaw.data.synth import generate
 from vglaw.engine.calibrate import fit_calibrator
 from vglaw.engine.loop import eval_loader, evaluate
-from vglaw.engine.metrics import confidence_metrics
 from vglaw.hub import DEMO_CHECKPOINT
 from vglaw.inference.predictor import Grounder
-from vglaw.model.confidence import FEATURES
+from vglaw.model.confidence import FEATURES, confidence_metrics, separation_auroc
 
 RESULTS = Path(__file__).with_name("results_confidence.json")
 
@@ -80,11 +79,9 @@ def main() -> None:
         scores = calibrator(test["features"]).numpy()
         shuffled_scores = calibrator(control["features"]).numpy()
         wrong_shuffled = (control["box_iou"] < 0.5).numpy()
-        # right answers on the real expressions against wrong answers to shuffled ones
-        labels = np.r_[np.ones(int(right.sum())), np.zeros(int(wrong_shuffled.sum()))]
-        both = np.r_[scores[right.numpy()], shuffled_scores[wrong_shuffled]]
         return {**confidence_metrics(scores, right.numpy()),
-                "shuffled_auroc": float(roc_auc_score(labels, both)),
+                # right answers to the real expressions against wrong answers to shuffled ones
+                "shuffled_auroc": separation_auroc(scores[right.numpy()], shuffled_scores[wrong_shuffled]),
                 "shuffled_wrong_mean_score": float(shuffled_scores[wrong_shuffled].mean()),
                 "right_mean_score": float(scores[right.numpy()].mean())}
 

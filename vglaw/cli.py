@@ -128,12 +128,15 @@ def _demo(args: argparse.Namespace) -> None:
     from .fileio import check_output_folder
     from .hub import DEMO_MARKER
 
-    if not args.train:
+    if not (args.train or args.calibrate):
         check_output_folder(Path(args.out), DEMO_MARKER, "vglaw demo")  # at once, before the heavy imports
-    from .commands.demo import run_demo, train_demo_checkpoint
+    from .commands.demo import calibrate_demo_checkpoint, run_demo, train_demo_checkpoint
 
     if args.train:
         print(f"wrote {train_demo_checkpoint(args.work, overrides=args.overrides)}")
+        return
+    if args.calibrate:
+        calibrate_demo_checkpoint(Path(args.work) / "calibration")
         return
     run_demo(args.out, checkpoint=args.checkpoint, images=args.images, seed=args.seed)
 
@@ -280,7 +283,9 @@ def _add_inference_commands(commands) -> None:
     p.add_argument("--images", type=int, default=100, help="images in the fresh set")
     p.add_argument("--seed", type=int, default=20261127, help="seed of the fresh set (the model was trained on 0)")
     p.add_argument("--train", action="store_true", help="retrain the bundled checkpoint instead (from a repo checkout)")
-    p.add_argument("--work", default="data/demo-train", help="with --train: where data and run go")
+    p.add_argument("--calibrate", action="store_true",
+                   help="refit the bundled checkpoint's confidence calibrator instead (seed 11, 300 images)")
+    p.add_argument("--work", default="data/demo-train", help="with --train or --calibrate: where data and run go")
     p.add_argument("overrides", nargs="*", help="with --train: config overrides key=value")
     p.set_defaults(run=_demo)
 

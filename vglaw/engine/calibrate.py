@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..model.confidence import FEATURES, Calibrator
-from .metrics import confidence_metrics
+from ..model.confidence import FEATURES, Calibrator, confidence_metrics
 
 
 def fit_calibrator(features: dict[str, torch.Tensor], box_iou: torch.Tensor, *, names=tuple(FEATURES),

@@ -16,8 +16,8 @@ from ..device import autocast
 from ..errors import VglawError
 from ..progress import progress
 from .losses import grounding_loss
-from ..model.confidence import FEATURES, confidence_features
-from .metrics import GroundingMeter, confidence_metrics
+from ..model.confidence import FEATURES, confidence_features, confidence_metrics
+from .metrics import GroundingMeter
 from .samplers import ShardSampler
 
 

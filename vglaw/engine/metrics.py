@@ -7,8 +7,6 @@ are both empty has IoU 1.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torchvision.ops import box_iou
@@ -56,39 +54,3 @@ class GroundingMeter:
             out.update({f"mask_prec@{t}": float(s[6 + k] / n_mask) for k, t in enumerate(MASK_THRESHOLDS)})
         return out
 
-
-COVERAGES = (0.5, 0.8, 1.0)
-ECE_BINS = 10
-
-
-def reliability_bins(scores: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
-    """Scores in ``bins`` equal-width bins of [0, 1]: per bin its count, mean score and the share
-    of right answers (the reliability diagram's bars)."""
-    index = np.minimum((scores * bins).astype(int), bins - 1)
-    return [{"low": b / bins, "high": (b + 1) / bins, "count": int((index == b).sum()),
-             "mean_score": float(scores[index == b].mean()) if (index == b).any() else None,
-             "accuracy": float(correct[index == b].mean()) if (index == b).any() else None} for b in range(bins)]
-
-
-def coverage_curve(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
-    """Prec@0.5 of the k most confident answers, k = 1..n (ties kept in input order)."""
-    order = np.argsort(-scores, kind="stable")
-    return np.cumsum(correct[order]) / np.arange(1, len(scores) + 1)
-
-
-def confidence_metrics(scores, correct) -> dict[str, float]:
-    """How well scores in [0, 1] tell right answers (``correct``) from wrong ones:
-    ``auroc`` (None when only one kind is present), ``ece`` (expected calibration error over
-    10 equal-width bins: sum over bins of count/n * |accuracy - mean score|), ``mean_score``, and
-    ``prec@0.5@C%``: Prec@0.5 over the C % most confident answers."""
-    from sklearn.metrics import roc_auc_score
-
-    scores, correct = np.asarray(scores, dtype=np.float64), np.asarray(correct, dtype=np.float64)
-    n = len(scores)
-    bins = reliability_bins(scores, correct)
-    ece = sum(b["count"] / n * abs(b["accuracy"] - b["mean_score"]) for b in bins if b["count"])
-    curve = coverage_curve(scores, correct)
-    out = {"auroc": float(roc_auc_score(correct, scores)) if 0 < correct.sum() < n else None,
-           "ece": float(ece), "mean_score": float(scores.mean())}
-    out.update({f"prec@0.5@{round(c * 100)}%": float(curve[max(1, math.ceil(c * n)) - 1]) for c in COVERAGES})
-    return out

@@ -25,6 +25,8 @@ from ..data import GroundingDataset, TrainAugment, collate, load_tokenizer
 from ..errors import InputError
 from ..model import VGLAW, build_model
 from ..weights.vit import load_detectron2_vit, load_mae_vit
+from ..model.confidence import Calibrator
+from .calibrate import fit_calibrator
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .loop import TrainState, eval_loader, evaluate, train_one_epoch
 from .optim import build_optimizer, build_scheduler
@@ -190,11 +192,26 @@ class TrainRun:
             state.epoch, state.step_in_epoch = state.epoch + 1, 0
         return losses, stopped
 
-    def evaluate(self) -> dict:
-        return {split: evaluate(self.core, eval_loader(ds, self.cfg.optim.batch_size, self.cfg.data.num_workers), ds,
-                                device=self.device, precision=self.cfg.run.precision,
-                                mask_threshold=self.cfg.run.mask_threshold, desc=f"eval {split}")
-                for split, ds in self.eval_sets.items()}
+    def evaluate(self) -> tuple[dict, dict]:
+        """Metrics per evaluation split, and the per-sample results (see :func:`evaluate`) of
+        the last split: the one that selects the best checkpoint."""
+        results = {split: evaluate(self.core, eval_loader(ds, self.cfg.optim.batch_size, self.cfg.data.num_workers),
+                                   ds, device=self.device, precision=self.cfg.run.precision,
+                                   mask_threshold=self.cfg.run.mask_threshold, desc=f"eval {split}", with_samples=True)
+                   for split, ds in self.eval_sets.items()}
+        return {split: metrics for split, (metrics, _) in results.items()}, results[self.cfg.data.eval_splits[-1]][1]
+
+    def calibrator(self, samples: dict, epoch: int) -> Calibrator | None:
+        """The confidence calibrator of this epoch's model, fitted on the selecting split's samples
+        (None, with a warning, when that split's answers are all right or all wrong)."""
+        split = self.cfg.data.eval_splits[-1]
+        try:
+            return fit_calibrator(samples["features"], samples["box_iou"], fitted_on={
+                "checkpoint": str(self.out / "best"), "data": str(self.cfg.data.prepared), "split": split,
+                "epoch": epoch})
+        except ValueError as e:
+            log.warning("no confidence calibrator for this checkpoint: %s", e)
+            return None
 
     def training_record(self, epoch: int, metrics: dict) -> dict:
         """What ``best/`` records about this run (its ``training.json`` and model card)."""
@@ -240,13 +257,15 @@ def train(cfg: Config, resume: bool = False) -> dict:
         epoch, started = run.state.epoch, time.time()
         losses, stopped = run.train_epoch()  # moves the state to the next epoch when this one is complete
         last_epoch = epoch + 1 == cfg.run.epochs
-        metrics = run.evaluate() if (epoch + 1) % cfg.run.eval_every == 0 or last_epoch or stopped else {}
+        evaluated = (epoch + 1) % cfg.run.eval_every == 0 or last_epoch or stopped
+        metrics, samples = run.evaluate() if evaluated else ({}, None)
         score = metrics[cfg.data.eval_splits[-1]]["prec@0.5"] if metrics else -1.0
         improved, run.state.best = score > run.state.best, max(run.state.best, score)
         run.checkpoint(run.last_path)
         if improved:
             run.checkpoint(run.best_path)
-            if dist.is_main():
+            if dist.is_main():  # best/ with its calibrator, fitted on the split that chose it
+                run.core.calibrator = run.calibrator(samples, epoch)
                 run.core.save_pretrained(out / "best", training=run.training_record(epoch, metrics))
         run.log_epoch(epoch, losses, metrics, time.time() - started)
         if stopped:

@@ -4,8 +4,8 @@ ONNX graph (:mod:`.onnx_runner` runs it with onnxruntime in place of the PyTorch
 The graph takes ``images`` (B, 3, S, S) float32 at the checkpoint's canvas size S and
 ``input_ids`` / ``attention_mask`` (B, L) int64, with B and L dynamic, and returns ``boxes``
 (B, 4), ``mask_logits`` (B, 1, S, S) and ``box_attention`` (B, S/p, S/p). What inference needs
-besides (canvas size, maximum length, mask threshold, tokenizer) is stored in the file's
-metadata under ``vglaw``.
+besides (canvas size, maximum length, mask threshold, tokenizer, the confidence calibrator) is
+stored in the file's metadata under ``vglaw``.
 """
 from __future__ import annotations
 
@@ -89,8 +89,9 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, opset:
                                                     "attention_mask": {0: batch, 1: length}})
         graph = program.model_proto
     # the inference contract, as the runner reads it back (InferenceSpec's fields), and provenance
-    info = {**asdict(model.spec), "patch_size": model.config.patch_size, "model_config": model.config_dict(),
-            "checkpoint": str(checkpoint)}
+    spec = model.spec
+    info = {**asdict(spec), "calibrator": spec.calibrator and spec.calibrator.to_dict(),
+            "patch_size": model.config.patch_size, "model_config": model.config_dict(), "checkpoint": str(checkpoint)}
     onnx.helper.set_model_props(graph, {"vglaw": json.dumps(info)})
     external = sum(p.numel() * p.element_size() for p in model.parameters()) > PROTOBUF_LIMIT
     atomic_write(out, lambda tmp: onnx.save(graph, str(tmp), save_as_external_data=external,

@@ -9,6 +9,7 @@ import torch
 
 from ..errors import InputError, MissingExtraError, MissingFileError
 from ..model import InferenceSpec
+from ..model.confidence import Calibrator
 
 OUTPUTS = ("boxes", "mask_logits", "box_attention")  # the graph's outputs, in order
 
@@ -33,7 +34,9 @@ class OnnxModel:
         if "vglaw" not in meta:
             raise InputError(f"{path} was not written by vglaw export (no 'vglaw' metadata)")
         self.info = json.loads(meta["vglaw"])
-        self.spec = InferenceSpec(**{f: self.info[f] for f in InferenceSpec.__dataclass_fields__})
+        calibrator = self.info.get("calibrator")  # absent from files exported before vglaw scored answers
+        self.spec = InferenceSpec(**{f: self.info[f] for f in ("img_size", "max_len", "tokenizer", "mask_threshold")},
+                                  calibrator=calibrator and Calibrator.from_dict(calibrator, f"{path}'s calibrator"))
 
     def __call__(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                  use_law: bool = True, box_attention: bool = False) -> dict[str, torch.Tensor]:

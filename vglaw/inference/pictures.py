@@ -9,6 +9,7 @@ from torchvision.ops import box_iou
 
 from ..data.masks import decode_rle, mask_iou
 from ..data.readers import gt_box_xyxy
+from ..model.confidence import coverage_curve, reliability_bins
 
 # colours that stand apart from the primaries that objects often have (and from a white page)
 COLOURS = [(230, 0, 230), (0, 190, 230), (255, 130, 0), (110, 60, 255), (0, 160, 120), (150, 80, 30)]
@@ -106,22 +107,31 @@ def upscale(image: Image.Image, min_side: int = 256) -> Image.Image:
     return image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
 
 
+def answer_caption(p) -> str:
+    """An answer's caption: its expression, its score, and "not found" where it scored below
+    the minimum."""
+    score = "" if p.score is None else f" (score {p.score:.2f})"
+    return f"{p.text}{score}" + ("" if p.found else ": not found")
+
+
 def draw_predictions(image: Image.Image, predictions) -> Image.Image:
-    """Masks and boxes of several expressions on one image, the expressions as captions."""
+    """Masks and boxes of several expressions on one image, the expressions (with their scores)
+    as captions; an answer marked not found is only captioned, in grey."""
     factor = upscale(image).width / image.width
     canvas = upscale(image)
     lines = []
     for i, p in enumerate(predictions):
-        mask = np.asarray(Image.fromarray(p.mask.astype(np.uint8)).resize(canvas.size, Image.NEAREST)).astype(bool)
-        canvas = draw_box(overlay_mask(canvas, mask, colour(i)), [v * factor for v in p.box], colour(i), width=3)
-        lines.append((p.text, colour(i)))
+        if p.found:
+            mask = np.asarray(Image.fromarray(p.mask.astype(np.uint8)).resize(canvas.size, Image.NEAREST)).astype(bool)
+            canvas = draw_box(overlay_mask(canvas, mask, colour(i)), [v * factor for v in p.box], colour(i), width=3)
+        lines.append((answer_caption(p), colour(i) if p.found else GREY))
     return with_caption(canvas, lines)
 
 
 def sample_panel(image: Image.Image, text: str, gt_box, pred_box, gt_mask: np.ndarray | None,
-                 pred_mask: np.ndarray) -> tuple[Image.Image, dict]:
+                 pred_mask: np.ndarray, score: float | None = None) -> tuple[Image.Image, dict]:
     """Ground-truth box | predicted box | ground-truth mask | predicted mask, each labelled, with
-    the expression and the IoUs."""
+    the expression, the IoUs and (when given) the answer's score."""
     big = upscale(image)
     factor = big.width / image.width
 
@@ -132,7 +142,8 @@ def sample_panel(image: Image.Image, text: str, gt_box, pred_box, gt_mask: np.nd
                                      torch.tensor([pred_box], dtype=torch.float64))[0, 0])}
     tiles = [with_caption(draw_box(big, [v * factor for v in gt_box], GT_COLOUR, 3), [("ground-truth box", GT_COLOUR)]),
              with_caption(draw_box(big, [v * factor for v in pred_box], PRED_COLOUR, 3),
-                          [(f"predicted box (IoU {ious['box_iou']:.2f})", PRED_COLOUR)])]
+                          [(f"predicted box (IoU {ious['box_iou']:.2f}"
+                            + ("" if score is None else f", score {score:.2f}") + ")", PRED_COLOUR)])]
     if gt_mask is not None:
         ious["mask_iou"] = mask_iou(gt_mask, pred_mask)
         tiles.append(with_caption(overlay_mask(big, resize(gt_mask), GT_COLOUR), [("ground-truth mask", GT_COLOUR)]))
@@ -193,7 +204,8 @@ def record_panel(grounder, image: Image.Image, record: dict) -> tuple[Image.Imag
     """:func:`sample_panel` for a prepared record on its image, with the grounder's prediction."""
     pred = grounder.predict(image, record["sentence"])
     gt_mask = decode_rle(record["mask"]).astype(bool) if record.get("mask") else None
-    return sample_panel(image, record["sentence"], gt_box_xyxy(record).tolist(), pred.box, gt_mask, pred.mask)
+    return sample_panel(image, record["sentence"], gt_box_xyxy(record).tolist(), pred.box, gt_mask, pred.mask,
+                        pred.score)
 
 
 @torch.inference_mode()
@@ -223,5 +235,43 @@ def law_panel(grounder, image: Image.Image, texts: list[str]) -> Image.Image:
                               [("|features|, LAW off", TEXT)]),
                  with_caption(with_colour_bar(_heat(diff[i], shown, dmax), f"{dmax:.3g}"),
                               [("|on - off|", TEXT)])]
+        rows.append(hstack(tiles))
+    return vstack(rows)
+
+
+def confidence_plot(splits: dict[str, tuple[np.ndarray, np.ndarray]], size: int = 280) -> Image.Image:
+    """Per split (``{name: (scores, right)}``), a reliability diagram (per score bin, the share of
+    right answers against the mean score; the diagonal is perfect calibration; bar width grows
+    with the bin's count) beside the coverage-precision curve (Prec@0.5 of the most confident
+    answers against the share of answers kept)."""
+    font, pad = _font(12), 36
+    rows = []
+    for name, (scores, right) in splits.items():
+        tiles = []
+        for title in ("reliability: share right per score bin", "Prec@0.5 of the most confident answers"):
+            tile = Image.new("RGB", (size + pad + 10, size + pad + 10), (255, 255, 255))
+            draw = ImageDraw.Draw(tile)
+            at = lambda x, y: (pad + x * size, 10 + (1 - y) * size)  # noqa: E731 - (0..1, 0..1) -> pixels
+            draw.rectangle([at(0, 1), at(1, 0)], outline=GREY)
+            for v in (0.0, 0.5, 1.0):
+                draw.text((at(v, 0)[0] - 8, size + 14), f"{v:g}", fill=GREY, font=font)
+                draw.text((4, at(0, v)[1] - 6), f"{v:g}", fill=GREY, font=font)
+            if title.startswith("reliability"):
+                draw.line([at(0, 0), at(1, 1)], fill=GREY, width=1)
+                bins = reliability_bins(scores, right)
+                for b in bins:
+                    if b["count"]:
+                        draw.rectangle([at(b["low"] + 0.01, b["accuracy"]), at(b["high"] - 0.01, 0)],
+                                       fill=COLOURS[1] + (0,), outline=COLOURS[1])
+                        draw.ellipse([*(v - 3 for v in at(b["mean_score"], b["accuracy"])),
+                                      *(v + 3 for v in at(b["mean_score"], b["accuracy"]))], fill=COLOURS[0])
+                xlabel = "score (dots: mean score of the bin)"
+            else:
+                curve = coverage_curve(scores, right)
+                n = len(curve)
+                draw.line([at((k + 1) / n, curve[k]) for k in range(n)], fill=COLOURS[0], width=2)
+                xlabel = "coverage: share of answers kept"
+            draw.text((pad, size + 26), xlabel, fill=TEXT, font=font)
+            tiles.append(with_caption(tile, [(f"{name}: {title}", TEXT)]))
         rows.append(hstack(tiles))
     return vstack(rows)

@@ -17,6 +17,7 @@ from ..data.transforms import Letterbox, load_image, normalize_canvas
 from ..device import autocast, resolve_device
 from ..errors import InputError, InputTypeError
 from ..model import VGLAW
+from ..model.confidence import confidence_features
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 log = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ class Prediction:
     mask: np.ndarray  # (H, W) bool
     prob: np.ndarray  # (H, W) float32, sigmoid of the mask logits
     attention: np.ndarray  # (H, W) float32 in [0, 1]: where the box head's pooling looks, / its maximum
+    score: float | None = None  # the calibrated probability that the box is right (IoU >= 0.5); None uncalibrated
+    found: bool = True  # False where the score is below the grounder's ``min_score``: not drawn, "not found"
 
 
 def as_rgb(image: ImageLike) -> Image.Image:
@@ -60,12 +63,15 @@ class Grounder:
     """
 
     def __init__(self, model, tokenizer=None, *, device: str | torch.device = "auto", precision: str = "fp32",
-                 mask_threshold: float | None = None, compile: bool = False) -> None:
+                 mask_threshold: float | None = None, min_score: float | None = None, compile: bool = False) -> None:
         """``tokenizer``: default, the one ``model.spec`` names. ``device``: auto (the GPU when
-        there is one), cpu, cuda or cuda:N. ``compile`` runs the model through ``torch.compile``
-        (first call slower, later faster)."""
+        there is one), cpu, cuda or cuda:N. ``min_score``: answers scoring below it are marked
+        not found (needs a calibrated model). ``compile`` runs the model through
+        ``torch.compile`` (first call slower, later faster)."""
         if precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if min_score is not None and not 0.0 <= min_score <= 1.0:
+            raise InputError(f"min_score is a probability in [0, 1], got {min_score}")
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device).eval()
@@ -77,24 +83,31 @@ class Grounder:
         self.precision = precision
         # a mask pixel is the object where its probability is above this; default: the model's
         self.mask_threshold = self.spec.mask_threshold if mask_threshold is None else mask_threshold
+        self.calibrator, self.min_score = self.spec.calibrator, min_score
+        if self.calibrator is None:
+            if min_score is not None:
+                raise InputError("--min-score needs a calibrated checkpoint, and this one has no calibrator: "
+                                 "fit one with vglaw calibrate --checkpoint CK --data PREPARED --split val")
+            log.warning("note: this model has no confidence calibrator, so every score is None "
+                        "(fit one with vglaw calibrate)")
 
     @classmethod
     def from_pretrained(cls, checkpoint: str | os.PathLike, *, device: str = "auto", precision: str = "fp32",
                         tokenizer: str | None = None, mask_threshold: float | None = None,
-                        compile: bool = False) -> "Grounder":
+                        min_score: float | None = None, compile: bool = False) -> "Grounder":
         """From a vglaw checkpoint directory or a training checkpoint file."""
         device = resolve_device(device)  # a bad device fails before the model loads
         return cls(VGLAW.from_pretrained(checkpoint), tokenizer and load_tokenizer(tokenizer), device=device,
-                   precision=precision, mask_threshold=mask_threshold, compile=compile)
+                   precision=precision, mask_threshold=mask_threshold, min_score=min_score, compile=compile)
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, *, tokenizer: str | None = None,
-                  mask_threshold: float | None = None) -> "Grounder":
+                  mask_threshold: float | None = None, min_score: float | None = None) -> "Grounder":
         """From a file written by ``vglaw export``, run by onnxruntime on the CPU (LAW always on)."""
         from .onnx_runner import OnnxModel
 
         return cls(OnnxModel(path), tokenizer and load_tokenizer(tokenizer), device="cpu",
-                   mask_threshold=mask_threshold)
+                   mask_threshold=mask_threshold, min_score=min_score)
 
     def inputs(self, rgb: Image.Image, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """The model's inputs for expressions on one RGB image: the letterboxed image repeated
@@ -138,6 +151,17 @@ class Grounder:
         attention = attention / attention.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]
         boxes = letterbox.boxes_to_original(out["boxes"].float().cpu())
         probs, heats = letterbox.maps_to_original(probs).numpy(), letterbox.maps_to_original(attention).numpy()
-        results = [Prediction(t, tuple(round(v, 2) for v in box.tolist()), prob > self.mask_threshold, prob, heat)
-                   for t, box, prob, heat in zip(texts, boxes, probs, heats)]
+        scores = self.scores(out, letterbox)
+        results = [Prediction(t, tuple(round(v, 2) for v in box.tolist()), prob > self.mask_threshold, prob, heat,
+                              score, score is None or self.min_score is None or score >= self.min_score)
+                   for t, box, prob, heat, score in zip(texts, boxes, probs, heats, scores)]
         return results[0] if isinstance(text, str) else results
+
+    def scores(self, out: dict, letterbox: Letterbox) -> list[float | None]:
+        """Each answer's calibrated probability of being right, from the forward pass's outputs
+        (None for every answer of an uncalibrated model)."""
+        if self.calibrator is None:
+            return [None] * len(out["boxes"])
+        extents = torch.tensor([letterbox.extent] * len(out["boxes"]))
+        features = confidence_features(out["boxes"], out["mask_logits"], out["box_attention"], extents)
+        return [round(s, 4) for s in self.calibrator(features).cpu().tolist()]

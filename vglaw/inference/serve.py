@@ -21,7 +21,7 @@ from PIL import Image
 from ..errors import InputError, MissingExtraError
 from ..hub import DEMO_CHECKPOINT, is_demo_checkpoint
 from ..model.card import read_training, training_lines
-from .pictures import attention_tile, draw_predictions
+from .pictures import answer_caption, attention_tile, draw_predictions
 from .postprocess import predictions_json
 from .predictor import Grounder, as_rgb
 
@@ -96,7 +96,7 @@ def ground(grounder: Grounder, image_path: str | None, expressions: str | None, 
     for i, p in enumerate(predictions):
         path = folder / f"attention_{i}.png"
         attention_tile(rgb, p, caption=False).save(path)  # the gallery captions it
-        heatmaps.append((str(path), p.text))
+        heatmaps.append((str(path), answer_caption(p)))
     return str(picture), heatmaps, json.dumps(result, indent=1)
 
 
@@ -108,8 +108,24 @@ def describe(checkpoint: Path, grounder: Grounder) -> str:
     if is_demo_checkpoint(checkpoint):
         return (f"**Checkpoint: the bundled demo model** ({arch}). It was trained only on synthetic images of "
                 "coloured circles, squares and triangles, so it knows nothing else: **on photos its answers are "
-                "meaningless**. Serve a RefCOCO-trained checkpoint (`vglaw serve --checkpoint DIR`) for photos.")
-    return f"**Checkpoint:** `{checkpoint}` ({arch}). Training data: {trained_on(checkpoint)}"
+                "meaningless**. Serve a RefCOCO-trained checkpoint (`vglaw serve --checkpoint DIR`) for photos."
+                + scoring(grounder))
+    return f"**Checkpoint:** `{checkpoint}` ({arch}). Training data: {trained_on(checkpoint)}" + scoring(grounder)
+
+
+def scoring(grounder: Grounder) -> str:
+    """What the page says about the scores beside each answer."""
+    if grounder.calibrator is None:
+        return " This checkpoint has no confidence calibrator: answers carry no score."
+    hidden = "" if grounder.min_score is None else f" Answers scoring below {grounder.min_score} are shown as not found."
+    return (" Each answer's score is the calibrated probability that its box is right (IoU >= 0.5 with the "
+            f"object meant), fitted on {fitted_on(grounder.calibrator)}.{hidden}")
+
+
+def fitted_on(calibrator) -> str:
+    """Where a calibrator was fitted, in words."""
+    info = calibrator.fitted_on
+    return f"{info.get('samples', '?')} expressions of {info.get('data', 'an unnamed set')} ({info.get('split', '?')})"
 
 
 def trained_on(checkpoint: Path) -> str:
@@ -183,10 +199,11 @@ def launch(app, *, host: str = "127.0.0.1", port: int = 7860, block: bool = True
 
 
 def serve(checkpoint: str | os.PathLike | None = None, *, host: str = "127.0.0.1", port: int = 7860,
-          device: str = "auto", precision: str = "fp32", block: bool = True):
-    """Load the checkpoint (default: the bundled demo model) and serve the app; returns it."""
+          device: str = "auto", precision: str = "fp32", min_score: float | None = None, block: bool = True):
+    """Load the checkpoint (default: the bundled demo model) and serve the app; returns it.
+    Answers scoring below ``min_score`` are shown as not found."""
     checkpoint = Path(checkpoint or DEMO_CHECKPOINT)
-    grounder = Grounder.from_pretrained(checkpoint, device=device, precision=precision)
+    grounder = Grounder.from_pretrained(checkpoint, device=device, precision=precision, min_score=min_score)
     app = build_app(grounder, checkpoint)
     launch(app, host=host, port=port, block=block)
     return app

@@ -4,7 +4,8 @@ A checkpoint is a directory written by ``VGLAW.save_pretrained`` (``config.json`
 ``model.safetensors``, no pickle), a training checkpoint file written by ``vglaw train``
 (``last.pt`` / ``best.pt``, read with ``torch.load(weights_only=True)``), or a Hugging Face Hub
 repo id (``USER/NAME``, through the local Hub cache). The config rebuilds the architecture and
-every weight is loaded strictly.
+every weight is loaded strictly. A confidence calibrator beside the weights (``calibration.json``
+in the directory, ``<file>.calibration.json`` beside a file) is loaded with them.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 from ..errors import InputError, MissingFileError
 from ..hub import resolve_checkpoint
 from .build import build_model, model_config_from_dict
+from .confidence import Calibrator, calibration_path
 from .state import load_state
 from .vglaw import CONFIG_NAME, WEIGHTS_NAME, VGLAW
 
@@ -83,7 +85,10 @@ def load_pretrained(source: str | os.PathLike, *, strict: bool = True, **overrid
     else:
         checkpoint = read_checkpoint_file(path)
         config, state, origin = checkpoint["model_config"], checkpoint["model"], path
-    return from_config_dict({**config, **overrides}, state, source=str(origin), strict=strict)
+    model = from_config_dict({**config, **overrides}, state, source=str(origin), strict=strict)
+    if calibration_path(path).is_file():
+        model.calibrator = Calibrator.load(calibration_path(path))
+    return model
 
 
 def from_pretrained(directory: str | os.PathLike, **overrides) -> VGLAW:

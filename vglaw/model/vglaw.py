@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from ..fileio import atomic_write
 from ..hub import MINILM
 from .card import TRAINING_NAME, model_card
+from .confidence import CALIBRATION_NAME, Calibrator
 from .heads import BoxHead, MaskHead
 from .law import LawFactors, WeightGenerator
 from .text import TextEncoder
@@ -23,12 +24,14 @@ from .vit import ViT
 class InferenceSpec:
     """What inference needs besides the forward pass, as the model and an exported ONNX file
     state it alike: the canvas size, the token limit, the tokenizer's source and the mask
-    threshold (a pixel is the object where sigmoid(logit) > it)."""
+    threshold (a pixel is the object where sigmoid(logit) > it), and the confidence calibrator
+    (None when the checkpoint has none)."""
 
     img_size: int
     max_len: int
     tokenizer: str
     mask_threshold: float
+    calibrator: Calibrator | None = None
 
 
 CONFIG_NAME = "config.json"
@@ -54,6 +57,7 @@ class VGLAW(nn.Module):
         self.img_size = img_size
         self.config = config  # the VGLAWConfig it was built from (for save_pretrained)
         self.freeze_text = False  # a frozen text encoder stays in eval mode (no dropout) when training
+        self.calibrator: Calibrator | None = None  # scores answers (see vglaw.model.confidence)
 
     def train(self, mode: bool = True) -> "VGLAW":
         super().train(mode)
@@ -111,7 +115,7 @@ class VGLAW(nn.Module):
         """The inference contract of this model (see :class:`InferenceSpec`)."""
         return InferenceSpec(img_size=self.img_size, max_len=self.config.max_len,
                              tokenizer=str(self.config.text_encoder or MINILM),
-                             mask_threshold=self.config.mask_threshold)
+                             mask_threshold=self.config.mask_threshold, calibrator=self.calibrator)
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod
@@ -135,7 +139,7 @@ class VGLAW(nn.Module):
         With ``include_text_encoder=False`` the text encoder's weights are left out; loading
         then takes them from ``config.text_encoder`` (a local pretrained directory).
         ``training`` (see :func:`vglaw.model.card.model_card`) is saved as ``training.json`` and
-        rendered into the card.
+        rendered into the card. A calibrator is saved as ``calibration.json``.
         """
         if self.config is None:
             raise ValueError("this model has no config; build it with vglaw.build_model")
@@ -148,6 +152,8 @@ class VGLAW(nn.Module):
         atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
         if training is not None:
             atomic_write(directory / TRAINING_NAME, lambda p: p.write_text(json.dumps(training, indent=2) + "\n"))
+        if self.calibrator is not None:
+            self.calibrator.save(directory / CALIBRATION_NAME)
         atomic_write(directory / CARD_NAME, lambda p: p.write_text(model_card(config, training)))
 
     def config_dict(self) -> dict:
