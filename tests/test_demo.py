@@ -10,7 +10,7 @@ from vglaw.config import load_config
 from vglaw.data import prepare
 from vglaw.data.synth import generate
 from vglaw.engine.train import train
-from vglaw.commands.demo import DEMO_CHECKPOINT, REPO_CONFIG, THRESHOLDS, run_demo, shuffled
+from vglaw.commands.demo import DEMO_CHECKPOINT, REPO_CONFIG, SCORE_TARGETS, THRESHOLDS, run_demo, shuffled
 
 needs_checkpoint = pytest.mark.skipif(not (DEMO_CHECKPOINT / "model.safetensors").is_file(),
                                       reason="no bundled demo checkpoint")
@@ -32,9 +32,18 @@ def test_demo_end_to_end_on_the_fresh_demo_set(tmp_path):
     assert abs(drop - saved["shuffled_prec_drop"]) < 1e-12
     # the checks are what the metrics say against the thresholds
     val = saved["results"]["val"]
+    scores = saved["scores"]
     assert saved["checks"] == {"prec@0.5 >= 0.85": val["prec@0.5"] >= THRESHOLDS["prec@0.5"],
                                "mIoU >= 0.70": val["mIoU"] >= THRESHOLDS["mIoU"],
-                               "shuffled prec@0.5 at least 0.40 lower": drop >= THRESHOLDS["shuffled_drop"]}
+                               "shuffled prec@0.5 at least 0.40 lower": drop >= THRESHOLDS["shuffled_drop"],
+                               "score AUROC >= 0.85": scores["auroc"] >= 0.85, "score ECE <= 0.05": scores["ece"] <= 0.05,
+                               "box P@0.5 at 80% coverage >= 0.93": scores["prec@0.5@80%"] >= 0.93}
+    # the bundled calibrator on the fresh set (fitted on seed 11): the score's three targets
+    assert scores["auroc"] >= SCORE_TARGETS["auroc"] and scores["ece"] <= SCORE_TARGETS["ece"]
+    assert scores["prec@0.5@80%"] >= SCORE_TARGETS["prec@0.5@80%"]
+    assert scores["prec@0.5@100%"] == pytest.approx(val["prec@0.5"])
+    assert 0.5 < scores["shuffled_auroc"] <= 1 and scores["shuffled_wrong_mean_score"] < scores["right_mean_score"]
+    assert "Expressions shuffled across samples: their wrong answers score" in (out / "summary.md").read_text()
     # the bundled model meets all three targets (README "Demo numbers")
     assert val["prec@0.5"] >= THRESHOLDS["prec@0.5"]
     assert val["mIoU"] >= THRESHOLDS["mIoU"]

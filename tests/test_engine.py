@@ -259,3 +259,26 @@ def test_a_frozen_text_encoder_stays_in_eval_mode_when_the_model_trains(tmp_path
     assert not any(p.requires_grad for p in model.text_encoder.parameters())
     model.freeze_text = False
     assert model.train().text_encoder.training
+
+
+def test_training_fits_the_best_checkpoints_calibrator_on_the_selecting_split(tmp_path, prepared, monkeypatch):
+    """best/ carries a calibrator fitted on the last evaluation split's answers. (The tiny model's
+    boxes are all wrong, which leaves nothing to fit; here every other answer counts as right.)"""
+    import vglaw.engine.train as train_module
+    from vglaw.model import VGLAW
+    from vglaw.model.confidence import FEATURES
+
+    real, fitted = train_module.evaluate, []
+
+    def half_right(*args, **kwargs):
+        metrics, samples = real(*args, **kwargs)
+        samples["box_iou"] = (torch.arange(len(samples["box_iou"])) % 2).double()
+        fitted.append(samples)
+        return metrics, samples
+
+    monkeypatch.setattr(train_module, "evaluate", half_right)
+    train(load_config(small_config(tmp_path, prepared), ["run.epochs=1"]))
+    calibrator = VGLAW.from_pretrained(tmp_path / "run" / "best").calibrator
+    assert calibrator is not None and calibrator.features == tuple(FEATURES)
+    assert calibrator.fitted_on["split"] == "val" and calibrator.fitted_on["epoch"] == 0
+    assert calibrator.fitted_on["samples"] == len(fitted[-1]["box_iou"])

@@ -73,7 +73,10 @@ def test_the_api_answers_as_the_predictor_does(server, grounder, tmp_path):
                                                                grounder.predict(path, TEXTS))))
     for c in COLOURS[:2]:
         assert (picture == c).all(-1).sum() > 50
-    assert [h["caption"] for h in heatmaps] == TEXTS
+    # each answer's score, as the predictor gives it, in the JSON and the gallery's captions
+    scores = [p.score for p in grounder.predict(path, TEXTS)]
+    assert [p["score"] for p in data["predictions"]] == scores and all(0 <= s <= 1 for s in scores)
+    assert [h["caption"] for h in heatmaps] == [f"{t} (score {s:.2f})" for t, s in zip(TEXTS, scores)]
     _, _, without_law = Client(server, verbose=False).predict(handle_file(str(path)), "\n".join(TEXTS), True,
                                                              api_name="/ground")
     static = [list(p.box) for p in grounder.predict(path, TEXTS, use_law=False)]

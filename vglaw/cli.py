@@ -66,16 +66,23 @@ def _train(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from . import distributed
-    from .commands.eval import format_table, run_eval, write_results
+    from .commands.eval import SCORE_COLUMNS, format_table, run_eval, write_results
 
+    out = Path(args.json or f"eval_{Path(args.checkpoint).stem}.json")  # never inside the checkpoint or package
+    plot = out.with_suffix(".png")
     results = run_eval(args.checkpoint, args.data, args.splits, mask_threshold=args.mask_threshold,
                        batch_size=args.batch_size, device=args.device, precision=args.precision,
-                       num_workers=args.num_workers)
+                       num_workers=args.num_workers, plot=plot)
     if distributed.is_main():
         print(format_table(results))
-        out = args.json or f"eval_{Path(args.checkpoint).stem}.json"  # never inside the checkpoint or package
+        written = [out]
+        if any("auroc" in m for m in results.values()):
+            print(format_table(results, SCORE_COLUMNS))
+            written.append(plot)
+        else:
+            print("(the checkpoint has no confidence calibrator: no score metrics; fit one with vglaw calibrate)")
         write_results(results, out, checkpoint=str(args.checkpoint), data=str(args.data))
-        print(f"wrote {out}")
+        print("wrote " + ", ".join(map(str, written)))
     distributed.shutdown()
 
 
@@ -84,10 +91,12 @@ def _predict(args: argparse.Namespace) -> None:
 
     result = predict(args.checkpoint, args.image, args.text, out=args.out, json_path=args.json,
                      heatmap=args.heatmap, onnx=args.onnx, device=args.device, precision=args.precision,
-                     mask_threshold=args.mask_threshold)
+                     mask_threshold=args.mask_threshold, min_score=args.min_score)
     for p in result["predictions"]:
         box = ", ".join(f"{v:.1f}" for v in p["box_xyxy"])
-        print(f'"{p["text"]}": box ({box}), mask {p["mask_area"]} px')
+        score = "" if p["score"] is None else f", score {p['score']:.2f}"
+        found = "" if p["found"] else f"  NOT FOUND (score below --min-score {args.min_score})"
+        print(f'"{p["text"]}": box ({box}), mask {p["mask_area"]} px{score}{found}')
     print("wrote " + ", ".join(result[k] for k in ("png", "heatmap_png", "json") if k in result))
 
 
@@ -112,7 +121,24 @@ def _export(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from .inference.serve import serve
 
-    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, precision=args.precision)
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, precision=args.precision,
+          min_score=args.min_score)
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from . import distributed
+    from .commands.calibrate import calibrate
+
+    calibrator, path = calibrate(args.checkpoint, args.data, args.split, batch_size=args.batch_size,
+                                 num_workers=args.num_workers, device=args.device, precision=args.precision)
+    if distributed.is_main():
+        m = calibrator.metrics
+        print(f"fitted on {calibrator.fitted_on['samples']} expressions of {args.data} ({args.split}): score AUROC "
+              f"{m['auroc']:.4f}, ECE {m['ece']:.4f}; box P@0.5 {m['prec@0.5@100%']:.4f} on every answer, "
+              f"{m['prec@0.5@80%']:.4f} on the 80% most confident (measured on the fitting split itself: "
+              "vglaw eval on another split tells how it holds)")
+        print(f"wrote {path}")
+    distributed.shutdown()
 
 
 def _visualize(args: argparse.Namespace) -> None:
@@ -145,6 +171,8 @@ DEVICE_HELP = "auto (the GPU when there is one, else the CPU), cpu, cuda or cuda
 PRECISION_HELP = "arithmetic of the forward pass (bf16 pays off on GPUs and CPUs with AVX-512 BF16)"
 MASK_HELP = (f"a mask pixel is the object where its probability is above this (default: the checkpoint's, "
              f"{MASK_THRESHOLD} unless it says otherwise)")
+MIN_SCORE_HELP = ("mark answers whose score (the calibrated probability that the box is right) is below this "
+                  "as not found, instead of drawing them (needs a calibrated checkpoint)")
 DEMO_HELP = "a vglaw checkpoint directory, training .pt or Hub id (default: the bundled demo model)"
 
 
@@ -237,8 +265,19 @@ def _add_training_commands(commands) -> None:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
     p.add_argument("--json", default=None,
-                   help="where to write the results (default: eval_<checkpoint name>.json in the current folder)")
+                   help="where to write the results (default: eval_<checkpoint name>.json in the current folder); a "
+                        "calibrated checkpoint's score plots go beside it (.png)")
     p.set_defaults(run=_eval)
+
+    p = commands.add_parser("calibrate", help="fit a checkpoint's confidence calibrator (answers' scores) on a split")
+    p.add_argument("--checkpoint", required=True, help="a vglaw checkpoint directory or training .pt")
+    p.add_argument("--data", required=True, help="prepared dataset folder")
+    p.add_argument("--split", default="val", help="the labelled split to fit on (not one you report results on)")
+    p.add_argument("--batch-size", type=int, default=16, help="expressions per forward pass")
+    p.add_argument("--num-workers", type=int, default=2, help="data loader processes")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
+    p.set_defaults(run=_calibrate)
 
 
 def _add_inference_commands(commands) -> None:
@@ -255,6 +294,7 @@ def _add_inference_commands(commands) -> None:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
     p.add_argument("--mask-threshold", type=float, default=None, help=MASK_HELP)
+    p.add_argument("--min-score", type=float, default=None, help=MIN_SCORE_HELP)
     p.set_defaults(run=_predict)
 
     p = commands.add_parser("serve", help="a web page and HTTP API for grounding (needs the demo extra)")
@@ -263,6 +303,7 @@ def _add_inference_commands(commands) -> None:
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
+    p.add_argument("--min-score", type=float, default=None, help=MIN_SCORE_HELP)
     p.set_defaults(run=_serve)
 
     p = commands.add_parser("visualize", help="ground truth vs prediction panels for dataset samples")

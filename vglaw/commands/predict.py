@@ -13,20 +13,21 @@ from ..inference.predictor import Grounder, as_rgb
 
 
 def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=None, heatmap: bool = False,
-            onnx=None, device="auto", precision="fp32", mask_threshold=None) -> dict:
+            onnx=None, device="auto", precision="fp32", mask_threshold=None, min_score=None) -> dict:
     """``vglaw predict``: ground the expressions, write the picture and the JSON (and with
     ``heatmap``, ``<out>.heatmap.png``: where the box head looks for each expression). With
     ``onnx`` (a file from ``vglaw export``) onnxruntime runs the model instead of PyTorch;
-    with neither, the bundled demo model (a warning on stderr says what it knows)."""
+    with neither, the bundled demo model (a warning on stderr says what it knows). Answers scoring
+    below ``min_score`` are marked not found."""
     if checkpoint is not None and onnx is not None:
         raise InputError("give either --checkpoint or --onnx, not both")
     device = resolve_device(device)  # a bad device is the one line, before anything loads
     image = as_rgb(image_path)  # a bad image fails before the model loads
     if onnx is not None:
-        grounder = Grounder.from_onnx(onnx, mask_threshold=mask_threshold)
+        grounder = Grounder.from_onnx(onnx, mask_threshold=mask_threshold, min_score=min_score)
     else:
         grounder = Grounder.from_pretrained(checkpoint_or_demo(checkpoint), device=device, precision=precision,
-                                            mask_threshold=mask_threshold)
+                                            mask_threshold=mask_threshold, min_score=min_score)
     preds = grounder.predict(image, texts)
     stem = Path(image_path).stem
     out = Path(out or f"{stem}.vglaw.png")

@@ -249,12 +249,12 @@ def confidence_plot(splits: dict[str, tuple[np.ndarray, np.ndarray]], size: int 
     for name, (scores, right) in splits.items():
         tiles = []
         for title in ("reliability: share right per score bin", "Prec@0.5 of the most confident answers"):
-            tile = Image.new("RGB", (size + pad + 10, size + pad + 10), (255, 255, 255))
+            tile = Image.new("RGB", (size + pad + 10, size + 50), (255, 255, 255))
             draw = ImageDraw.Draw(tile)
             at = lambda x, y: (pad + x * size, 10 + (1 - y) * size)  # noqa: E731 - (0..1, 0..1) -> pixels
             draw.rectangle([at(0, 1), at(1, 0)], outline=GREY)
             for v in (0.0, 0.5, 1.0):
-                draw.text((at(v, 0)[0] - 8, size + 14), f"{v:g}", fill=GREY, font=font)
+                draw.text((at(v, 0)[0] - 8, size + 14), f"{v:g}", fill=GREY, font=font)  # below the frame
                 draw.text((4, at(0, v)[1] - 6), f"{v:g}", fill=GREY, font=font)
             if title.startswith("reliability"):
                 draw.line([at(0, 0), at(1, 1)], fill=GREY, width=1)
@@ -265,13 +265,15 @@ def confidence_plot(splits: dict[str, tuple[np.ndarray, np.ndarray]], size: int 
                                        fill=COLOURS[1] + (0,), outline=COLOURS[1])
                         draw.ellipse([*(v - 3 for v in at(b["mean_score"], b["accuracy"])),
                                       *(v + 3 for v in at(b["mean_score"], b["accuracy"]))], fill=COLOURS[0])
-                xlabel = "score (dots: mean score of the bin)"
+                        draw.text((at(b["low"], 0)[0] + 2, at(0, b["accuracy"])[1] - 16), str(b["count"]),
+                                  fill=GREY, font=font)
+                xlabel = "score (dot: bin's mean; number: answers)"
             else:
                 curve = coverage_curve(scores, right)
                 n = len(curve)
                 draw.line([at((k + 1) / n, curve[k]) for k in range(n)], fill=COLOURS[0], width=2)
                 xlabel = "coverage: share of answers kept"
-            draw.text((pad, size + 26), xlabel, fill=TEXT, font=font)
+            draw.text((pad, size + 30), xlabel, fill=TEXT, font=font)
             tiles.append(with_caption(tile, [(f"{name}: {title}", TEXT)]))
         rows.append(hstack(tiles))
     return vstack(rows)
