@@ -98,6 +98,25 @@ def test_export_then_predict_onnx_reproduce_the_pytorch_results(exported, tmp_pa
     assert main(["predict", "--onnx", str(tmp_path / "not.onnx")] + args) == 2
 
 
+def test_the_pairs_of_a_file_run_on_the_onnx_model_too(exported, tmp_path):
+    """``vglaw predict --pairs --onnx``: onnxruntime as the batch path's backend, several images and
+    expressions per forward pass, as PyTorch answers them."""
+    rng = np.random.default_rng(9)
+    rows = []
+    for k, size in enumerate([(60, 90), (120, 80), (75, 75)]):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(tmp_path / f"im{k}.png")
+        rows += [{"image": f"im{k}.png", "text": t} for t in TEXTS[:k + 1]]
+    (tmp_path / "pairs.csv").write_text("image,text\n" + "".join(f"{r['image']},{r['text']}\n" for r in rows))
+    args = ["predict", "--pairs", str(tmp_path / "pairs.csv"), "--batch-size", "4", "--num-workers", "0"]
+    assert main(args + ["--onnx", str(exported["demo"][1]), "--out", str(tmp_path / "ort.jsonl")]) == 0
+    assert main(args + ["--checkpoint", str(DEMO_CHECKPOINT), "--out", str(tmp_path / "pt.jsonl")]) == 0
+    ort, pt = ([json.loads(x) for x in (tmp_path / f"{n}.jsonl").read_text().splitlines()] for n in ("ort", "pt"))
+    assert [line["id"] for line in ort] == list(range(len(rows)))
+    for a, b in zip(ort, pt):
+        assert np.abs(np.subtract(a["box_xyxy"], b["box_xyxy"])).max() <= 0.02
+        assert abs(a["score"] - b["score"]) <= 1e-4
+
+
 @pytest.mark.slow
 def test_vitb_exports_and_matches_pytorch(tmp_path):
     """The paper's model at 448 (random weights): about 2 minutes to export on 2 CPU cores, so it

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .config import MASK_THRESHOLD, PRECISIONS
-from .errors import VglawError
+from .errors import InputError, VglawError
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -87,8 +87,12 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
+    if args.pairs is not None:
+        return _predict_pairs(args)
     from .commands.predict import predict
 
+    if args.image is None or not args.text:
+        raise InputError("give --image and --text (repeat --text for several), or --pairs FILE")
     result = predict(args.checkpoint, args.image, args.text, out=args.out, json_path=args.json,
                      heatmap=args.heatmap, onnx=args.onnx, device=args.device, precision=args.precision,
                      mask_threshold=args.mask_threshold, min_score=args.min_score)
@@ -98,6 +102,30 @@ def _predict(args: argparse.Namespace) -> None:
         found = "" if p["found"] else f"  NOT FOUND (score below --min-score {args.min_score})"
         print(f'"{p["text"]}": box ({box}), mask {p["mask_area"]} px{score}{found}')
     print("wrote " + ", ".join(result[k] for k in ("png", "heatmap_png", "json") if k in result))
+
+
+def _predict_pairs(args: argparse.Namespace) -> None:
+    from . import distributed
+    from .commands.predict import predict_pairs_file
+
+    if args.image is not None or args.text or args.json is not None or args.heatmap:
+        raise InputError("--pairs reads images and expressions from its file: leave out --image, --text, --json "
+                         "and --heatmap")
+    try:
+        s = predict_pairs_file(args.checkpoint, args.pairs, out=args.out, image_root=args.image_root,
+                               masks=args.masks, coco_results=args.coco_results, onnx=args.onnx,
+                               batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
+                               precision=args.precision, mask_threshold=args.mask_threshold,
+                               min_score=args.min_score)
+        if distributed.is_main():
+            errors = s["errors"]
+            kinds = ", ".join(f"{n} {kind}" for kind, n in errors.items() if kind != "total" and n)
+            print(f"{s['pairs']} pairs: {s['done_now']} done now ({s['pairs_per_s']} pairs/s, "
+                  f"{s['seconds']} s), {s['already_done']} already in {s['out']}; "
+                  f"{errors['total']} error lines" + (f" ({kinds})" if kinds else ""))
+            print("wrote " + ", ".join(s[k] for k in ("out", "coco_results") if k in s))
+    finally:
+        distributed.shutdown()
 
 
 def _push(args: argparse.Namespace) -> None:
@@ -282,12 +310,13 @@ def _add_training_commands(commands) -> None:
 
 def _add_inference_commands(commands) -> None:
     """predict, serve, visualize, demo"""
-    p = commands.add_parser("predict", help="ground expressions in your own image")
+    p = commands.add_parser("predict", help="ground expressions in your own image, or the pairs of a file")
     p.add_argument("--checkpoint", default=None, help=DEMO_HELP)
     p.add_argument("--onnx", default=None, help="instead of --checkpoint: a model from vglaw export (onnxruntime)")
-    p.add_argument("--image", required=True, help="the image file (JPEG, PNG, ...)")
-    p.add_argument("--text", action="append", required=True, help="an expression (repeat for several)")
-    p.add_argument("--out", default=None, help="picture to write (default: <image name>.vglaw.png here)")
+    p.add_argument("--image", default=None, help="the image file (JPEG, PNG, ...)")
+    p.add_argument("--text", action="append", default=[], help="an expression (repeat for several)")
+    p.add_argument("--out", default=None, help="picture to write (default: <image name>.vglaw.png here); with "
+                                               "--pairs the JSONL results (default: <pairs name>.vglaw.jsonl here)")
     p.add_argument("--json", default=None, help="JSON to write (default: beside --out)")
     p.add_argument("--heatmap", action="store_true",
                    help="also write <out>.heatmap.png: where the box head looks for each expression")
@@ -295,6 +324,15 @@ def _add_inference_commands(commands) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
     p.add_argument("--mask-threshold", type=float, default=None, help=MASK_HELP)
     p.add_argument("--min-score", type=float, default=None, help=MIN_SCORE_HELP)
+    pairs = p.add_argument_group("many pairs from a file (resumable; shards over torchrun --nproc_per_node N)")
+    pairs.add_argument("--pairs", default=None,
+                       help="a JSONL, CSV or parquet file with columns image and text (and optionally id)")
+    pairs.add_argument("--image-root", default=None,
+                       help="where the pairs' image paths start (default: the pairs file's folder)")
+    pairs.add_argument("--masks", action="store_true", help="also write each mask as COCO RLE")
+    pairs.add_argument("--coco-results", default=None, help="also write a COCO-style results JSON (bbox, score)")
+    pairs.add_argument("--batch-size", type=int, default=32, help="expressions per forward pass")
+    pairs.add_argument("--num-workers", type=int, default=2, help="image-decoding processes")
     p.set_defaults(run=_predict)
 
     p = commands.add_parser("serve", help="a web page and HTTP API for grounding (needs the demo extra)")

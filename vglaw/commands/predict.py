@@ -44,6 +44,29 @@ def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=Non
     return {**written, "json": str(json_path), **result}
 
 
+def predict_pairs_file(checkpoint, pairs, *, out=None, image_root=None, masks: bool = False, coco_results=None,
+                       onnx=None, batch_size: int = 32, num_workers: int = 2, device="auto", precision="fp32",
+                       mask_threshold=None, min_score=None) -> dict:
+    """``vglaw predict --pairs``: every (image, expression) pair of a file into ``out`` (JSONL,
+    default ``<pairs name>.vglaw.jsonl`` here), resumable, sharded under torchrun (see
+    :mod:`vglaw.inference.batch`). Returns the run's summary."""
+    from .. import distributed as dist
+    from ..inference.batch import predict_pairs
+
+    if checkpoint is not None and onnx is not None:
+        raise InputError("give either --checkpoint or --onnx, not both")
+    device = dist.init(device)
+    if onnx is not None:
+        grounder = Grounder.from_onnx(onnx, mask_threshold=mask_threshold, min_score=min_score)
+    else:
+        grounder = Grounder.from_pretrained(checkpoint_or_demo(checkpoint), device=device, precision=precision,
+                                            mask_threshold=mask_threshold, min_score=min_score)
+    out = Path(out or f"{Path(pairs).stem}.vglaw.jsonl")
+    summary = predict_pairs(grounder, pairs, out, image_root=image_root, masks=masks, batch_size=batch_size,
+                            num_workers=num_workers, coco=coco_results)
+    return {**summary, "out": str(out), **({"coco_results": str(coco_results)} if coco_results else {})}
+
+
 def visualize(checkpoint, prepared, split: str, indexes: list[int], out_dir, *, law: bool = False,
               device="auto", mask_threshold=None) -> list[dict]:
     """``vglaw visualize``: a ground truth vs prediction panel per sample (and with ``law``, a

@@ -29,9 +29,9 @@ class Prediction:
 
     text: str
     box: tuple[float, float, float, float]  # x0, y0, x1, y1
-    mask: np.ndarray  # (H, W) bool
-    prob: np.ndarray  # (H, W) float32, sigmoid of the mask logits
-    attention: np.ndarray  # (H, W) float32 in [0, 1]: where the box head's pooling looks, / its maximum
+    mask: np.ndarray | None  # (H, W) bool (None only where the caller asked for no masks)
+    prob: np.ndarray | None  # (H, W) float32, sigmoid of the mask logits
+    attention: np.ndarray | None  # (H, W) float32 in [0, 1]: where the box head's pooling looks, / its maximum
     score: float | None = None  # the calibrated probability that the box is right (IoU >= 0.5); None uncalibrated
     found: bool = True  # False where the score is below the grounder's ``min_score``: not drawn, "not found"
 
@@ -109,24 +109,38 @@ class Grounder:
         return cls(OnnxModel(path), tokenizer and load_tokenizer(tokenizer), device="cpu",
                    mask_threshold=mask_threshold, min_score=min_score)
 
-    def inputs(self, rgb: Image.Image, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-        """The model's inputs for expressions on one RGB image: the letterboxed image repeated
-        per expression, token ids and mask on the device, and the :class:`Letterbox`."""
+    def tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, int]]]:
+        """Token ids and mask of ``texts`` on the device (padded to the longest, cut at the
+        model's limit), and the expressions that were cut, each with its token count."""
         if not texts:
             raise InputError("no expression given")
         for t in texts:
             if not isinstance(t, str) or not t.strip():
                 raise InputError(f"empty expression {t!r}: say what to find in the image")
-        letterbox = Letterbox.centred((rgb.height, rgb.width), self.spec.img_size)
+        tokens = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.spec.max_len,
+                                return_tensors="pt")
+        full = self.tokenizer(texts, verbose=False)["input_ids"]
+        cut = [(t, len(ids) - 2) for t, ids in zip(texts, full) if len(ids) > self.spec.max_len]
+        return tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device), cut
+
+    def inputs(self, rgb: Image.Image, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """The model's inputs for expressions on one RGB image: the letterboxed image repeated
+        per expression, token ids and mask on the device, and the :class:`Letterbox`."""
+        ids, mask, cut = self.tokens(texts)
         max_len = self.spec.max_len
-        for t, ids in zip(texts, self.tokenizer(texts, verbose=False)["input_ids"]):
-            if len(ids) > max_len:
-                log.warning('warning: the expression "%s" is %d tokens; the model reads its first %d (%d with '
-                            "[CLS] and [SEP])", shorten(t, 60, placeholder="..."), len(ids) - 2, max_len - 2, max_len)
-        tokens = self.tokenizer(texts, padding="longest", truncation=True, max_length=max_len, return_tensors="pt")
+        for t, n in cut:
+            log.warning('warning: the expression "%s" is %d tokens; the model reads its first %d (%d with '
+                        "[CLS] and [SEP])", shorten(t, 60, placeholder="..."), n, max_len - 2, max_len)
+        letterbox = Letterbox.centred((rgb.height, rgb.width), self.spec.img_size)
         canvas = letterbox.apply_image(rgb)[None].to(self.device)  # uint8, normalised there
         images = normalize_canvas(canvas, torch.tensor([letterbox.extent])).expand(len(texts), -1, -1, -1)
-        return images, tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device), letterbox
+        return images, ids, mask, letterbox
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                use_law: bool = True) -> dict[str, torch.Tensor]:
+        """The model on prepared inputs, at the grounder's precision (box attention included)."""
+        with autocast(self.device, self.precision):
+            return self._forward(images, input_ids, attention_mask, use_law=use_law, box_attention=True)
 
     @torch.inference_mode()
     def predict(self, image: ImageLike, text: str | list[str], *, use_law: bool = True):
@@ -141,21 +155,30 @@ class Grounder:
         texts = [text] if isinstance(text, str) else list(text)
         rgb = as_rgb(image)
         images, ids, mask, letterbox = self.inputs(rgb, texts)
-        with autocast(self.device, self.precision):
-            out = self._forward(images, ids, mask, use_law=use_law, box_attention=True)
-        size = self.spec.img_size
-        probs = out["mask_logits"][:, 0].float().sigmoid().cpu()
-        # (B, h, w) token weights -> (B, S, S) on the canvas, each map scaled to a maximum of 1
-        attention = F.interpolate(out["box_attention"].float()[:, None], size=(size, size), mode="bilinear",
-                                  align_corners=False)[:, 0].cpu()
-        attention = attention / attention.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]
-        boxes = letterbox.boxes_to_original(out["boxes"].float().cpu())
-        probs, heats = letterbox.maps_to_original(probs).numpy(), letterbox.maps_to_original(attention).numpy()
-        scores = self.scores(out, letterbox)
-        results = [Prediction(t, tuple(round(v, 2) for v in box.tolist()), prob > self.mask_threshold, prob, heat,
-                              score, score is None or self.min_score is None or score >= self.min_score)
-                   for t, box, prob, heat, score in zip(texts, boxes, probs, heats, scores)]
+        results = self.answers(self.forward(images, ids, mask, use_law=use_law), letterbox, texts)
         return results[0] if isinstance(text, str) else results
+
+    def answers(self, out: dict, letterbox: Letterbox, texts: list[str], *, masks: bool = True,
+                attention: bool = True) -> list[Prediction]:
+        """The model's outputs for the expressions of one image -> its :class:`Prediction` list,
+        in original pixels. Without ``masks`` / ``attention`` those maps are left None (and are
+        not computed)."""
+        boxes = letterbox.boxes_to_original(out["boxes"].float().cpu())
+        n = len(texts)
+        probs = heats = [None] * n
+        if masks:
+            probs = letterbox.maps_to_original(out["mask_logits"][:, 0].float().sigmoid().cpu()).numpy()
+        if attention:
+            # (B, h, w) token weights -> (B, S, S) on the canvas, each map scaled to a maximum of 1
+            size = self.spec.img_size
+            heat = F.interpolate(out["box_attention"].float()[:, None], size=(size, size), mode="bilinear",
+                                 align_corners=False)[:, 0].cpu()
+            heats = letterbox.maps_to_original(heat / heat.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]).numpy()
+        scores = self.scores(out, letterbox)
+        return [Prediction(t, tuple(round(v, 2) for v in box.tolist()),
+                           None if prob is None else prob > self.mask_threshold, prob, heat, score,
+                           score is None or self.min_score is None or score >= self.min_score)
+                for t, box, prob, heat, score in zip(texts, boxes, probs, heats, scores)]
 
     def scores(self, out: dict, letterbox: Letterbox) -> list[float | None]:
         """Each answer's calibrated probability of being right, from the forward pass's outputs

@@ -1,0 +1,101 @@
+"""Pairs per second: ``vglaw predict --pairs`` (the batch path) against a loop of
+``Grounder.predict`` over the same pairs, one call per pair, in one run, on this machine.
+
+* the bundled demo model (96 px canvas) on 500 pairs of a fresh synthetic set (about 6 pairs
+  per image);
+* ``vitb`` at 448 (random weights: speed does not depend on them) on 48 pairs (4 per image).
+
+Both paths write nothing but the batch path's results file; the model is loaded once, before
+the clocks start. Results: ``benchmarks/results_batch_predict.json``.
+
+    python benchmarks/batch_predict.py [--device cpu|cuda] [--vitb-pairs 48]
+
+On a GPU: ``python benchmarks/batch_predict.py --device cuda --pairs 5000 --vitb-pairs 2000``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from vglaw import build_model
+from vglaw.data import prepare
+from vglaw.data.prepare import load_split
+from vglaw.data.synth import generate
+from vglaw.hub import DEMO_CHECKPOINT
+from vglaw.inference.batch import predict_pairs
+from vglaw.inference.predictor import Grounder
+
+RESULTS = Path(__file__).with_name("results_batch_predict.json")
+
+
+def synthetic_pairs(root: Path, pairs: int, per_image: int | None, seed: int = 7) -> Path:
+    """A fresh synthetic set's (image, expression) pairs as JSONL beside its images, at most
+    ``per_image`` expressions per image (all of them when None)."""
+    generate(root, seed=seed, split_sizes={"val": pairs // (per_image or 6) + 1}, progress=False)
+    prepare(fmt="refer", data_root=root, dataset="synthref", image_root=root / "images", out=root / "prepared",
+            progress=False)
+    by_image: dict[str, list[str]] = {}
+    for record in load_split(root / "prepared", "val")[1]:
+        by_image.setdefault(record["image"], []).append(record["sentence"])
+    rows = [{"image": f"images/{image}", "text": text} for image, texts in by_image.items()
+            for text in texts[:per_image]][:pairs]
+    path = root / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"id": i, **r}) + "\n" for i, r in enumerate(rows)))
+    return path
+
+
+def measure(grounder: Grounder, pairs_path: Path, work: Path, batch_size: int, workers: list[int]) -> dict:
+    pairs = [json.loads(line) for line in pairs_path.read_text().splitlines()]
+    root = pairs_path.parent
+    grounder.predict(root / pairs[0]["image"], pairs[0]["text"])  # warm up
+    start = time.perf_counter()
+    for p in pairs:
+        grounder.predict(root / p["image"], p["text"])
+    loop = len(pairs) / (time.perf_counter() - start)
+    result = {"pairs": len(pairs), "images": len({p["image"] for p in pairs}), "loop_pairs_per_s": round(loop, 2)}
+    for n in workers:
+        out = work / f"out_{n}.jsonl"
+        start = time.perf_counter()
+        predict_pairs(grounder, pairs_path, out, batch_size=batch_size, num_workers=n)
+        batch = len(pairs) / (time.perf_counter() - start)
+        result[f"batch_pairs_per_s (workers {n})"] = round(batch, 2)
+        result[f"speedup (workers {n})"] = round(batch / loop, 2)
+        out.unlink()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--pairs", type=int, default=500)
+    parser.add_argument("--vitb-pairs", type=int, default=48)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+    results = {"command": "python benchmarks/batch_predict.py " + " ".join(
+        f"--{k.replace('_', '-')} {v if not isinstance(v, list) else ' '.join(map(str, v))}"
+        for k, v in vars(args).items()), "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {torch.backends.cpu.get_cpu_capability()}, "
+                   f"{torch.get_num_threads()} threads, torch {torch.__version__}"}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        demo = Grounder.from_pretrained(DEMO_CHECKPOINT, device=args.device)
+        results["demo (96 px), batch 32"] = measure(demo, synthetic_pairs(tmp / "demo", args.pairs, None), tmp, 32,
+                                                    args.workers)
+        print(json.dumps(results["demo (96 px), batch 32"]), flush=True)
+        build_model("vitb").save_pretrained(tmp / "vitb")
+        vitb = Grounder.from_pretrained(tmp / "vitb", device=args.device)
+        results["vitb (448 px), batch 8"] = measure(vitb, synthetic_pairs(tmp / "vitb_data", args.vitb_pairs, 4),
+                                                    tmp, 8, args.workers)
+        print(json.dumps(results["vitb (448 px), batch 8"]), flush=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

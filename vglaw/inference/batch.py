@@ -1,0 +1,316 @@
+"""Grounding (image, expression) pairs from a file: ``vglaw predict --pairs``.
+
+The pairs (JSONL, CSV or parquet with columns ``image`` and ``text``, optionally ``id``) are
+grouped by image: each image is decoded and letterboxed once, by DataLoader workers, and its
+expressions run together, packed with other images' into forward passes of up to
+``batch_size`` expressions. The answers are exactly :meth:`Grounder.predict`'s, pair by pair.
+
+Nothing is lost and nothing is done twice: each forward pass's lines are appended to a part
+file (``<out>.parts/rank<R>.jsonl``) and flushed to disk before the next pass, so a killed run
+loses at most the pass in flight; a rerun with the same ``--out`` reads what is there (a torn
+last line is dropped) and does only the rest. Under torchrun each process takes a disjoint
+share of the images and writes its own part; when all are done, rank 0 merges the parts into
+``<out>`` in input order (atomically) and removes them. An image that cannot be read, or an
+empty expression, gives that pair an ``error`` line instead of an answer.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .. import distributed as dist
+from ..data.transforms import Letterbox, normalize_canvas
+from ..errors import InputError, MissingFileError, VglawError
+from ..fileio import atomic_write
+from ..progress import progress
+from .postprocess import prediction_json
+from .predictor import Grounder, as_rgb
+
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+
+
+# ----------------------------------------------------------------------------- the pairs
+def read_pairs(path: str | os.PathLike) -> list[dict]:
+    """The pairs of a JSONL, CSV or parquet file as ``{"id", "image", "text"}`` in file order;
+    ``id`` defaults to the row's index (from 0). Names the file and what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"pairs file {path} not found")
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise InputError(f"{path}: give the pairs as .jsonl, .csv or .parquet (got {path.suffix or 'no suffix'!r})")
+    if kind == "jsonl":
+        rows = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{path}, line {number}: not JSON ({e})") from None
+                if not isinstance(rows[-1], dict):
+                    raise InputError(f"{path}, line {number}: expected an object with image and text")
+    elif kind == "csv":
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+    for column in ("image", "text"):
+        if rows and any(column not in r for r in rows):
+            have = sorted(set().union(*(r.keys() for r in rows)))
+            raise InputError(f"{path} has no column {column!r} in every row (columns: {', '.join(have)})")
+    pairs, seen = [], set()
+    for i, r in enumerate(rows):
+        pid = r.get("id", i)
+        if not isinstance(pid, (str, int)) or isinstance(pid, bool):
+            raise InputError(f"{path}, row {i}: id must be a string or an integer, got {pid!r}")
+        if key(pid) in seen:
+            raise InputError(f"{path}: id {pid!r} appears twice (row {i}); ids name the results, one per pair")
+        seen.add(key(pid))
+        if not isinstance(r["image"], str) or not r["image"]:
+            raise InputError(f"{path}, row {i}: image must be a path, got {r['image']!r}")
+        pairs.append({"id": pid, "image": r["image"], "text": r["text"] if isinstance(r["text"], str) else ""})
+    return pairs
+
+
+def key(pid) -> str:
+    """A pair's id as a dict key that tells 1 from "1" (as JSON does)."""
+    return json.dumps(pid)
+
+
+@dataclass
+class Unit:
+    """One image with some of its pairs (at most a batch of them)."""
+
+    image: str
+    rows: list[int]  # indexes into the pairs
+
+
+def group(pairs: list[dict], todo: list[int], batch_size: int) -> list[Unit]:
+    """The ``todo`` pairs grouped by image, in order of each image's first pair; an image with
+    more than ``batch_size`` expressions is split."""
+    by_image: dict[str, list[int]] = {}
+    for i in todo:
+        by_image.setdefault(pairs[i]["image"], []).append(i)
+    return [Unit(image, rows[k:k + batch_size]) for image, rows in by_image.items()
+            for k in range(0, len(rows), batch_size)]
+
+
+def pack(units: list[Unit], batch_size: int) -> list[list[int]]:
+    """Consecutive units packed into batches of at most ``batch_size`` expressions (index lists)."""
+    batches, current, size = [], [], 0
+    for k, unit in enumerate(units):
+        if current and size + len(unit.rows) > batch_size:
+            batches.append(current)
+            current, size = [], 0
+        current.append(k)
+        size += len(unit.rows)
+    return batches + ([current] if current else [])
+
+
+class UnitImages(Dataset):
+    """Each unit's image decoded and letterboxed (in a DataLoader worker): ``{"unit", "canvas"
+    (3, S, S) uint8, "letterbox", "size" (W, H)}``, or ``{"unit", "error"}`` when it cannot be read."""
+
+    def __init__(self, units: list[Unit], image_root: Path, img_size: int) -> None:
+        self.units, self.image_root, self.img_size = units, image_root, img_size
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    def __getitem__(self, k: int) -> dict:
+        try:
+            rgb = as_rgb(self.image_root / self.units[k].image)
+        except (VglawError, OSError) as e:
+            return {"unit": k, "error": str(e)}
+        letterbox = Letterbox.centred((rgb.height, rgb.width), self.img_size)
+        return {"unit": k, "canvas": letterbox.apply_image(rgb), "letterbox": letterbox, "size": rgb.size}
+
+
+# ----------------------------------------------------------------------------- result files
+def read_results(path: Path) -> tuple[list[dict], int]:
+    """The whole JSON lines of a results file and the byte length they fill; a torn last line
+    (a run killed mid-write) is not counted."""
+    lines, length = [], 0
+    if path.is_file():
+        with open(path, "rb") as f:
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    break
+                try:
+                    lines.append(json.loads(raw))
+                except json.JSONDecodeError:
+                    break
+                length += len(raw)
+    return lines, length
+
+
+class PartWriter:
+    """Appends lines to one part file, each call's lines flushed and fsynced together; a torn
+    last line left by a killed run is cut off first."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _, length = read_results(path)
+        if path.is_file() and path.stat().st_size != length:
+            os.truncate(path, length)
+        self.file = open(path, "a", encoding="utf-8")
+
+    def write(self, lines: list[dict]) -> None:
+        self.file.write("".join(json.dumps(line) + "\n" for line in lines))
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def parts_folder(out: Path) -> Path:
+    return out.with_name(out.name + ".parts")
+
+
+def done_results(out: Path) -> dict[str, dict]:
+    """Every result already written for ``out`` (the merged file and the parts), by pair id."""
+    done = {}
+    for path in [out, *sorted(parts_folder(out).glob("*.jsonl"))]:
+        for line in read_results(path)[0]:
+            done[key(line["id"])] = line
+    return done
+
+
+def coco_results(lines: list[dict]) -> list[dict]:
+    """The answers as a COCO results list (what pycocotools' ``loadRes`` reads): per pair,
+    ``image_id`` (the pair's id), ``category_id`` 1, ``bbox`` (x, y, w, h pixels), ``score``
+    (1.0 for an uncalibrated checkpoint) and, when masks were written, ``segmentation`` (RLE)."""
+    results = []
+    for line in lines:
+        if "error" in line:
+            continue
+        x0, y0, x1, y1 = line["box_xyxy"]
+        entry = {"image_id": line["id"], "category_id": 1, "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],
+                 "score": 1.0 if line["score"] is None else line["score"]}
+        if "mask_rle" in line:
+            entry["segmentation"] = line["mask_rle"]
+        results.append(entry)
+    return results
+
+
+# ----------------------------------------------------------------------------- the run
+def predict_pairs(grounder: Grounder, pairs_path: str | os.PathLike, out: str | os.PathLike, *,
+                  image_root: str | os.PathLike | None = None, masks: bool = False, batch_size: int = 32,
+                  num_workers: int = 2, coco: str | os.PathLike | None = None) -> dict:
+    """Ground every pair of ``pairs_path`` into the JSONL file ``out`` (see the module's
+    docstring); ``image_root`` (default: the pairs file's folder) is where image paths start.
+    Returns a summary: pairs, already done, grounded now, errors, seconds, pairs per second."""
+    start = time.perf_counter()
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    pairs_path, out = Path(pairs_path), Path(out)
+    image_root = Path(image_root) if image_root is not None else pairs_path.parent
+    pairs = read_pairs(pairs_path)
+    done = done_results(out)
+    unknown = set(done) - {key(p["id"]) for p in pairs}
+    if unknown:
+        raise InputError(f"{out} holds results for {len(unknown)} pairs that {pairs_path} does not have (e.g. id "
+                         f"{json.loads(min(unknown))!r}): give another --out")
+    dist.barrier()  # every process has read what is done before any writes more
+    todo = [i for i, p in enumerate(pairs) if key(p["id"]) not in done]
+    units = group(pairs, todo, batch_size)[dist.rank()::dist.world_size()]
+    mine = sum(len(u.rows) for u in units)
+    written = _run(grounder, pairs, units, image_root, PartWriter(parts_folder(out) / f"rank{dist.rank()}.jsonl"),
+                    masks=masks, batch_size=batch_size, num_workers=num_workers, total=mine)
+    counts = dist.all_reduce_sum(torch.tensor([float(written)], device=grounder.device)).tolist()
+    dist.barrier()  # every part is complete
+    summary = {"pairs": len(pairs), "already_done": len(pairs) - len(todo), "done_now": int(counts[0])}
+    if dist.is_main():
+        lines = _merge(pairs, out)
+        if coco is not None:
+            atomic_write(coco, lambda p: p.write_text(json.dumps(coco_results(lines)) + "\n"))
+        errors = [line["error"] for line in lines if "error" in line]
+        summary["errors"] = {kind: sum(e.startswith(kind) for e in errors) for kind in ERROR_KINDS}
+        summary["errors"]["total"] = len(errors)
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    summary["pairs_per_s"] = round(summary["done_now"] / summary["seconds"], 2) if summary["seconds"] else None
+    dist.barrier()  # the merged file is there before any process returns
+    return summary
+
+
+ERROR_KINDS = ("cannot read image", "empty expression")
+
+
+def _run(grounder: Grounder, pairs: list[dict], units: list[Unit], image_root: Path, writer: PartWriter, *,
+         masks: bool, batch_size: int, num_workers: int, total: int) -> int:
+    """Ground this process's units, one part-file write per forward pass; returns the pairs done."""
+    dataset = UnitImages(units, image_root, grounder.spec.img_size)
+    loader = DataLoader(dataset, batch_sampler=pack(units, batch_size), collate_fn=list, num_workers=num_workers,
+                        pin_memory=grounder.device.type == "cuda", prefetch_factor=4 if num_workers else None)
+    bar = progress(None, "grounding", show=dist.is_main(), total=total, unit="pair")
+    done = 0
+    try:
+        for items in loader:
+            lines = _answer(grounder, pairs, [(units[item["unit"]], item) for item in items], masks)
+            writer.write(lines)
+            done += len(lines)
+            bar.update(len(lines))
+    finally:
+        writer.close()
+        bar.close()
+    return done
+
+
+@torch.inference_mode()
+def _answer(grounder: Grounder, pairs: list[dict], batch: list[tuple[Unit, dict]], masks: bool) -> list[dict]:
+    """One forward pass over the batch's images and their expressions -> one line per pair, in
+    the batch's order (error lines for unreadable images and empty expressions)."""
+    lines, images, extents, texts, rows, letterboxes, sizes = [], [], [], [], [], [], []
+    for unit, item in batch:
+        if "error" in item:
+            lines += [{**pairs[i], "error": item["error"]} for i in unit.rows]
+            continue
+        ok = [i for i in unit.rows if pairs[i]["text"].strip()]
+        lines += [{**pairs[i], "error": "empty expression"} for i in unit.rows if i not in ok]
+        if ok:
+            images.append(item["canvas"])
+            extents.append(item["letterbox"].extent)
+            letterboxes.append(item["letterbox"])
+            sizes.append(item["size"])
+            rows.append(ok)
+            texts += [pairs[i]["text"] for i in ok]
+    if not texts:
+        return lines
+    counts = torch.tensor([len(r) for r in rows])
+    canvases = torch.stack(images).to(grounder.device, non_blocking=True)
+    inputs = normalize_canvas(canvases, torch.tensor(extents)).repeat_interleave(counts.to(grounder.device), 0)
+    ids, mask, _ = grounder.tokens(texts)
+    out = grounder.forward(inputs, ids, mask)
+    start = 0
+    for image_rows, letterbox, (width, height) in zip(rows, letterboxes, sizes):
+        end = start + len(image_rows)
+        answers = grounder.answers({k: v[start:end] for k, v in out.items()}, letterbox, texts[start:end],
+                                   masks=masks, attention=False)
+        lines += [{"id": pairs[i]["id"], "image": pairs[i]["image"], "width": width, "height": height,
+                   **prediction_json(p)} for i, p in zip(image_rows, answers)]
+        start = end
+    return lines
+
+
+def _merge(pairs: list[dict], out: Path) -> list[dict]:
+    """All results, from ``out`` and the parts, written to ``out`` in input order (atomically);
+    the parts are then removed. Returns the lines."""
+    done = done_results(out)
+    missing = [p["id"] for p in pairs if key(p["id"]) not in done]
+    if missing:
+        raise RuntimeError(f"{len(missing)} pairs have no result after every process finished (e.g. {missing[0]!r})")
+    lines = [done[key(p["id"])] for p in pairs]
+    atomic_write(out, lambda path: path.write_text("".join(json.dumps(line) + "\n" for line in lines)))
+    shutil.rmtree(parts_folder(out), ignore_errors=True)
+    return lines
