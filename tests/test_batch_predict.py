@@ -18,7 +18,7 @@ from vglaw.cli import main
 from vglaw.data.masks import decode_rle
 from vglaw.errors import InputError
 from vglaw.hub import DEMO_CHECKPOINT
-from vglaw.inference.batch import coco_results, parts_folder, predict_pairs, read_pairs
+from vglaw.inference.batch import PartWriter, coco_results, group, pack, parts_folder, predict_pairs, read_pairs
 from vglaw.inference.predictor import Grounder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,8 +83,11 @@ def assert_equal_to_pair_by_pair(lines, pairs, root, grounder, masks=True):
 def test_the_batch_path_equals_grounder_predict_pair_by_pair(tmp_path, grounder):
     pairs = make_pairs(tmp_path)
     path = write_jsonl(tmp_path / "pairs.jsonl", pairs)
-    # batch 4: images with up to 6 expressions are split, small ones packed together
-    summary = predict_pairs(grounder, path, tmp_path / "out.jsonl", masks=True, batch_size=4, num_workers=1,
+    # batch 5: the image with 6 expressions is split, small ones are packed together
+    units = group(pairs, list(range(len(pairs))), 5)
+    batches = [[units[k].image for k in batch] for batch in pack(units, 5)]
+    assert any(len(set(images)) > 1 for images in batches) and len(units) > len({p["image"] for p in pairs})
+    summary = predict_pairs(grounder, path, tmp_path / "out.jsonl", masks=True, batch_size=5, num_workers=1,
                             coco=tmp_path / "coco.json")
     assert summary["done_now"] == len(pairs) and summary["errors"]["total"] == 0
     lines = lines_of(tmp_path / "out.jsonl")
@@ -152,6 +155,17 @@ def test_a_rerun_skips_what_is_written_and_drops_a_torn_line(tmp_path, grounder)
     write_jsonl(tmp_path / "other.jsonl", [{"id": "new", "image": pairs[0]["image"], "text": "x"}])
     with pytest.raises(InputError, match="holds results for .* pairs that .*other.jsonl does not have"):
         predict_pairs(grounder, tmp_path / "other.jsonl", out)
+
+
+def test_each_write_is_on_disk_before_the_next_pass(tmp_path):
+    """What a kill after a pass finds: every line written so far, whole (read by another handle
+    while the writer is still open)."""
+    writer = PartWriter(tmp_path / "part.jsonl")
+    writer.write([{"id": 1, "error": "x"}, {"id": 2, "error": "y"}])
+    assert lines_of(tmp_path / "part.jsonl") == [{"id": 1, "error": "x"}, {"id": 2, "error": "y"}]
+    writer.write([{"id": 3, "error": "z"}])
+    assert len(lines_of(tmp_path / "part.jsonl")) == 3
+    writer.close()
 
 
 def test_kill_9_loses_at_most_the_batch_in_flight_and_a_rerun_completes_the_file(tmp_path, grounder):
