@@ -273,8 +273,12 @@ def test_an_unknown_flag_is_named(capsys):
     err = capsys.readouterr().err
     assert "unrecognized option --txt (did you mean --text?)" in err and "usage: vglaw predict" in err
     with pytest.raises(SystemExit):  # an abbreviation argparse accepts is not unknown
-        main(["predict", "--im", "x.png", "--help"])
+        main(["predict", "--heat", "--image", "x.png", "--help"])
     assert "unrecognized" not in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # nor is an ambiguous one: argparse names the candidates
+        main(["predict", "--im", "x.png"])
+    err = capsys.readouterr().err
+    assert "unrecognized" not in err and "--image, --image-root" in err
 
 
 def test_a_file_that_is_not_a_checkpoint_gets_vglaws_message(tmp_path, capsys):

@@ -395,7 +395,7 @@ def _check_options(parser: argparse.ArgumentParser, argv: list[str]) -> None:
         name = arg.split("=", 1)[0]
         if not name.startswith("--") or name in known:
             continue
-        if len([o for o in known if o.startswith(name)]) == 1:  # an abbreviation argparse accepts
+        if any(o.startswith(name) for o in known):  # an abbreviation: argparse takes it or names the ambiguity
             continue
         close = difflib.get_close_matches(name, known, n=1)
         command.error(f"unrecognized option {name}" + (f" (did you mean {close[0]}?)" if close else ""))
