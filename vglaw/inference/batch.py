@@ -35,6 +35,7 @@ from .postprocess import prediction_json
 from .predictor import Grounder, as_rgb
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+ERROR_KINDS = ("cannot read image", "empty expression")  # how error lines begin, as the summary counts them
 
 
 # ----------------------------------------------------------------------------- the pairs
@@ -210,7 +211,8 @@ def predict_pairs(grounder: Grounder, pairs_path: str | os.PathLike, out: str | 
                   num_workers: int = 2, coco: str | os.PathLike | None = None) -> dict:
     """Ground every pair of ``pairs_path`` into the JSONL file ``out`` (see the module's
     docstring); ``image_root`` (default: the pairs file's folder) is where image paths start.
-    Returns a summary: pairs, already done, grounded now, errors, seconds, pairs per second."""
+    Returns a summary: pairs, already done, done now (over all processes), errors (rank 0),
+    seconds, pairs per second."""
     start = time.perf_counter()
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
@@ -227,7 +229,7 @@ def predict_pairs(grounder: Grounder, pairs_path: str | os.PathLike, out: str | 
     units = group(pairs, todo, batch_size)[dist.rank()::dist.world_size()]
     mine = sum(len(u.rows) for u in units)
     written = _run(grounder, pairs, units, image_root, PartWriter(parts_folder(out) / f"rank{dist.rank()}.jsonl"),
-                    masks=masks, batch_size=batch_size, num_workers=num_workers, total=mine)
+                   masks=masks, batch_size=batch_size, num_workers=num_workers, total=mine)
     counts = dist.all_reduce_sum(torch.tensor([float(written)], device=grounder.device)).tolist()
     dist.barrier()  # every part is complete
     summary = {"pairs": len(pairs), "already_done": len(pairs) - len(todo), "done_now": int(counts[0])}
@@ -242,9 +244,6 @@ def predict_pairs(grounder: Grounder, pairs_path: str | os.PathLike, out: str | 
     summary["pairs_per_s"] = round(summary["done_now"] / summary["seconds"], 2) if summary["seconds"] else None
     dist.barrier()  # the merged file is there before any process returns
     return summary
-
-
-ERROR_KINDS = ("cannot read image", "empty expression")
 
 
 def _run(grounder: Grounder, pairs: list[dict], units: list[Unit], image_root: Path, writer: PartWriter, *,
