@@ -134,6 +134,13 @@ def test_bad_images_and_empty_expressions_get_error_lines_not_a_crash(tmp_path, 
     good = [p for p in pairs if p["id"] not in ("broken", "gone", "empty")]
     assert_equal_to_pair_by_pair([lines[p["id"]] for p in good], good, tmp_path, grounder, masks=False)
     assert "mask_rle" not in lines[good[0]["id"]]  # masks only with --masks
+    # a rerun tries the error lines again: the missing image is there now
+    shapes_image(tmp_path / "nowhere.png", 5)
+    assert main(["predict", "--pairs", str(path), "--out", str(tmp_path / "out.jsonl"), "--num-workers", "0"]) == 0
+    assert "3 done now" in capsys.readouterr().out
+    lines = {line["id"]: line for line in lines_of(tmp_path / "out.jsonl")}
+    assert "error" not in lines["gone"] and lines["empty"]["error"] == "empty expression"
+    assert_equal_to_pair_by_pair([lines["gone"]], [pairs[-2]], tmp_path, grounder, masks=False)
 
 
 def test_a_rerun_skips_what_is_written_and_drops_a_torn_line(tmp_path, grounder):

@@ -2,6 +2,7 @@
 beside the weights."""
 from __future__ import annotations
 
+import logging
 import os
 
 from .. import distributed as dist
@@ -10,6 +11,8 @@ from ..hub import resolve_checkpoint
 from ..model import VGLAW
 from ..model.confidence import Calibrator, calibration_path
 from .eval import split_samples
+
+log = logging.getLogger(__name__)
 
 
 def calibrate(checkpoint: str | os.PathLike, prepared: str | os.PathLike, split: str = "val", *,
@@ -28,5 +31,8 @@ def calibrate(checkpoint: str | os.PathLike, prepared: str | os.PathLike, split:
                                            **(describe or {})})
     out = calibration_path(path)
     if dist.is_main():
+        if out.is_file():
+            log.warning("replacing the calibrator in %s (it was fitted on %s)", out,
+                        Calibrator.load(out).fitted_on_words())
         calibrator.save(out)
     return calibrator, str(out)

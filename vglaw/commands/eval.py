@@ -63,6 +63,9 @@ def run_eval(checkpoint: str | os.PathLike, prepared: str | os.PathLike, splits:
     tok = load_tokenizer(tokenizer or model.spec.tokenizer)
     results, curves = {}, {}
     for split in splits:
+        if model.calibrator is not None and fitted_here(model.calibrator.fitted_on, prepared, split) and dist.is_main():
+            log.warning("the calibrator was fitted on %s of %s: its score metrics there are optimistic (evaluate it on "
+                        "another split)", split, prepared)
         results[split], samples = split_samples(model, prepared, split, device=device, batch_size=batch_size,
                                                 num_workers=num_workers, precision=precision,
                                                 mask_threshold=mask_threshold, tokenizer=tok)
@@ -77,6 +80,14 @@ def run_eval(checkpoint: str | os.PathLike, prepared: str | os.PathLike, splits:
 
         confidence_plot(curves).save(plot)
     return results
+
+
+def fitted_here(fitted_on: dict, prepared, split: str) -> bool:
+    """Was a calibrator fitted on this split of this prepared data?"""
+    try:
+        return fitted_on.get("split") == split and Path(fitted_on.get("data", "")).resolve() == Path(prepared).resolve()
+    except OSError:
+        return False
 
 
 def write_results(results: dict, path: str | os.PathLike, **info) -> None:

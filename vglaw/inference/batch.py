@@ -8,7 +8,7 @@ expressions run together, packed with other images' into forward passes of up to
 Nothing is lost and nothing is done twice: each forward pass's lines are appended to a part
 file (``<out>.parts/rank<R>.jsonl``) and flushed to disk before the next pass, so a killed run
 loses at most the pass in flight; a rerun with the same ``--out`` reads what is there (a torn
-last line is dropped) and does only the rest. Under torchrun each process takes a disjoint
+last line is dropped) and does only the rest, pairs that got an error line included. Under torchrun each process takes a disjoint
 share of the images and writes its own part; when all are done, rank 0 merges the parts into
 ``<out>`` in input order (atomically) and removes them. An image that cannot be read, or an
 empty expression, gives that pair an ``error`` line instead of an answer.
@@ -180,11 +180,14 @@ def parts_folder(out: Path) -> Path:
 
 
 def done_results(out: Path) -> dict[str, dict]:
-    """Every result already written for ``out`` (the merged file and the parts), by pair id."""
+    """Every result already written for ``out`` (the merged file and the parts), by pair id; an
+    answer wins over an error line for the same pair (a retry that succeeded)."""
     done = {}
     for path in [out, *sorted(parts_folder(out).glob("*.jsonl"))]:
         for line in read_results(path)[0]:
-            done[key(line["id"])] = line
+            earlier = done.get(key(line["id"]))
+            if earlier is None or "error" in earlier or "error" not in line:
+                done[key(line["id"])] = line
     return done
 
 
@@ -225,7 +228,8 @@ def predict_pairs(grounder: Grounder, pairs_path: str | os.PathLike, out: str | 
         raise InputError(f"{out} holds results for {len(unknown)} pairs that {pairs_path} does not have (e.g. id "
                          f"{json.loads(min(unknown))!r}): give another --out")
     dist.barrier()  # every process has read what is done before any writes more
-    todo = [i for i, p in enumerate(pairs) if key(p["id"]) not in done]
+    # pairs with an answer are done; error lines are tried again (the image may be there now)
+    todo = [i for i, p in enumerate(pairs) if "error" in done.get(key(p["id"]), {"error": None})]
     units = group(pairs, todo, batch_size)[dist.rank()::dist.world_size()]
     mine = sum(len(u.rows) for u in units)
     written = _run(grounder, pairs, units, image_root, PartWriter(parts_folder(out) / f"rank{dist.rank()}.jsonl"),

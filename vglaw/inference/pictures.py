@@ -265,8 +265,9 @@ def confidence_plot(splits: dict[str, tuple[np.ndarray, np.ndarray]], size: int 
                                        fill=COLOURS[1] + (0,), outline=COLOURS[1])
                         draw.ellipse([*(v - 3 for v in at(b["mean_score"], b["accuracy"])),
                                       *(v + 3 for v in at(b["mean_score"], b["accuracy"]))], fill=COLOURS[0])
-                        draw.text((at(b["low"], 0)[0] + 2, at(0, b["accuracy"])[1] - 16), str(b["count"]),
-                                  fill=GREY, font=font)
+                        top = at(0, b["accuracy"])[1]  # the count above its bar, or inside it near the frame
+                        draw.text((at(b["low"], 0)[0] + 2, top - 16 if top >= 26 else top + 8), str(b["count"]),
+                                  fill=GREY if top >= 26 else TEXT, font=font)
                 xlabel = "score (dot: bin's mean; number: answers)"
             else:
                 curve = coverage_curve(scores, right)

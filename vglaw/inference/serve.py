@@ -119,13 +119,7 @@ def scoring(grounder: Grounder) -> str:
         return " This checkpoint has no confidence calibrator: answers carry no score."
     hidden = "" if grounder.min_score is None else f" Answers scoring below {grounder.min_score} are shown as not found."
     return (" Each answer's score is the calibrated probability that its box is right (IoU >= 0.5 with the "
-            f"object meant), fitted on {fitted_on(grounder.calibrator)}.{hidden}")
-
-
-def fitted_on(calibrator) -> str:
-    """Where a calibrator was fitted, in words."""
-    info = calibrator.fitted_on
-    return f"{info.get('samples', '?')} expressions of {info.get('data', 'an unnamed set')} ({info.get('split', '?')})"
+            f"object meant), fitted on {grounder.calibrator.fitted_on_words()}.{hidden}")
 
 
 def trained_on(checkpoint: Path) -> str:

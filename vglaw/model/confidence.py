@@ -148,6 +148,11 @@ class Calibrator:
             z = z + coef * (features[name].double() - mean) / scale
         return z.sigmoid().float()
 
+    def fitted_on_words(self) -> str:
+        """Where it was fitted, in words: "N expressions of DATA (SPLIT)"."""
+        info = self.fitted_on
+        return f"{info.get('samples', '?')} expressions of {info.get('data', 'an unnamed set')} ({info.get('split', '?')})"
+
     # ------------------------------------------------------------------ files
     def to_dict(self) -> dict:
         d = asdict(self)
