@@ -10,6 +10,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from vglaw.cli import main
+from vglaw.data.transforms import image_region
 from vglaw.engine.calibrate import fit_calibrator
 from vglaw.errors import InputError
 from vglaw.hub import DEMO_CHECKPOINT
@@ -66,7 +67,7 @@ def test_features_equal_a_pixel_by_pixel_reference():
     attention = torch.rand(2, 3, 3, generator=g).flatten(1).softmax(1).view(2, 3, 3)
     boxes = torch.tensor([[0.5, 0.4, 0.4, 0.3], [0.45, 0.45, 0.3, 0.5]])
     extents = torch.tensor([[0, 0, 24, 24], [0, 3, 20, 18]])
-    got = confidence_features(boxes, logits, attention, extents)
+    got = confidence_features(boxes, logits, attention, image_region(extents, S))
     assert list(got) == list(FEATURES)
     for b in range(2):
         want = reference_features(boxes[b].tolist(), logits[b, 0].numpy(), attention[b].numpy(), extents[b].tolist())
@@ -76,7 +77,7 @@ def test_features_equal_a_pixel_by_pixel_reference():
 
 def test_an_empty_mask_gives_zeros_not_nans():
     got = confidence_features(torch.tensor([[0.5, 0.5, 0.2, 0.2]]), torch.full((1, 1, 8, 8), -5.0),
-                              torch.full((1, 2, 2), 0.25), torch.tensor([[0, 0, 8, 8]]))
+                              torch.full((1, 2, 2), 0.25), image_region(torch.tensor([[0, 0, 8, 8]]), 8))
     assert got["box_mask_iou"].item() == got["mask_confidence"].item() == got["mask_logit_mean"].item() == 0.0
     assert all(torch.isfinite(v).all() for v in got.values())
     assert got["attention_entropy"].item() == pytest.approx(1.0)  # uniform over 4 tokens

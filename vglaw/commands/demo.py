@@ -52,11 +52,11 @@ def _metrics(model, dataset, batch_size: int = 32) -> tuple[dict, dict]:
                         desc="eval", calibrator=model.calibrator, with_samples=True)
 
 
-def score_report(model, metrics: dict, samples: dict, control: dict) -> tuple[dict, dict]:
+def score_report(metrics: dict, samples: dict, control: dict) -> tuple[dict, dict]:
     """How the calibrator's scores do on the demo's set: (numbers, checks). The numbers are the
     score's metrics from ``evaluate`` plus the AUROC of right answers against wrong answers to
     shuffled expressions (``shuffled_auroc``) and the mean score of each."""
-    scores, shuffled_scores = model.calibrator(samples["features"]).numpy(), model.calibrator(control["features"]).numpy()
+    scores, shuffled_scores = samples["score"].numpy(), control["score"].numpy()
     right, wrong = (samples["box_iou"] >= 0.5).numpy(), (control["box_iou"] < 0.5).numpy()
     numbers = {k: metrics[k] for k in ("auroc", "ece", "mean_score", "prec@0.5@50%", "prec@0.5@80%", "prec@0.5@100%")}
     numbers.update(shuffled_auroc=separation_auroc(scores[right], shuffled_scores[wrong]),
@@ -96,7 +96,7 @@ def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = 
               "shuffled prec@0.5 at least 0.40 lower": drop >= THRESHOLDS["shuffled_drop"]}
     scores, score_lines = None, ["This checkpoint has no confidence calibrator: its answers carry no score."]
     if model.calibrator is not None:
-        scores, score_checks = score_report(model, metrics, samples, control_samples)
+        scores, score_checks = score_report(metrics, samples, control_samples)
         checks.update(score_checks)
         score_lines = score_summary(scores, model.calibrator)
     print("[4/4] drawing pictures", flush=True)
@@ -105,8 +105,7 @@ def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = 
         from ..inference.pictures import confidence_plot
 
         path = out / "pictures" / "confidence.png"
-        confidence_plot({"fresh set": (model.calibrator(samples["features"]).numpy(),
-                                       (samples["box_iou"] >= 0.5).numpy())}).save(path)
+        confidence_plot({"fresh set": (samples["score"].numpy(), (samples["box_iou"] >= 0.5).numpy())}).save(path)
         files.append((path, "the scores' reliability diagram and coverage-precision curve"))
     result = {"checkpoint": str(checkpoint), "seed": seed, "images": images,
               "results": {"val": metrics, "val (expressions shuffled)": control},

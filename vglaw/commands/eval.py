@@ -71,7 +71,7 @@ def run_eval(checkpoint: str | os.PathLike, prepared: str | os.PathLike, splits:
                                                 mask_threshold=mask_threshold, tokenizer=tok)
         results[split]["mask_threshold"] = mask_threshold
         if model.calibrator is not None:
-            curves[split] = (model.calibrator(samples["features"]).numpy(), (samples["box_iou"] >= 0.5).numpy())
+            curves[split] = (samples["score"].numpy(), (samples["box_iou"] >= 0.5).numpy())
         if dist.is_main():
             log.info("%s: %d expressions, box P@0.5 %.4f", split, results[split]["samples"],
                      results[split]["prec@0.5"])
@@ -84,10 +84,7 @@ def run_eval(checkpoint: str | os.PathLike, prepared: str | os.PathLike, splits:
 
 def fitted_here(fitted_on: dict, prepared, split: str) -> bool:
     """Was a calibrator fitted on this split of this prepared data?"""
-    try:
-        return fitted_on.get("split") == split and Path(fitted_on.get("data", "")).resolve() == Path(prepared).resolve()
-    except OSError:
-        return False
+    return fitted_on.get("split") == split and Path(fitted_on.get("data", "")).resolve() == Path(prepared).resolve()
 
 
 def write_results(results: dict, path: str | os.PathLike, **info) -> None:

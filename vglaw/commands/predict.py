@@ -12,6 +12,17 @@ from ..inference.postprocess import predictions_json
 from ..inference.predictor import Grounder, as_rgb
 
 
+def load_grounder(checkpoint, onnx, *, device, precision, mask_threshold, min_score) -> Grounder:
+    """The grounder of ``vglaw predict``: onnxruntime on the ``onnx`` file, else PyTorch on
+    ``checkpoint`` (default: the bundled demo model, with a warning on stderr)."""
+    if checkpoint is not None and onnx is not None:
+        raise InputError("give either --checkpoint or --onnx, not both")
+    if onnx is not None:
+        return Grounder.from_onnx(onnx, mask_threshold=mask_threshold, min_score=min_score)
+    return Grounder.from_pretrained(checkpoint_or_demo(checkpoint), device=device, precision=precision,
+                                    mask_threshold=mask_threshold, min_score=min_score)
+
+
 def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=None, heatmap: bool = False,
             onnx=None, device="auto", precision="fp32", mask_threshold=None, min_score=None) -> dict:
     """``vglaw predict``: ground the expressions, write the picture and the JSON (and with
@@ -19,15 +30,10 @@ def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=Non
     ``onnx`` (a file from ``vglaw export``) onnxruntime runs the model instead of PyTorch;
     with neither, the bundled demo model (a warning on stderr says what it knows). Answers scoring
     below ``min_score`` are marked not found."""
-    if checkpoint is not None and onnx is not None:
-        raise InputError("give either --checkpoint or --onnx, not both")
     device = resolve_device(device)  # a bad device is the one line, before anything loads
     image = as_rgb(image_path)  # a bad image fails before the model loads
-    if onnx is not None:
-        grounder = Grounder.from_onnx(onnx, mask_threshold=mask_threshold, min_score=min_score)
-    else:
-        grounder = Grounder.from_pretrained(checkpoint_or_demo(checkpoint), device=device, precision=precision,
-                                            mask_threshold=mask_threshold, min_score=min_score)
+    grounder = load_grounder(checkpoint, onnx, device=device, precision=precision, mask_threshold=mask_threshold,
+                             min_score=min_score)
     preds = grounder.predict(image, texts)
     stem = Path(image_path).stem
     out = Path(out or f"{stem}.vglaw.png")
@@ -53,14 +59,8 @@ def predict_pairs_file(checkpoint, pairs, *, out=None, image_root=None, masks: b
     from .. import distributed as dist
     from ..inference.batch import predict_pairs
 
-    if checkpoint is not None and onnx is not None:
-        raise InputError("give either --checkpoint or --onnx, not both")
-    device = dist.init(device)
-    if onnx is not None:
-        grounder = Grounder.from_onnx(onnx, mask_threshold=mask_threshold, min_score=min_score)
-    else:
-        grounder = Grounder.from_pretrained(checkpoint_or_demo(checkpoint), device=device, precision=precision,
-                                            mask_threshold=mask_threshold, min_score=min_score)
+    grounder = load_grounder(checkpoint, onnx, device=dist.init(device), precision=precision,
+                             mask_threshold=mask_threshold, min_score=min_score)
     out = Path(out or f"{Path(pairs).stem}.vglaw.jsonl")
     summary = predict_pairs(grounder, pairs, out, image_root=image_root, masks=masks, batch_size=batch_size,
                             num_workers=num_workers, coco=coco_results)

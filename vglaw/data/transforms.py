@@ -129,17 +129,23 @@ def crop_keeping_box(sample: Sample, gen: torch.Generator, size: int | None = No
     return sample.apply(TF.crop, top, left, ch, cw)
 
 
+def image_region(extents: torch.Tensor, size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B, 4) image extents (dx, dy, w, h) -> (B, S, S) bool on ``device``: True on the image's
+    pixels of each canvas, False on the padding."""
+    pixels = torch.arange(size, device=device)
+    dx, dy, w, h = extents.to(device).unbind(1)
+    inside_x = (pixels >= dx[:, None]) & (pixels < (dx + w)[:, None])  # (B, S)
+    inside_y = (pixels >= dy[:, None]) & (pixels < (dy + h)[:, None])
+    return inside_y[:, :, None] & inside_x[:, None, :]
+
+
 def normalize_canvas(images: torch.Tensor, extents: torch.Tensor) -> torch.Tensor:
     """The model's input from (B, 3, S, S) uint8 canvases and their (B, 4) image extents
     (dx, dy, w, h): ImageNet-normalised float32 inside each image and 0 in the padding, the same
     values as normalising the image before padding it. Runs where ``images`` are (the device),
     for training, evaluation and prediction alike."""
     x = TF.normalize(TF.to_dtype(images, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
-    pixels = torch.arange(images.shape[-1], device=images.device)
-    dx, dy, w, h = extents.to(images.device).unbind(1)
-    inside_x = (pixels >= dx[:, None]) & (pixels < (dx + w)[:, None])  # (B, S)
-    inside_y = (pixels >= dy[:, None]) & (pixels < (dy + h)[:, None])
-    return x.masked_fill_(~(inside_y[:, :, None] & inside_x[:, None, :])[:, None], 0.0)
+    return x.masked_fill_(~image_region(extents, images.shape[-1], images.device)[:, None], 0.0)
 
 
 @dataclass(frozen=True)

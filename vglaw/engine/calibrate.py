@@ -2,6 +2,8 @@
 end of ``vglaw train``)."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -25,5 +27,4 @@ def fit_calibrator(features: dict[str, torch.Tensor], box_iou: torch.Tensor, *, 
     fit = LogisticRegression(C=1.0, max_iter=1000).fit((x - mean) / scale, y)
     calibrator = Calibrator(tuple(names), tuple(mean.tolist()), tuple(scale.tolist()), tuple(fit.coef_[0].tolist()),
                             float(fit.intercept_[0]), dict(fitted_on or {}, samples=len(y)))
-    metrics = confidence_metrics(calibrator(features).numpy(), y)
-    return Calibrator(**{**calibrator.__dict__, "metrics": metrics})
+    return dataclasses.replace(calibrator, metrics=confidence_metrics(calibrator(features).numpy(), y))

@@ -11,12 +11,12 @@ from torch.utils.data import DataLoader
 
 from .. import distributed as dist
 from ..data import collate
-from ..data.transforms import normalize_canvas
+from ..data.transforms import image_region, normalize_canvas
 from ..device import autocast
 from ..errors import VglawError
+from ..model.confidence import FEATURES, confidence_features, confidence_metrics
 from ..progress import progress
 from .losses import grounding_loss
-from ..model.confidence import FEATURES, confidence_features, confidence_metrics
 from .metrics import GroundingMeter
 from .samplers import ShardSampler
 
@@ -126,12 +126,11 @@ def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "
     With a ``calibrator`` (:class:`~vglaw.model.confidence.Calibrator`) the metrics also say how
     well its scores tell right boxes from wrong ones (:func:`.metrics.confidence_metrics`). With
     ``with_samples``, returns ``(metrics, samples)``: ``samples`` holds per sample, in dataset
-    order, ``box_iou`` (N,), ``boxes`` (N, 4) xyxy in original pixels and ``features``
-    {name: (N,)}, the confidence features."""
+    order, ``box_iou`` (N,), ``boxes`` (N, 4) xyxy in original pixels, ``features``
+    {name: (N,)}, the confidence features, and with a calibrator ``score`` (N,)."""
     model.eval()
-    inner = getattr(model, "module", model)  # a DDP or compiled wrapper's inner model
-    if mask_threshold is None:
-        mask_threshold = inner.config.mask_threshold
+    if mask_threshold is None:  # the model's own (a DDP or compiled wrapper's inner model)
+        mask_threshold = getattr(model, "module", model).config.mask_threshold
     meter = GroundingMeter()
     n = len(dataset)  # per-sample values, each filled on one process and summed over them
     # rows: box IoU, the box (4), the confidence features
@@ -143,8 +142,9 @@ def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "
                         batch["attention_mask"], box_attention=True)
         boxes = out["boxes"].float().cpu()  # one copy per batch, not one per sample
         probs = out["mask_logits"][:, 0].float().sigmoid().cpu()
+        inside = image_region(batch["extent"], out["mask_logits"].shape[-1], device)
         feats = torch.stack(list(confidence_features(out["boxes"], out["mask_logits"], out["box_attention"],
-                                                     batch["extent"]).values())).cpu()  # (F, B)
+                                                     inside).values())).cpu()  # (F, B)
         for j, meta in enumerate(batch["meta"]):
             letterbox, index = meta["letterbox"], meta["index"]
             box = letterbox.boxes_to_original(boxes[j:j + 1])[0]
@@ -160,8 +160,8 @@ def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "
     samples = {"box_iou": per_sample[0], "boxes": per_sample[1:5].T.float(),
                "features": dict(zip(FEATURES, per_sample[5:].float()))}
     if calibrator is not None:
-        metrics.update(confidence_metrics(calibrator(samples["features"]).numpy(),
-                                          (samples["box_iou"] >= 0.5).numpy()))
+        samples["score"] = calibrator(samples["features"])
+        metrics.update(confidence_metrics(samples["score"].numpy(), (samples["box_iou"] >= 0.5).numpy()))
     return (metrics, samples) if with_samples else metrics
 
 

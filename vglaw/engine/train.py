@@ -24,8 +24,8 @@ from ..config import Config, config_to_dict
 from ..data import GroundingDataset, TrainAugment, collate, load_tokenizer
 from ..errors import InputError
 from ..model import VGLAW, build_model
-from ..weights.vit import load_detectron2_vit, load_mae_vit
 from ..model.confidence import Calibrator
+from ..weights.vit import load_detectron2_vit, load_mae_vit
 from .calibrate import fit_calibrator
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .loop import TrainState, eval_loader, evaluate, train_one_epoch

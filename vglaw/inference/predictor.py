@@ -13,7 +13,7 @@ from PIL import Image
 
 from ..config import PRECISIONS
 from ..data.dataset import load_tokenizer
-from ..data.transforms import Letterbox, load_image, normalize_canvas
+from ..data.transforms import Letterbox, image_region, load_image, normalize_canvas
 from ..device import autocast, resolve_device
 from ..errors import InputError, InputTypeError
 from ..model import VGLAW
@@ -185,6 +185,6 @@ class Grounder:
         (None for every answer of an uncalibrated model)."""
         if self.calibrator is None:
             return [None] * len(out["boxes"])
-        extents = torch.tensor([letterbox.extent] * len(out["boxes"]))
-        features = confidence_features(out["boxes"], out["mask_logits"], out["box_attention"], extents)
+        inside = image_region(torch.tensor([letterbox.extent] * len(out["boxes"])), self.spec.img_size)
+        features = confidence_features(out["boxes"], out["mask_logits"], out["box_attention"], inside)
         return [round(s, 4) for s in self.calibrator(features).cpu().tolist()]

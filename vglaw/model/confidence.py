@@ -42,15 +42,6 @@ FEATURES = {
 }
 
 
-def _inside(extents: torch.Tensor, size: int, device) -> torch.Tensor:
-    """(B, 4) extents (dx, dy, w, h) -> (B, S, S) bool: the image's pixels on the canvas."""
-    pixels = torch.arange(size, device=device)
-    dx, dy, w, h = extents.to(device).unbind(1)
-    inside_x = (pixels >= dx[:, None]) & (pixels < (dx + w)[:, None])
-    inside_y = (pixels >= dy[:, None]) & (pixels < (dy + h)[:, None])
-    return inside_y[:, :, None] & inside_x[:, None, :]
-
-
 def _in_box(boxes_xyxy: torch.Tensor, size: int) -> torch.Tensor:
     """(B, 4) xyxy canvas pixels -> (B, S, S) bool: pixels whose centre lies in the box."""
     centres = torch.arange(size, device=boxes_xyxy.device, dtype=torch.float32) + 0.5
@@ -70,18 +61,18 @@ def _diag_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def confidence_features(boxes: torch.Tensor, mask_logits: torch.Tensor, box_attention: torch.Tensor,
-                        extents: torch.Tensor) -> dict[str, torch.Tensor]:
+                        inside: torch.Tensor) -> dict[str, torch.Tensor]:
     """
     Args:
         boxes: (B, 4) normalised (cx, cy, w, h) on the canvas; mask_logits: (B, 1, S, S);
-        box_attention: (B, h, w) the box head's pooling weights; extents: (B, 4) where each image
-        lies on the canvas (dx, dy, w, h).
+        box_attention: (B, h, w) the box head's pooling weights; inside: (B, S, S) bool, the
+        image's pixels on each canvas (``vglaw.data.transforms.image_region``).
     Returns:
         {name: (B,) float32} for every name of :data:`FEATURES`, in that order.
     """
     logits = mask_logits[:, 0].float()
     B, S, _ = logits.shape
-    inside = _inside(extents, S, logits.device)
+    inside = inside.to(logits.device)
     prob = logits.sigmoid() * inside
     box = box_convert(boxes.float(), "cxcywh", "xyxy") * S
     fg = (prob > FG)
