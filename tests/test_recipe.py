@@ -103,6 +103,39 @@ def test_dataset_configs_carry_the_authors_recipe(name):
     assert lrs[250] == 1.0 and lrs[10 * 471 - 1] == 1.0 and lrs[10 * 471] == pytest.approx(0.1)
 
 
+class _ThreeGroups(torch.nn.Module):
+    """Parameters named as VG-LAW's three optimizer groups (ViT, BERT, the rest)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone, self.text_encoder, self.head = (torch.nn.Linear(1, 1) for _ in range(3))
+
+
+def _group_lrs(cfg, epochs: int, steps_per_epoch: int) -> list[dict]:
+    """Each optimizer step's lr per group, stepping the config's optimizer and scheduler."""
+    optimizer = build_optimizer(_ThreeGroups(), cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch=steps_per_epoch)
+    lrs = []
+    for _ in range(epochs * steps_per_epoch):
+        lrs.append({g["name"]: g["lr"] for g in optimizer.param_groups})
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+@pytest.mark.parametrize("name", ["refcoco", "refcoco+", "refcocog", "refclef"])
+def test_authors_code_configs_keep_each_groups_lr_constant_for_all_twenty_epochs(name):
+    """Their published code builds the optimizer with fixed group lrs and never applies the
+    warmup + step list it computes: 20 epochs at 1e-4 / 1e-5 / 1e-5, whatever the step."""
+    cfg = load_config(ROOT / "configs" / f"{name}_authors_code.yaml")
+    default = load_config(ROOT / "configs" / f"{name}.yaml")
+    assert cfg.run.epochs == 20 and cfg.data == default.data and cfg.model == default.model
+    assert cfg.run.out != default.run.out
+    lrs = _group_lrs(cfg, cfg.run.epochs, steps_per_epoch=471)  # RefCOCO: 120,624 // 256
+    assert all(lr == {"backbone": 1e-5, "text_encoder": 1e-5, "rest": 1e-4} for lr in lrs)
+    assert _group_lrs(default, 1, steps_per_epoch=471)[0]["rest"] == pytest.approx(1e-6)  # the default warms up
+
+
 def test_demo_config_pins_what_the_bundled_checkpoint_was_trained_with():
     cfg = load_config(ROOT / "configs/synth_tiny.yaml")
     assert (cfg.optim.optimizer, cfg.optim.eps, cfg.data.multiscale, cfg.data.crop) == ("adamw", 1e-8, True, "random")

@@ -1,8 +1,9 @@
 """The run config: typed dataclasses, YAML files that are small diffs over the defaults, and
 ``key=value`` overrides from the command line.
 
-Layering: dataclass defaults (the authors' recipe) <- the ``_base_`` chain of
-YAML files <- the given YAML file <- CLI overrides such as ``optim.lr=2e-4``. Unknown keys and
+Layering: dataclass defaults (the recipe of the authors' README command; their published code
+runs it at a constant lr: ``optim.warmup_steps: 0``, ``optim.drop_epochs: []``) <- the ``_base_``
+chain of YAML files <- the given YAML file <- CLI overrides such as ``optim.lr=2e-4``. Unknown keys and
 values of the wrong type are rejected with the key named. The merged config is written into
 the run folder and into every checkpoint.
 """
@@ -76,10 +77,10 @@ class OptimSection:
     lr_backbone: float = 1e-5
     lr_text: float = 1e-5
     weight_decay: float = 1e-4
-    warmup_steps: int = 250  # optimizer steps of linear warmup from warmup_factor x lr
+    warmup_steps: int = 250  # optimizer steps of linear warmup from warmup_factor x lr (0: none, as the authors' code runs)
     warmup_epochs: float | None = None  # the warmup in epochs instead, when set
     warmup_factor: float = 0.01
-    drop_epochs: list[int] = field(default_factory=lambda: [10])
+    drop_epochs: list[int] = field(default_factory=lambda: [10])  # x drop_factor at each ([]: none, as the authors' code runs)
     drop_factor: float = 0.1
     clip_grad_norm: float = 0.15
 
