@@ -83,6 +83,38 @@ def test_the_api_answers_as_the_predictor_does(server, grounder, tmp_path):
     assert boxes_of(without_law) == static and static != boxes_of(result)
 
 
+def awkward_files(folder: Path) -> list[Path]:
+    """Drawn shapes saved the ways that Gradio's image input re-encodes before a function sees them
+    (it converts every image whose mode is not RGB and saves it again): a 16-bit grey PNG (Gradio
+    made it all white), a palette PNG with a transparent background (it dropped the transparency),
+    a CMYK JPEG (saved again, lossily); and a JPEG whose EXIF tag says to rotate it."""
+    rgb = Image.open(draw_shapes(folder / "drawn.png", seed=3, size=(170, 110))).convert("RGB")
+    grey = np.asarray(rgb.convert("L"), dtype=np.uint16) * 257
+    Image.fromarray(grey).save(folder / "grey16.png")
+    palette = rgb.quantize(colors=8)
+    palette.save(folder / "palette.png", transparency=palette.getpixel((0, 0)))  # the background
+    rgb.convert("CMYK").save(folder / "cmyk.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    rgb.save(folder / "rotated.jpg", exif=exif, quality=95)
+    return [folder / n for n in ("grey16.png", "palette.png", "cmyk.jpg", "rotated.jpg")]
+
+
+def test_every_image_gets_the_answer_vglaw_predict_gives(server, grounder, tmp_path):
+    """The server reads the uploaded file itself, byte for byte as sent, with the loader that
+    ``Grounder.predict`` and ``vglaw predict`` use."""
+    from vglaw.data.transforms import load_image
+
+    client = Client(server, verbose=False)
+    answers, expected = {}, {}
+    for path in awkward_files(tmp_path):
+        _, _, result = client.predict(handle_file(str(path)), "\n".join(TEXTS), False, api_name="/ground")
+        data, rgb = json.loads(result), load_image(path)
+        answers[path.name] = (data["image"], data["width"], data["height"], boxes_of(result))
+        expected[path.name] = (path.name, rgb.width, rgb.height, expected_boxes(grounder, path, TEXTS))
+    assert answers == expected
+
+
 def test_building_the_app_writes_nothing_into_the_package(server):
     assert not Path(serve_module.__file__).with_suffix(".pyi").exists()  # Gradio's stub for component subclasses
 
@@ -149,7 +181,8 @@ def test_the_page_in_a_real_browser(server, grounder, tmp_path):
         pytest.skip("no Chromium here: apt-get install chromium (CI installs it)")
     from playwright.sync_api import sync_playwright
 
-    path = draw_shapes(tmp_path / "drawn.png", seed=2)
+    path = awkward_files(tmp_path)[1]  # a palette PNG with transparency: Gradio's preprocessing dropped it
+    example = serve_module.EXAMPLES / "shapes_0.jpg"
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -157,16 +190,27 @@ def test_the_page_in_a_real_browser(server, grounder, tmp_path):
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(server)
         assert "trained only on synthetic images" in page.content()
+
+        def ground(before: str = "") -> str:
+            page.get_by_role("button", name="Ground").click()
+            page.wait_for_function("before => ((document.querySelector('#result-json textarea') || {}).value "
+                                   "|| before) !== before", arg=before, timeout=60_000)
+            return page.locator("#result-json textarea").input_value()
+
         page.locator("#image input[type=file]").set_input_files(str(path))
-        page.locator("#image img").first.wait_for(timeout=30_000)  # the upload arrived
+        page.locator("#image img").first.wait_for(timeout=30_000)  # the upload arrived and shows
         page.locator("#expressions textarea").fill("\n".join(TEXTS))
-        page.get_by_role("button", name="Ground").click()
-        page.wait_for_function("() => (document.querySelector('#result-json textarea') || {}).value",
-                               timeout=60_000)
-        result = page.locator("#result-json textarea").input_value()
+        uploaded = ground()
+        page.get_by_text("the leftmost shape").first.click()  # an example fills the image and expressions
+        page.wait_for_function("() => document.querySelector('#image img').src.includes('shapes_0')",
+                               timeout=30_000)
+        example_texts = page.locator("#expressions textarea").input_value().splitlines()
+        from_example = ground(before=uploaded)
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         browser.close()
-    assert boxes_of(result) == expected_boxes(grounder, path, TEXTS)
+    assert boxes_of(uploaded) == expected_boxes(grounder, path, TEXTS)
+    assert example_texts[0] == "the leftmost shape"
+    assert boxes_of(from_example) == expected_boxes(grounder, example, example_texts)
 
 
 def test_the_page_says_what_a_checkpoint_was_trained_on(tmp_path):

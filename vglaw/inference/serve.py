@@ -18,12 +18,13 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..data.transforms import load_image
 from ..errors import InputError, MissingExtraError
 from ..hub import DEMO_CHECKPOINT, is_demo_checkpoint
 from ..model.card import read_training, training_lines
 from .pictures import answer_caption, attention_tile, draw_predictions
 from .postprocess import predictions_json
-from .predictor import Grounder, as_rgb
+from .predictor import Grounder
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
 MAX_EXPRESSIONS = 10
@@ -48,7 +49,8 @@ def parse_expressions(text: str | None) -> list[str]:
 
 
 def open_upload(path: str | os.PathLike | None) -> Image.Image:
-    """The uploaded file as RGB, refusing what is not an image or too large to decode."""
+    """The uploaded file as RGB, decoded as ``vglaw predict`` decodes it (:func:`load_image`),
+    refusing what is not an image or too large to decode."""
     if path is None:
         raise InputError("no image: upload one or pick an example below")
     name = Path(path).name
@@ -60,9 +62,9 @@ def open_upload(path: str | os.PathLike | None) -> Image.Image:
     if width * height > MAX_PIXELS:
         raise InputError(f"{name} is {width}x{height}: over the server's limit of {MAX_PIXELS:,} pixels")
     try:
-        return as_rgb(path)
-    except OSError as e:
-        raise InputError(f"{name} could not be decoded (truncated or corrupt?): {e}") from None
+        return load_image(path)
+    except InputError as e:  # named as uploaded, not by the server's copy of it
+        raise type(e)(str(e).replace(str(path), name)) from None
 
 
 def request_folder(root: Path, keep_seconds: float = 3600) -> Path:
@@ -129,20 +131,15 @@ def trained_on(checkpoint: Path) -> str:
 
 
 def _image_input(gr):
-    """Gradio's image input, except that a file Gradio cannot decode reaches :func:`ground` as it
-    is, so that the user gets vglaw's message instead of Gradio's preprocessing error. (The
-    instance's method is wrapped: a subclass of a Gradio component would make Gradio write a
-    ``.pyi`` stub beside this module.)"""
+    """Gradio's image input (the page shows the picture; the examples fill it), except that
+    :func:`ground` gets the uploaded file as it was sent. Gradio's own preprocessing converts an
+    image whose mode is not RGB and saves it again (a 16-bit PNG comes out white, a palette PNG
+    loses its transparency, a CMYK JPEG is re-compressed), so the page would answer differently
+    from ``vglaw predict``; a file it cannot decode would get Gradio's error instead of vglaw's
+    message. (The instance's method is replaced: a subclass of a Gradio component would make
+    Gradio write a ``.pyi`` stub beside this module.)"""
     image = gr.Image(type="filepath", label="Image", sources=["upload"], elem_id="image")
-    preprocess = image.preprocess
-
-    def tolerant(payload):
-        try:
-            return preprocess(payload)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-            return payload.path
-
-    image.preprocess = tolerant
+    image.preprocess = lambda payload: None if payload is None else payload.path
     return image
 
 
