@@ -189,9 +189,9 @@ def test_eval_reports_the_scores_and_draws_them(tmp_path, synth_prepared, monkey
                  "--num-workers", "0"]) == 0
     out = capsys.readouterr().out
     assert "score ECE" in out and "box P@0.5 at 80%" in out
-    results = json.loads((tmp_path / "eval_demo.json").read_text())["results"]["val"]
+    results = json.loads((tmp_path / "eval_assets_demo.json").read_text())["results"]["val"]
     for key in ("auroc", "ece", "prec@0.5@50%", "prec@0.5@80%", "prec@0.5@100%"):
         assert key in results
     assert results["prec@0.5@100%"] == pytest.approx(results["prec@0.5"])
-    picture = Image.open(tmp_path / "eval_demo.png")
+    picture = Image.open(tmp_path / "eval_assets_demo.png")
     assert picture.width > 400 and picture.height > 250

@@ -129,7 +129,7 @@ def test_eval_writes_nothing_inside_the_checkpoint(tiny_checkpoint, synth_prepar
     assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--data", str(synth_prepared),
                  "--num-workers", "0"]) == 0
     assert sorted(p.name for p in tiny_checkpoint.parent.rglob("*")) == before
-    written = tmp_path / "eval_tiny.json"
+    written = tmp_path / f"eval_{tiny_checkpoint.parent.name}_tiny.json"  # the run folder and the name
     assert json.loads(written.read_text())["results"]["val"]["samples"] > 0
     assert f"wrote {written.name}" in capsys.readouterr().out
     header = format_table({"val": {}}).splitlines()[0].strip("| ").split(" | ")

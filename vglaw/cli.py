@@ -66,23 +66,26 @@ def _train(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from . import distributed
-    from .commands.eval import SCORE_COLUMNS, format_table, run_eval, write_results
+    from .commands.eval import (SCORE_COLUMNS, check_default_output, checkpoint_label, format_table, plot_path,
+                                run_eval, write_results)
 
-    out = Path(args.json or f"eval_{Path(args.checkpoint).stem}.json")  # never inside the checkpoint or package
-    plot = out.with_suffix(".png")
-    results = run_eval(args.checkpoint, args.data, args.splits, mask_threshold=args.mask_threshold,
-                       batch_size=args.batch_size, device=args.device, precision=args.precision,
-                       num_workers=args.num_workers, plot=plot)
+    out = Path(args.json or f"eval_{checkpoint_label(args.checkpoint)}.json")  # never inside the checkpoint or package
+    if args.json is None:
+        check_default_output(out, args.checkpoint, lambda d: d["checkpoint"], "--json")
+    results, plot = run_eval(args.checkpoint, args.data, args.splits, mask_threshold=args.mask_threshold,
+                             batch_size=args.batch_size, device=args.device, precision=args.precision,
+                             num_workers=args.num_workers, protocol=args.protocol, calibration=args.calibration,
+                             with_plot=True)
     if distributed.is_main():
+        print(f"protocol {args.protocol}: {PROTOCOL_HELP[args.protocol]}")
         print(format_table(results))
-        written = [out]
         if any("auroc" in m for m in results.values()):
             print(format_table(results, SCORE_COLUMNS))
-            written.append(plot)
         else:
             print("(the checkpoint has no confidence calibrator: no score metrics; fit one with vglaw calibrate)")
-        write_results(results, out, checkpoint=str(args.checkpoint), data=str(args.data))
-        print("wrote " + ", ".join(map(str, written)))
+        write_results(results, out, plot, checkpoint=str(args.checkpoint), data=str(args.data), protocol=args.protocol,
+                      calibration=args.calibration)
+        print("wrote " + ", ".join(map(str, [out] + ([plot_path(out)] if plot is not None else []))))
     distributed.shutdown()
 
 
@@ -156,8 +159,12 @@ def _serve(args: argparse.Namespace) -> None:
 def _calibrate(args: argparse.Namespace) -> None:
     from . import distributed
     from .commands.calibrate import calibrate
+    from .commands.eval import check_default_output, checkpoint_label
 
-    calibrator, path = calibrate(args.checkpoint, args.data, args.split, batch_size=args.batch_size,
+    out = None if args.replace else Path(args.out or f"calibration_{checkpoint_label(args.checkpoint)}.json")
+    if out is not None and args.out is None:
+        check_default_output(out, args.checkpoint, lambda d: d["fitted_on"]["checkpoint"], "--out")
+    calibrator, path = calibrate(args.checkpoint, args.data, args.split, out=out, batch_size=args.batch_size,
                                  num_workers=args.num_workers, device=args.device, precision=args.precision)
     if distributed.is_main():
         m = calibrator.metrics
@@ -166,6 +173,10 @@ def _calibrate(args: argparse.Namespace) -> None:
               f"{m['prec@0.5@80%']:.4f} on the 80% most confident (measured on the fitting split itself: "
               "vglaw eval on another split tells how it holds)")
         print(f"wrote {path}")
+        if out is not None:
+            print(f"the checkpoint's own calibrator is unchanged: measure this one with vglaw eval --calibration {path} "
+                  "on another split; to use it, rerun with --replace or copy it to calibration.json beside the "
+                  "checkpoint's weights")
     distributed.shutdown()
 
 
@@ -202,6 +213,11 @@ MASK_HELP = (f"a mask pixel is the object where its probability is above this (d
 MIN_SCORE_HELP = ("mark answers whose score (the calibrated probability that the box is right) is below this "
                   "as not found, instead of drawing them (needs a calibrated checkpoint)")
 DEMO_HELP = "a vglaw checkpoint directory, training .pt or Hub id (default: the bundled demo model)"
+PROTOCOL_HELP = {  # vglaw.engine.metrics says exactly what each computes
+    "original": "box and mask IoU in original image pixels (vglaw's default)",
+    "authors": "box and mask IoU on the padded canvas, computed as the authors' MindSpore evaluation does (box hit: "
+               "IoU >= 0.5; mask Prec@t: IoU > t; no oIoU)",
+}
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -292,15 +308,27 @@ def _add_training_commands(commands) -> None:
     p.add_argument("--num-workers", type=int, default=2, help="data loader processes")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
+    p.add_argument("--protocol", choices=list(PROTOCOL_HELP), default="original",
+                   help="how boxes and masks are scored: " + "; ".join(f"{k}: {v}" for k, v in PROTOCOL_HELP.items()))
+    p.add_argument("--calibration", default=None, metavar="FILE",
+                   help="score the answers with this calibrator (from vglaw calibrate) instead of the checkpoint's own")
     p.add_argument("--json", default=None,
-                   help="where to write the results (default: eval_<checkpoint name>.json in the current folder); a "
-                        "calibrated checkpoint's score plots go beside it (.png)")
+                   help="where to write the results (default: eval_<checkpoint folder>_<name>.json in the current "
+                        "folder, refused when it holds another checkpoint's); with a calibrator the score plots go "
+                        "beside it (.png), and a .png there from an earlier eval is replaced or removed")
     p.set_defaults(run=_eval)
 
     p = commands.add_parser("calibrate", help="fit a checkpoint's confidence calibrator (answers' scores) on a split")
     p.add_argument("--checkpoint", required=True, help="a vglaw checkpoint directory or training .pt")
     p.add_argument("--data", required=True, help="prepared dataset folder")
     p.add_argument("--split", default="val", help="the labelled split to fit on (not one you report results on)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--out", default=None,
+                       help="the calibrator file to write (default: calibration_<checkpoint folder>_<name>.json in the "
+                            "current folder); use it with vglaw eval --calibration FILE")
+    where.add_argument("--replace", action="store_true",
+                       help="write it in place of the checkpoint's own calibrator (calibration.json beside its weights, "
+                            "what predict, serve and eval read)")
     p.add_argument("--batch-size", type=int, default=16, help="expressions per forward pass")
     p.add_argument("--num-workers", type=int, default=2, help="data loader processes")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)

@@ -1,4 +1,5 @@
-"""``vglaw eval``: REC and RES metrics of a checkpoint on prepared splits."""
+"""``vglaw eval``: REC and RES metrics of a checkpoint on prepared splits, under either protocol
+of :mod:`vglaw.engine.metrics`; and the output names that eval and calibrate share."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,9 @@ from .. import distributed as dist
 from ..data import GroundingDataset, load_tokenizer
 from ..engine.loop import eval_loader, evaluate
 from ..engine.metrics import MASK_THRESHOLDS
+from ..errors import InputError
 from ..model import VGLAW
+from ..model.confidence import Calibrator
 
 log = logging.getLogger(__name__)
 
@@ -37,27 +40,34 @@ def format_table(results: dict, columns=None) -> str:
 
 
 def split_samples(model, prepared, split: str, *, device, batch_size: int = 16, num_workers: int = 2,
-                  precision: str = "fp32", mask_threshold: float | None = None, tokenizer=None) -> tuple[dict, dict]:
-    """``(metrics, samples)`` of ``model`` on a prepared split (see :func:`evaluate`); the
-    checkpoint's calibrator, when it has one, adds the score's metrics. ``tokenizer``: a loaded
-    tokenizer (default: the model's)."""
+                  precision: str = "fp32", mask_threshold: float | None = None, tokenizer=None,
+                  protocol: str = "original") -> tuple[dict, dict]:
+    """``(metrics, samples)`` of ``model`` on a prepared split under ``protocol`` (see
+    :func:`evaluate`); the model's calibrator, when it has one, adds the score's metrics.
+    ``tokenizer``: a loaded tokenizer (default: the model's)."""
     if tokenizer is None:
         tokenizer = load_tokenizer(model.spec.tokenizer)
     ds = GroundingDataset(prepared, split, tokenizer=tokenizer, img_size=model.spec.img_size, max_len=model.spec.max_len)
     with torch.inference_mode():
         return evaluate(model, eval_loader(ds, batch_size, num_workers), ds, device=device, precision=precision,
                         mask_threshold=mask_threshold, desc=f"eval {split}", calibrator=model.calibrator,
-                        with_samples=True)
+                        with_samples=True, protocol=protocol)
 
 
 def run_eval(checkpoint: str | os.PathLike, prepared: str | os.PathLike, splits: list[str], *,
              mask_threshold: float | None = None, batch_size: int = 16, device: str = "auto", precision: str = "fp32",
-             num_workers: int = 2, tokenizer: str | None = None, plot: str | os.PathLike | None = None) -> dict:
-    """Metrics per split (with the mask threshold used: by default the checkpoint's; with the
-    score's metrics when the checkpoint has a calibrator, drawn into ``plot`` when given); runs
-    distributed when launched with torchrun (each sample once)."""
+             num_workers: int = 2, tokenizer: str | None = None, protocol: str = "original",
+             calibration: str | os.PathLike | None = None, with_plot: bool = False):
+    """Metrics per split under ``protocol`` (with the mask threshold used: by default the
+    checkpoint's), and the score's metrics when the model has a calibrator: the checkpoint's, or
+    the file ``calibration`` (from ``vglaw calibrate --out``) in its place. With ``with_plot``,
+    returns ``(results, plot)``: the score's reliability and coverage picture (a PIL image; None
+    without a calibrator). Runs distributed when launched with torchrun (each sample once)."""
+    calibrator = Calibrator.load(calibration) if calibration is not None else None  # a bad file: before the model
     device = dist.init(device)
     model = VGLAW.from_pretrained(checkpoint, device=device).eval()
+    if calibrator is not None:
+        model.calibrator = calibrator
     if mask_threshold is None:
         mask_threshold = model.spec.mask_threshold
     tok = load_tokenizer(tokenizer or model.spec.tokenizer)
@@ -68,18 +78,21 @@ def run_eval(checkpoint: str | os.PathLike, prepared: str | os.PathLike, splits:
                         "another split)", split, prepared)
         results[split], samples = split_samples(model, prepared, split, device=device, batch_size=batch_size,
                                                 num_workers=num_workers, precision=precision,
-                                                mask_threshold=mask_threshold, tokenizer=tok)
+                                                mask_threshold=mask_threshold, tokenizer=tok, protocol=protocol)
         results[split]["mask_threshold"] = mask_threshold
         if model.calibrator is not None:
             curves[split] = (samples["score"].numpy(), (samples["box_iou"] >= 0.5).numpy())
         if dist.is_main():
             log.info("%s: %d expressions, box P@0.5 %.4f", split, results[split]["samples"],
                      results[split]["prec@0.5"])
-    if plot is not None and curves and dist.is_main():
+    if not with_plot:
+        return results
+    plot = None
+    if curves and dist.is_main():
         from ..inference.pictures import confidence_plot
 
-        confidence_plot(curves).save(plot)
-    return results
+        plot = confidence_plot(curves)
+    return results, plot
 
 
 def fitted_here(fitted_on: dict, prepared, split: str) -> bool:
@@ -87,6 +100,60 @@ def fitted_here(fitted_on: dict, prepared, split: str) -> bool:
     return fitted_on.get("split") == split and Path(fitted_on.get("data", "")).resolve() == Path(prepared).resolve()
 
 
-def write_results(results: dict, path: str | os.PathLike, **info) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps({**info, "results": results}, indent=2) + "\n")
+# ----------------------------------------------------------------------------- output files
+def checkpoint_label(checkpoint: str | os.PathLike) -> str:
+    """The checkpoint's folder and name, for default output names: ``runs/refcoco/best`` ->
+    ``refcoco_best`` (every run's best model is called ``best``), ``runs/x/checkpoints/last.pt``
+    -> ``checkpoints_last``, a Hub id ``user/name`` -> ``user_name``."""
+    path = Path(checkpoint)
+    path = path.resolve() if path.exists() else path
+    return "_".join(part for part in (path.parent.name, path.stem) if part)
+
+
+def same_checkpoint(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Do two checkpoint names (paths, relative to the current folder, or Hub ids) mean the same one?"""
+    where = lambda c: Path(c).resolve() if Path(c).exists() else str(c)  # noqa: E731
+    return where(a) == where(b)
+
+
+def check_default_output(path: Path, checkpoint: str | os.PathLike, recorded, option: str) -> None:
+    """Refuse a default output file that already holds another checkpoint's results (``recorded``:
+    the checkpoint its content names, from the parsed file; None when unreadable). Changes nothing."""
+    if not path.exists():
+        return
+    try:
+        other = recorded(json.loads(path.read_text()))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        other = None
+    if other is None or not same_checkpoint(other, checkpoint):
+        raise InputError(f"{path} already holds " + (f"the results of checkpoint {other}" if other else
+                         "a file this command did not write") + f"; give {option} FILE to write {checkpoint}'s "
+                         "elsewhere (nothing was changed)")
+
+
+def plot_path(path: str | os.PathLike) -> Path:
+    """Where the score plot of the results file ``path`` goes: beside it, ``.png``."""
+    return Path(path).with_suffix(".png")
+
+
+def write_results(results: dict, path: str | os.PathLike, plot=None, **info) -> None:
+    """The results JSON (``info`` and ``results``) and the score plot beside it (:func:`plot_path`),
+    together: both are made in memory, then both files replace the old ones; without a ``plot``
+    an old one is removed, so a PNG beside the JSON is always that JSON's."""
+    path, png = Path(path), plot_path(path)
+    text = json.dumps({**info, "plot": png.name if plot is not None else None, "results": results}, indent=2) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temps = {path: path.with_name(f".{path.name}.tmp{os.getpid()}")}
+    if plot is not None:
+        temps[png] = png.with_name(f".{png.name}.tmp{os.getpid()}")
+    try:
+        temps[path].write_text(text)
+        if plot is not None:
+            plot.save(temps[png], format="PNG")
+        else:
+            png.unlink(missing_ok=True)
+        for final, temp in reversed(temps.items()):  # the PNG first: the JSON last names it
+            os.replace(temp, final)
+    finally:
+        for temp in temps.values():
+            temp.unlink(missing_ok=True)

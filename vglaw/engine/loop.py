@@ -17,7 +17,7 @@ from ..errors import VglawError
 from ..model.confidence import FEATURES, confidence_features, confidence_metrics
 from ..progress import progress
 from .losses import grounding_loss
-from .metrics import GroundingMeter
+from .metrics import authors_target_box, make_meter
 from .samplers import ShardSampler
 
 
@@ -120,18 +120,21 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, state: Train
 
 @torch.no_grad()
 def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "fp32",
-             mask_threshold: float | None = None, desc: str = "eval", calibrator=None, with_samples: bool = False):
-    """REC and RES metrics of a split, in original image pixels, over all processes.
+             mask_threshold: float | None = None, desc: str = "eval", calibrator=None, with_samples: bool = False,
+             protocol: str = "original"):
+    """REC and RES metrics of a split over all processes, under ``protocol`` (:mod:`.metrics`:
+    ``original``, in original image pixels, or ``authors``, on the canvas as the authors'
+    evaluation computes them).
 
     With a ``calibrator`` (:class:`~vglaw.model.confidence.Calibrator`) the metrics also say how
     well its scores tell right boxes from wrong ones (:func:`.metrics.confidence_metrics`). With
     ``with_samples``, returns ``(metrics, samples)``: ``samples`` holds per sample, in dataset
-    order, ``box_iou`` (N,), ``boxes`` (N, 4) xyxy in original pixels, ``features``
-    {name: (N,)}, the confidence features, and with a calibrator ``score`` (N,)."""
+    order, ``box_iou`` (N,) under the protocol, ``boxes`` (N, 4) xyxy in original pixels,
+    ``features`` {name: (N,)}, the confidence features, and with a calibrator ``score`` (N,)."""
+    meter = make_meter(protocol)
     model.eval()
     if mask_threshold is None:  # the model's own (a DDP or compiled wrapper's inner model)
         mask_threshold = getattr(model, "module", model).config.mask_threshold
-    meter = GroundingMeter()
     n = len(dataset)  # per-sample values, each filled on one process and summed over them
     # rows: box IoU, the box (4), the confidence features
     per_sample = torch.zeros(5 + len(FEATURES), n, dtype=torch.float64)
@@ -145,14 +148,21 @@ def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "
         inside = image_region(batch["extent"], out["mask_logits"].shape[-1], device)
         feats = torch.stack(list(confidence_features(out["boxes"], out["mask_logits"], out["box_attention"],
                                                      inside).values())).cpu()  # (F, B)
+        canvas_masks = batch["mask"].cpu() if protocol == "authors" else None
         for j, meta in enumerate(batch["meta"]):
             letterbox, index = meta["letterbox"], meta["index"]
             box = letterbox.boxes_to_original(boxes[j:j + 1])[0]
-            gt_box, gt_mask = dataset.gt_box(index).float(), dataset.gt_mask(index)
-            pred_mask = None
-            if gt_mask is not None:
-                pred_mask = letterbox.maps_to_original(probs[j:j + 1])[0] > mask_threshold
-            per_sample[0, index] = meter.add(box, gt_box, pred_mask, gt_mask)
+            if protocol == "authors":  # the canvas: the box as predicted, the whole canvas's mask
+                has_mask = bool(batch["has_mask"][j])
+                per_sample[0, index] = meter.add(boxes[j], authors_target_box(dataset.records[index]["box"], letterbox),
+                                                 probs[j] > mask_threshold if has_mask else None,
+                                                 canvas_masks[j] if has_mask else None)
+            else:
+                gt_box, gt_mask = dataset.gt_box(index).float(), dataset.gt_mask(index)
+                pred_mask = None
+                if gt_mask is not None:
+                    pred_mask = letterbox.maps_to_original(probs[j:j + 1])[0] > mask_threshold
+                per_sample[0, index] = meter.add(box, gt_box, pred_mask, gt_mask)
             per_sample[1:5, index] = box.double()
             per_sample[5:, index] = feats[:, j].double()
     metrics = meter.summary(device)
