@@ -82,7 +82,8 @@ def _eval(args: argparse.Namespace) -> None:
         if any("auroc" in m for m in results.values()):
             print(format_table(results, SCORE_COLUMNS))
         else:
-            print("(the checkpoint has no confidence calibrator: no score metrics; fit one with vglaw calibrate)")
+            print("(the checkpoint has no confidence calibrator: no score metrics; fit one with vglaw calibrate and "
+                  "give it with --calibration FILE)")
         write_results(results, out, plot, checkpoint=str(args.checkpoint), data=str(args.data), protocol=args.protocol,
                       calibration=args.calibration)
         print("wrote " + ", ".join(map(str, [out] + ([plot_path(out)] if plot is not None else []))))
@@ -174,9 +175,9 @@ def _calibrate(args: argparse.Namespace) -> None:
               "vglaw eval on another split tells how it holds)")
         print(f"wrote {path}")
         if out is not None:
-            print(f"the checkpoint's own calibrator is unchanged: measure this one with vglaw eval --calibration {path} "
-                  "on another split; to use it, rerun with --replace or copy it to calibration.json beside the "
-                  "checkpoint's weights")
+            print(f"the checkpoint's own calibrator is unchanged: measure this one with vglaw eval --calibration "
+                  f"{path} on another split; to use it, rerun with --replace or copy it to calibration.json beside "
+                  "the checkpoint's weights")
     distributed.shutdown()
 
 
@@ -327,8 +328,8 @@ def _add_training_commands(commands) -> None:
                        help="the calibrator file to write (default: calibration_<checkpoint folder>_<name>.json in the "
                             "current folder); use it with vglaw eval --calibration FILE")
     where.add_argument("--replace", action="store_true",
-                       help="write it in place of the checkpoint's own calibrator (calibration.json beside its weights, "
-                            "what predict, serve and eval read)")
+                       help="write it in place of the checkpoint's own calibrator (calibration.json beside its "
+                            "weights, what predict, serve and eval read)")
     p.add_argument("--batch-size", type=int, default=16, help="expressions per forward pass")
     p.add_argument("--num-workers", type=int, default=2, help="data loader processes")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)

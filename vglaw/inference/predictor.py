@@ -87,7 +87,7 @@ class Grounder:
         if self.calibrator is None:
             if min_score is not None:
                 raise InputError("--min-score needs a calibrated checkpoint, and this one has no calibrator: "
-                                 "fit one with vglaw calibrate --checkpoint CK --data PREPARED --split val")
+                                 "fit one with vglaw calibrate --checkpoint CK --data PREPARED --split val --replace")
             log.warning("note: this model has no confidence calibrator, so every score is None "
                         "(fit one with vglaw calibrate)")
 
