@@ -14,7 +14,8 @@ padding), against the annotated box scaled by canvas size / longer image side an
 the centring offset; intersection sides clipped to [0, 10], union to [1e-6, 10]; a hit when
 IoU >= 0.5. RES: the whole canvas (padding included) thresholded (sigmoid > mask threshold)
 against the ground-truth mask resized (nearest) and zero-padded onto the canvas, then resized
-(nearest) to the prediction's size; per sample IoU = (I + 1e-10) / (U + 1e-10); mIoU = its
+(nearest) to the prediction's size (their code writes a fixed 896 x 896 there, which is the
+prediction's size only on an 896 canvas); per sample IoU = (I + 1e-10) / (U + 1e-10); mIoU = its
 mean; Prec@t counts IoU > t (strictly). They compute no oIoU, so this protocol reports none.
 Both are computed in float32, as their tensors are.
 """
