@@ -72,6 +72,8 @@ def _eval(args: argparse.Namespace) -> None:
     out = Path(args.json or f"eval_{checkpoint_label(args.checkpoint)}.json")  # never inside the checkpoint or package
     if args.json is None:
         check_default_output(out, args.checkpoint, lambda d: d["checkpoint"], "--json")
+    elif plot_path(out) == out:
+        raise InputError(f"--json {out}: the score plot goes beside the results as {out.name}; name the results .json")
     results, plot = run_eval(args.checkpoint, args.data, args.splits, mask_threshold=args.mask_threshold,
                              batch_size=args.batch_size, device=args.device, precision=args.precision,
                              num_workers=args.num_workers, protocol=args.protocol, calibration=args.calibration,
