@@ -1,5 +1,6 @@
 """Confidence: the features against a hand-written reference, the calibrator's file, the score
 everywhere an answer goes, ``--min-score``, and the metrics that judge the score."""
+import dataclasses
 import json
 import math
 
@@ -75,12 +76,20 @@ def test_features_equal_a_pixel_by_pixel_reference():
             assert got[name][b].item() == pytest.approx(want[name], rel=1e-4, abs=1e-5), (b, name)
 
 
+def empty_answer() -> dict:
+    """The features of an answer whose mask is empty (every logit -5), attention spread evenly."""
+    return confidence_features(torch.tensor([[0.5, 0.5, 0.2, 0.2]]), torch.full((1, 1, 8, 8), -5.0),
+                               torch.full((1, 10, 10), 0.01), image_region(torch.tensor([[0, 0, 8, 8]]), 8))
+
+
 def test_an_empty_mask_gives_zeros_not_nans():
-    got = confidence_features(torch.tensor([[0.5, 0.5, 0.2, 0.2]]), torch.full((1, 1, 8, 8), -5.0),
-                              torch.full((1, 2, 2), 0.25), image_region(torch.tensor([[0, 0, 8, 8]]), 8))
+    got = empty_answer()
     assert got["box_mask_iou"].item() == got["mask_confidence"].item() == got["mask_logit_mean"].item() == 0.0
     assert all(torch.isfinite(v).all() for v in got.values())
-    assert got["attention_entropy"].item() == pytest.approx(1.0)  # uniform over 4 tokens
+    assert got["attention_entropy"].item() == pytest.approx(1.0)  # uniform over 100 tokens
+    # and scores low: mask_peak is sigmoid(-5) = 0.007 here, fitted on 0.98 to 1.0 with scale 0.001
+    # and weight -0.016; unclipped, it alone added +14 to the logit (a score of 1.00)
+    assert Calibrator.load(DEMO_CHECKPOINT / CALIBRATION_NAME)(got).item() < 0.5
 
 
 def random_features(n: int = 400, seed: int = 0) -> tuple[dict, torch.Tensor]:
@@ -116,6 +125,77 @@ def test_the_score_is_a_probability_even_for_extreme_features():
     assert ((scores >= 0) & (scores <= 1)).all()
     preds = Grounder.from_pretrained(DEMO_CHECKPOINT).predict(IMAGE, ["the leftmost shape", "the topmost circle"])
     assert all(isinstance(p.score, float) and 0.0 <= p.score <= 1.0 for p in preds)
+
+
+def test_a_feature_beyond_its_fitted_range_counts_as_the_end_of_that_range():
+    feats, iou = random_features()
+    calibrator = fit_calibrator(feats, iou)
+    assert calibrator.low == tuple(feats[n].min().item() for n in FEATURES)
+    assert calibrator.high == tuple(feats[n].max().item() for n in FEATURES)
+    by_hand = lambda x: 1 / (1 + math.exp(-calibrator.intercept - sum(  # noqa: E731
+        c * (min(max(x[n], lo), hi) - m) / s for n, m, s, c, lo, hi in zip(
+            FEATURES, calibrator.mean, calibrator.scale, calibrator.coef, calibrator.low, calibrator.high))))
+    inside = {n: 0.5 for n in FEATURES}
+    for far in (-1e6, -3.0, 4.0, 1e6):
+        x = dict(inside, mask_confidence=far, mask_peak=-far)
+        score = calibrator({n: torch.tensor([v]) for n, v in x.items()}).item()
+        assert score == pytest.approx(by_hand(x), rel=1e-6)
+        ends = dict(inside, mask_confidence=calibrator.low[1] if far < 0 else calibrator.high[1],
+                    mask_peak=calibrator.high[4] if far < 0 else calibrator.low[4])
+        assert score == pytest.approx(by_hand(ends), rel=1e-6)
+    # the fitting data lie inside their own range: the clip leaves their scores as fitted
+    unclipped = dataclasses.replace(calibrator, low=(-math.inf,) * len(FEATURES), high=(math.inf,) * len(FEATURES))
+    assert torch.equal(unclipped(feats), calibrator(feats))
+
+
+def test_a_calibrator_file_without_ranges_clips_at_five_scales_and_says_so(tmp_path, caplog):
+    d = Calibrator.load(DEMO_CHECKPOINT / CALIBRATION_NAME).to_dict()
+    assert all("low" in row and "high" in row for row in d["features"])  # the bundled one has them
+    for row in d["features"]:
+        del row["low"], row["high"]
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    with caplog.at_level("WARNING"):
+        old = Calibrator.load(tmp_path / "old.json")
+    assert [r.getMessage() for r in caplog.records if "no fitted feature ranges" in r.getMessage()] == [
+        f"note: {tmp_path / 'old.json'} has no fitted feature ranges (an older vglaw wrote it), so each feature is "
+        "clipped to its mean +- 5 scales; refit it with vglaw calibrate to store them"]
+    assert old.low == old.high == () and "low" not in old.to_dict()["features"][0]  # saved as it was read
+    low, high = old.ranges()
+    assert low == pytest.approx([m - 5 * s for m, s in zip(old.mean, old.scale)])
+    assert high == pytest.approx([m + 5 * s for m, s in zip(old.mean, old.scale)])
+    assert old(empty_answer()).item() < 0.5
+    d["features"][0].update(low=0.0, high=1.0)  # ranges for some features only: not a calibrator
+    with pytest.raises(InputError, match="not a vglaw calibrator"):
+        Calibrator.from_dict(d)
+
+
+def blank_images(tmp_path) -> dict:
+    """Images with nothing on them: uniform colours of several sizes (none a colour of the demo
+    set's shapes), a 16-bit grey PNG, and noise."""
+    rng = np.random.default_rng(0)
+    Image.fromarray(np.full((90, 130), 30000, np.uint16)).save(tmp_path / "grey16.png")
+    images = {f"{c} {h}x{w}": np.full((h, w, 3), c, np.uint8) for c, (h, w) in [
+        ((128, 128, 128), (150, 200)), ((255, 255, 255), (300, 120)), ((0, 0, 0), (64, 64)),
+        ((140, 90, 170), (100, 100)), ((250, 240, 230), (40, 400))]}
+    return {**images, "16-bit grey PNG": tmp_path / "grey16.png",
+            "noise": rng.integers(0, 256, (160, 160, 3), dtype=np.uint8),
+            "grey noise": np.repeat(rng.integers(0, 256, (120, 90, 1), dtype=np.uint8), 3, 2)}
+
+
+def test_an_image_with_nothing_on_it_scores_low(tmp_path):
+    grounder = Grounder.from_pretrained(DEMO_CHECKPOINT)
+    texts = ["the red square", "the leftmost shape", "the big blue circle", "the topmost shape"]
+    empty = 0
+    for name, image in blank_images(tmp_path).items():
+        for p in grounder.predict(image, texts):
+            assert p.score < 0.5, (name, p.text, p.score, int(p.mask.sum()))
+            empty += int(p.mask.sum()) == 0
+    assert empty >= 10  # the case that scored 1.00: an empty mask
+    # the command line, as reported: "the red square" on a blank 16-bit PNG with --min-score 0.9
+    assert main(["predict", "--image", str(tmp_path / "grey16.png"), "--text", "the red square", "--min-score", "0.9",
+                 "--out", str(tmp_path / "p.png")]) == 0
+    [answer] = json.loads((tmp_path / "p.json").read_text())["predictions"]
+    assert answer["mask_area"] == 0 and answer["score"] < 0.5 and answer["found"] is False
 
 
 def test_features_are_applied_by_name_so_their_order_cannot_be_mixed_up(tmp_path):

@@ -13,8 +13,8 @@ from ..model.confidence import FEATURES, Calibrator, confidence_metrics
 def fit_calibrator(features: dict[str, torch.Tensor], box_iou: torch.Tensor, *, names=tuple(FEATURES),
                    fitted_on: dict | None = None) -> Calibrator:
     """A logistic regression (scikit-learn's, L2 with C = 1, on standardised features) from the
-    features ``names`` to whether the box is right (``box_iou >= 0.5``); its metrics on the
-    fitting data are kept with it."""
+    features ``names`` to whether the box is right (``box_iou >= 0.5``); each feature's range on
+    the fitting data (which the calibrator clips to) and its metrics there are kept with it."""
     from sklearn.linear_model import LogisticRegression
 
     x = np.stack([features[name].double().numpy() for name in names], 1)  # (N, F)
@@ -26,5 +26,6 @@ def fit_calibrator(features: dict[str, torch.Tensor], box_iou: torch.Tensor, *, 
     scale[scale < 1e-12] = 1.0  # a constant feature gets a zero weight, not a division by zero
     fit = LogisticRegression(C=1.0, max_iter=1000).fit((x - mean) / scale, y)
     calibrator = Calibrator(tuple(names), tuple(mean.tolist()), tuple(scale.tolist()), tuple(fit.coef_[0].tolist()),
-                            float(fit.intercept_[0]), dict(fitted_on or {}, samples=len(y)))
+                            float(fit.intercept_[0]), dict(fitted_on or {}, samples=len(y)),
+                            low=tuple(x.min(0).tolist()), high=tuple(x.max(0).tolist()))
     return dataclasses.replace(calibrator, metrics=confidence_metrics(calibrator(features).numpy(), y))

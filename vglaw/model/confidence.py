@@ -8,10 +8,13 @@ measures that on the canvas (inside the image, never the padding) from the forwa
 outputs alone, so a PyTorch model and its ONNX export give the same features.
 :class:`Calibrator` is a logistic regression over them, fitted on a labelled split (``vglaw
 calibrate``): its output is the probability that the box's IoU with the truth is at least 0.5.
+Each feature is clipped to the range it took on the fitting split, so that an answer unlike any
+it was fitted on (an empty mask on a blank image) is not extrapolated linearly to any score.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -24,6 +27,8 @@ from torchvision.ops import box_convert
 from ..fileio import atomic_write
 
 from ..errors import InputError
+
+log = logging.getLogger(__name__)
 
 CALIBRATION_NAME = "calibration.json"
 FG = 0.5  # a mask pixel counts as the object where its probability is above this (fixed: the
@@ -103,10 +108,22 @@ def confidence_features(boxes: torch.Tensor, mask_logits: torch.Tensor, box_atte
     }
 
 
+OLD_FILE_RANGE = 5.0  # a calibrator saved without its features' ranges clips each to mean +- this many scales
+
+
 @dataclass(frozen=True)
 class Calibrator:
     """A logistic regression over named confidence features: ``score = sigmoid(intercept +
-    sum_i coef_i * (x_i - mean_i) / scale_i)``, the probability that the box is right (IoU >= 0.5).
+    sum_i coef_i * (clip(x_i, low_i, high_i) - mean_i) / scale_i)``, the probability that the box
+    is right (IoU >= 0.5).
+
+    ``low``/``high`` are each feature's smallest and largest value on the fitting data, so the
+    clip changes nothing there; outside it, the line fitted inside would be extrapolated without
+    bound. (It was: in the bundled demo calibrator ``mask_peak`` spans 0.980 to 1.000 on all 1798
+    fitting answers, so its scale is 0.0011 and its weight a small -0.0155; on the empty mask of
+    a blank image it is near 0, some 900 scales below its mean, and alone added +14 to the logit:
+    the answer scored 1.00.) A calibrator saved without the ranges (an older vglaw) clips each
+    feature to its mean +- 5 scales instead.
 
     Each coefficient is stored with its feature's name and is applied to that feature by name, so
     the order of features in a file or a dict never matters; a name this version of vglaw does not
@@ -119,6 +136,8 @@ class Calibrator:
     intercept: float
     fitted_on: dict = field(default_factory=dict)  # checkpoint, data, split, samples
     metrics: dict = field(default_factory=dict)  # of the fit: AUROC, ECE, ...
+    low: tuple[float, ...] = ()  # each feature's range on the fitting data; () when the file had none
+    high: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.features if f not in FEATURES]
@@ -128,6 +147,15 @@ class Calibrator:
         lengths = {len(self.features), len(self.mean), len(self.scale), len(self.coef)}
         if len(lengths) != 1 or len(set(self.features)) != len(self.features):
             raise InputError("a calibrator needs one mean, scale and coefficient per feature, each feature once")
+        if (self.low or self.high) and not len(self.low) == len(self.high) == len(self.features):
+            raise InputError("a calibrator's fitted ranges need one low and one high per feature")
+
+    def ranges(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(low, high) per feature: the fitted ranges, or mean +- 5 scales where none were saved."""
+        if self.low:
+            return self.low, self.high
+        return (tuple(m - OLD_FILE_RANGE * s for m, s in zip(self.mean, self.scale)),
+                tuple(m + OLD_FILE_RANGE * s for m, s in zip(self.mean, self.scale)))
 
     def __call__(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """{name: (B,)} -> (B,) float32 probabilities in [0, 1]."""
@@ -135,8 +163,8 @@ class Calibrator:
         if missing:
             raise InputError(f"features {missing} are missing (given: {sorted(features)})")
         z = torch.full_like(features[self.features[0]], self.intercept, dtype=torch.float64)
-        for name, mean, scale, coef in zip(self.features, self.mean, self.scale, self.coef):
-            z = z + coef * (features[name].double() - mean) / scale
+        for name, mean, scale, coef, low, high in zip(self.features, self.mean, self.scale, self.coef, *self.ranges()):
+            z = z + coef * (features[name].double().clamp(low, high) - mean) / scale
         return z.sigmoid().float()
 
     def fitted_on_words(self) -> str:
@@ -149,18 +177,28 @@ class Calibrator:
         d = asdict(self)
         per_feature = [{"name": n, "mean": m, "scale": s, "coef": c}
                        for n, m, s, c in zip(d.pop("features"), d.pop("mean"), d.pop("scale"), d.pop("coef"))]
-        return {"model": "logistic regression on standardised features; score = P(box IoU >= 0.5)",
+        for row, low, high in zip(per_feature, d.pop("low"), d.pop("high")):
+            row.update(low=low, high=high)
+        return {"model": "logistic regression on standardised features, each clipped to its range on the fitting "
+                         "data [low, high]; score = P(box IoU >= 0.5)",
                 "intercept": d.pop("intercept"), "features": per_feature, **d}
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "calibrator") -> "Calibrator":
         try:
             rows = d["features"]
-            return cls(tuple(r["name"] for r in rows), tuple(float(r["mean"]) for r in rows),
-                       tuple(float(r["scale"]) for r in rows), tuple(float(r["coef"]) for r in rows),
-                       float(d["intercept"]), dict(d.get("fitted_on", {})), dict(d.get("metrics", {})))
+            column = lambda key: tuple(float(r[key]) for r in rows)  # noqa: E731
+            ranged = any("low" in r or "high" in r for r in rows)  # then every row needs both
+            calibrator = cls(tuple(r["name"] for r in rows), column("mean"), column("scale"), column("coef"),
+                             float(d["intercept"]), dict(d.get("fitted_on", {})), dict(d.get("metrics", {})),
+                             column("low") if ranged else (), column("high") if ranged else ())
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"{source} is not a vglaw calibrator ({type(e).__name__}: {e})") from None
+        if not ranged:
+            log.warning("note: %s has no fitted feature ranges (an older vglaw wrote it), so each feature is "
+                        "clipped to its mean +- %g scales; refit it with vglaw calibrate to store them",
+                        source, OLD_FILE_RANGE)
+        return calibrator
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_write(Path(path), lambda p: p.write_text(json.dumps(self.to_dict(), indent=2) + "\n"))
