@@ -1,9 +1,13 @@
 """``vglaw serve``: the Gradio page and its HTTP API, on loopback, with the bundled demo model:
-answers equal to ``Grounder.predict``, messages for bad input, 20 concurrent users, and the page
-driven in a real browser (Debian's Chromium through Playwright)."""
+answers equal to ``Grounder.predict``, messages for bad input, 20 concurrent users, the page
+driven in a real browser (Debian's Chromium through Playwright), and what guards the server: a
+port in use, the size of a request's uploads, uploads deleted once unused, requests from other
+origins, the security headers."""
 import json
+import os
 import shutil
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,6 +16,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 gradio = pytest.importorskip("gradio", reason="the demo extra (pip install 'vglaw[demo]') is not installed")
+import httpx  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
 from vglaw.inference import serve as serve_module  # noqa: E402
@@ -19,6 +24,7 @@ from vglaw.hub import DEMO_CHECKPOINT  # noqa: E402
 from vglaw.inference.predictor import Grounder  # noqa: E402
 
 TEXTS = ["the small red circle", "the blue square"]
+FRIEND = "https://friend.example"  # the origin the server is told to accept requests from
 
 
 def draw_shapes(path: Path, seed: int, size=(160, 120)) -> Path:
@@ -40,14 +46,21 @@ def grounder():
 
 
 @pytest.fixture(scope="module")
-def server(grounder):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def uploads(tmp_path_factory):
+    """Gradio's folder for uploads (and the server's answers), empty at the start."""
+    folder = tmp_path_factory.mktemp("gradio")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GRADIO_TEMP_DIR", str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def server(grounder, uploads):
+    sock = serve_module.listen("127.0.0.1", 0)
     app = serve_module.build_app(grounder, DEMO_CHECKPOINT)
-    serve_module.launch(app, port=port, block=False)
-    yield f"http://127.0.0.1:{port}/"
-    app.close()
+    running = serve_module.launch(app, sock, allow_origins=[FRIEND], block=False)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    running.should_exit = True
 
 
 def boxes_of(json_text: str) -> list[list[float]]:
@@ -142,12 +155,15 @@ def test_bad_input_gets_a_message_and_the_server_keeps_serving(server, grounder,
     monkeypatch.setattr(serve_module, "MAX_PIXELS", 100 * 100)  # the server checks the decoded size too
     with pytest.raises(AppError, match="over the server's limit of 10,000 pixels"):
         client.predict(handle_file(str(good)), "x", False, api_name="/ground")
+    monkeypatch.setattr(serve_module, "MAX_PIXELS", 2 * 160 * 120)  # and its pixels times the expressions
+    with pytest.raises(AppError, match=r"3 expressions on good.png \(160x120\): at most 2 at this size"):
+        client.predict(handle_file(str(good)), "a\nb\nc", False, api_name="/ground")
     monkeypatch.undo()
     _, _, result = client.predict(handle_file(str(good)), "\n".join(TEXTS), False, api_name="/ground")
     assert boxes_of(result) == expected_boxes(grounder, good, TEXTS)
     # the server logs each refusal as one line, without a traceback
     refused = [r.getMessage() for r in caplog.records if r.getMessage().startswith("request refused")]
-    assert len(refused) == len(cases) and all("\n" not in line for line in refused), refused
+    assert len(refused) == len(cases) + 1 and all("\n" not in line for line in refused), refused
     assert "Traceback" not in capfd.readouterr().err
 
 
@@ -188,6 +204,8 @@ def test_the_page_in_a_real_browser(server, grounder, tmp_path):
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run"])
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        refused = []  # what the server's Content-Security-Policy kept the page from doing
+        page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
         page.goto(server)
         assert "trained only on synthetic images" in page.content()
 
@@ -201,16 +219,20 @@ def test_the_page_in_a_real_browser(server, grounder, tmp_path):
         page.locator("#image img").first.wait_for(timeout=30_000)  # the upload arrived and shows
         page.locator("#expressions textarea").fill("\n".join(TEXTS))
         uploaded = ground()
+        page.locator("#expressions textarea").fill(TEXTS[1])
+        again = ground(before=uploaded)  # the same upload again: the page does not send it again
         page.get_by_text("the leftmost shape").first.click()  # an example fills the image and expressions
         page.wait_for_function("() => document.querySelector('#image img').src.includes('shapes_0')",
                                timeout=30_000)
         example_texts = page.locator("#expressions textarea").input_value().splitlines()
-        from_example = ground(before=uploaded)
+        from_example = ground(before=again)
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         browser.close()
     assert boxes_of(uploaded) == expected_boxes(grounder, path, TEXTS)
+    assert boxes_of(again) == expected_boxes(grounder, path, TEXTS[1:])
     assert example_texts[0] == "the leftmost shape"
     assert boxes_of(from_example) == expected_boxes(grounder, example, example_texts)
+    assert refused == []
 
 
 def test_the_page_says_what_a_checkpoint_was_trained_on(tmp_path):
@@ -224,3 +246,111 @@ def test_the_page_says_what_a_checkpoint_was_trained_on(tmp_path):
     build_model("tiny").save_pretrained(tmp_path / "bare")
     assert "Training data: Not recorded" in serve_module.describe(tmp_path / "bare",
                                                                   Grounder.from_pretrained(tmp_path / "bare"))
+
+
+def upload(server, files, **headers):
+    """Gradio's upload route called as any HTTP client would: ``files`` is [(name, bytes)]."""
+    return httpx.post(server + "gradio_api/upload", files=[("files", f) for f in files], headers=headers)
+
+
+def call_ground(server, path: str, text: str, **headers):
+    """(event, data) of one call to /ground through Gradio's plain HTTP API, on an uploaded file's path."""
+    r = httpx.post(server + "gradio_api/call/ground", headers=headers,
+                   json={"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, text, False]})
+    r.raise_for_status()
+    stream = httpx.get(server + f"gradio_api/call/ground/{r.json()['event_id']}", timeout=60).text
+    event, data = [line.split(": ", 1)[1] for line in stream.splitlines() if line.startswith(("event:", "data:"))][-2:]
+    return event, json.loads(data)
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_port_in_use_gets_one_line_naming_the_option_before_the_model_loads(capsys, monkeypatch):
+    from vglaw.cli import main
+
+    loaded = []
+    monkeypatch.setattr(Grounder, "from_pretrained", lambda *a, **k: loaded.append(a))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"vglaw serve: error: cannot listen on 127.0.0.1 port {port}: in use (another server is listening " \
+                  "on it); choose another with --port\n"
+    assert loaded == []
+
+
+def test_one_request_uploading_more_than_the_limit_in_all_is_refused(server, uploads):
+    """The limit is on the request, not on each file: files each under it but over it together are
+    refused before any is stored (and a body of unknown length is refused too)."""
+    before = files_under(uploads)
+    megabytes = np.random.default_rng(0).bytes(2**20)
+    half = (serve_module.MAX_UPLOAD_MB // 2 + 1) * megabytes
+    r = upload(server, [("a.png", half), ("b.png", half)])
+    assert r.status_code == 413 and f"over the server's limit of {serve_module.MAX_UPLOAD_MB} MB per request" in r.text
+    r = upload(server, [(f"{i}.png", megabytes) for i in range(serve_module.MAX_UPLOAD_MB + 5)])
+    assert r.status_code == 413
+    chunked = httpx.post(server + "gradio_api/upload", content=iter([megabytes] * 3),
+                         headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert chunked.status_code == 411
+    assert files_under(uploads) == before
+    assert upload(server, [("a.png", megabytes), ("b.png", megabytes)]).status_code == 200  # under it in all
+
+
+def test_uploads_are_kept_while_in_use_and_deleted_once_unused(server, grounder, uploads, tmp_path):
+    """The page grounds its uploaded image again on each click without uploading it again, so an
+    upload stays while it is used; it is deleted UPLOAD_KEEP_S after its last use (or its upload)."""
+    good = draw_shapes(tmp_path / "good.png", seed=2)
+    used, unused = upload(server, [("good.png", good.read_bytes()), ("other.png", b"not grounded")]).json()
+    assert call_ground(server, used, TEXTS[0])[0] == "complete"
+    event, data = call_ground(server, used, TEXTS[1])  # the page's second click on the same upload
+    assert event == "complete" and boxes_of(data[2]) == expected_boxes(grounder, good, [TEXTS[1]])
+    assert Path(used).is_file() and Path(unused).is_file()
+    old = time.time() - serve_module.UPLOAD_KEEP_S - 1
+    for path in (used, unused):
+        os.utime(path, (old, old))
+    newer = upload(server, [("new.png", good.read_bytes() + b"\0")]).json()[0]  # each upload deletes the unused
+    assert not Path(used).exists() and not Path(unused).exists() and Path(newer).is_file()
+    event, data = call_ground(server, used, TEXTS[0])
+    assert (event, data["error"]) == ("error", "good.png is no longer on the server (an upload is deleted 10 minutes "
+                                               "after its last use): upload it again")
+    os.utime(newer, (old, old))
+    assert call_ground(server, newer, TEXTS[0])[0] == "complete"  # in use: kept
+    assert Path(newer).is_file()
+    os.utime(newer, (old, old))
+    call_ground(server, str(serve_module.EXAMPLES / "shapes_0.jpg"), TEXTS[0])  # each answer deletes the unused
+    assert not Path(newer).exists() and not Path(newer).parent.exists()
+
+
+def test_requests_from_other_origins_are_refused_unless_allowed(server, uploads, tmp_path):
+    """A web page elsewhere must not use the server (upload to it, call it) through a visitor's
+    browser; the server's own page and the origins named with --allow-origin may."""
+    evil, own = {"Origin": "https://evil.example"}, {"Origin": server.rstrip("/")}
+    image = ("shapes.png", draw_shapes(tmp_path / "shapes.png", seed=4).read_bytes())
+    before = files_under(uploads)
+    r = upload(server, [image], **evil)
+    assert r.status_code == 403 and "requests from web pages on https://evil.example are refused" in r.text
+    assert files_under(uploads) == before
+    assert httpx.post(server + "gradio_api/call/ground", json={"data": [None, "x", False]}, headers=evil).status_code == 403
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    assert httpx.options(server + "gradio_api/call/ground", headers={**evil, **preflight}).status_code == 403
+    path = upload(server, [image], **own).json()[0]
+    assert call_ground(server, path, TEXTS[0], **own)[0] == "complete"
+    r = httpx.options(server + "gradio_api/call/ground", headers={"Origin": FRIEND, **preflight})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == FRIEND
+    r = upload(server, [image], Origin=FRIEND)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == FRIEND
+    assert call_ground(server, r.json()[0], TEXTS[0], Origin=FRIEND)[0] == "complete"
+
+
+def test_every_response_carries_the_security_headers(server):
+    responses = [httpx.get(server), httpx.get(server + "gradio_api/info"), httpx.get(server + "config"),
+                 upload(server, [("x.png", b"x")]), upload(server, [("x.png", b"x")], Origin="https://evil.example")]
+    for r in responses:
+        assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-frame-options"] == "DENY", r.url
+        assert r.headers["referrer-policy"] == "no-referrer"
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    assert [r.status_code for r in responses] == [200, 200, 200, 200, 403]

@@ -156,7 +156,7 @@ def _serve(args: argparse.Namespace) -> None:
     from .inference.serve import serve
 
     serve(args.checkpoint, host=args.host, port=args.port, device=args.device, precision=args.precision,
-          min_score=args.min_score)
+          min_score=args.min_score, allow_origins=args.allow_origin)
 
 
 def _calibrate(args: argparse.Namespace) -> None:
@@ -373,6 +373,9 @@ def _add_inference_commands(commands) -> None:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
     p.add_argument("--min-score", type=float, default=None, help=MIN_SCORE_HELP)
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="also accept API calls and uploads from web pages on this origin (e.g. https://app.example.com; "
+                        "repeatable); requests from other pages' origins are refused")
     p.set_defaults(run=_serve)
 
     p = commands.add_parser("visualize", help="ground truth vs prediction panels for dataset samples")
