@@ -5,6 +5,7 @@ port in use, the size of a request's uploads, uploads deleted once unused, reque
 origins, the security headers."""
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -281,9 +282,12 @@ def test_a_port_in_use_gets_one_line_naming_the_option_before_the_model_loads(ca
     assert err == f"vglaw serve: error: cannot listen on 127.0.0.1 port {port}: in use (another server is listening " \
                   "on it); choose another with --port\n"
     assert loaded == []
+    assert main(["serve", "--allow-origin", "app.example.com"]) == 2  # an origin has a scheme
+    assert capsys.readouterr().err == ("vglaw serve: error: --allow-origin app.example.com: an origin is "
+                                       "http(s)://host[:port], e.g. https://app.example.com\n")
 
 
-def test_one_request_uploading_more_than_the_limit_in_all_is_refused(server, uploads):
+def test_one_request_uploading_more_than_the_limit_in_all_is_refused(server, uploads, monkeypatch):
     """The limit is on the request, not on each file: files each under it but over it together are
     refused before any is stored (and a body of unknown length is refused too)."""
     before = files_under(uploads)
@@ -298,6 +302,9 @@ def test_one_request_uploading_more_than_the_limit_in_all_is_refused(server, upl
     assert chunked.status_code == 411
     assert files_under(uploads) == before
     assert upload(server, [("a.png", megabytes), ("b.png", megabytes)]).status_code == 200  # under it in all
+    monkeypatch.setattr(serve_module, "MAX_HELD_MB", 1)  # uploads kept at once
+    r = upload(server, [("c.png", megabytes)])
+    assert r.status_code == 503 and re.match(r"the server already holds \d+ MB of uploads \(at most 1 MB\)", r.text)
 
 
 def test_uploads_are_kept_while_in_use_and_deleted_once_unused(server, grounder, uploads, tmp_path):
