@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -34,11 +33,10 @@ def serve_picture() -> None:
     chromium = shutil.which("chromium")
     if chromium is None:
         sys.exit("docs/serve.png needs Debian's Chromium: apt-get install chromium")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    sock = serve.listen("127.0.0.1", 0)
+    port = sock.getsockname()[1]
     app = serve.build_app(Grounder.from_pretrained(DEMO_CHECKPOINT), DEMO_CHECKPOINT)
-    serve.launch(app, port=port, block=False)
+    server = serve.launch(app, sock, block=False)
     example = json.loads((serve.EXAMPLES / "examples.json").read_text())[0]
     try:
         with sync_playwright() as pw:
@@ -56,7 +54,7 @@ def serve_picture() -> None:
             page.screenshot(path=str(DOCS / "serve.png"), full_page=True)
             browser.close()
     finally:
-        app.close()
+        server.should_exit = True
 
 
 if __name__ == "__main__":
