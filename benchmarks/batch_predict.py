@@ -66,7 +66,8 @@ def measure(grounder: Grounder, pairs_path: Path, work: Path, batch_sizes: list[
         for n in workers:
             out = work / f"out_{batch_size}_{n}.jsonl"
             start = time.perf_counter()
-            predict_pairs(grounder, pairs_path, out, batch_size=batch_size, num_workers=n)
+            # a fresh out each time: nothing to resume, so the model's files need not be named
+            predict_pairs(grounder, pairs_path, out, model_files=[], batch_size=batch_size, num_workers=n)
             batch = len(pairs) / (time.perf_counter() - start)
             result[f"batch {batch_size}, workers {n}"] = {"pairs_per_s": round(batch, 2), "speedup": round(batch / loop, 2)}
             out.unlink()

@@ -2,26 +2,33 @@
 one by one, through grouping, batching, resuming after a kill and sharding over processes."""
 import json
 import os
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from vglaw.cli import main
 from vglaw.data.masks import decode_rle
-from vglaw.errors import InputError
+from vglaw.data.transforms import load_image
+from vglaw.errors import InputError, UnreadableFileError
 from vglaw.hub import DEMO_CHECKPOINT
 from vglaw.inference.batch import PartWriter, coco_results, group, pack, parts_folder, predict_pairs, read_pairs
 from vglaw.inference.predictor import Grounder
+from vglaw.model.io import checkpoint_files
 
 ROOT = Path(__file__).resolve().parents[1]
+DEMO_FILES = checkpoint_files(DEMO_CHECKPOINT)  # what the demo grounder is loaded from
 TEXTS = ["the leftmost shape", "the red circle", "the biggest square on the right", "the topmost triangle",
          "the small green shape", "the shape at the bottom"]
 
@@ -87,8 +94,8 @@ def test_the_batch_path_equals_grounder_predict_pair_by_pair(tmp_path, grounder)
     units = group(pairs, list(range(len(pairs))), 5)
     batches = [[units[k].image for k in batch] for batch in pack(units, 5)]
     assert any(len(set(images)) > 1 for images in batches) and len(units) > len({p["image"] for p in pairs})
-    summary = predict_pairs(grounder, path, tmp_path / "out.jsonl", masks=True, batch_size=5, num_workers=1,
-                            coco=tmp_path / "coco.json")
+    summary = predict_pairs(grounder, path, tmp_path / "out.jsonl", model_files=DEMO_FILES, masks=True, batch_size=5,
+                            num_workers=1, coco=tmp_path / "coco.json")
     assert summary["done_now"] == len(pairs) and summary["errors"]["total"] == 0
     lines = lines_of(tmp_path / "out.jsonl")
     assert_equal_to_pair_by_pair(lines, pairs, tmp_path, grounder)
@@ -146,7 +153,7 @@ def test_bad_images_and_empty_expressions_get_error_lines_not_a_crash(tmp_path, 
 def test_a_rerun_skips_what_is_written_and_drops_a_torn_line(tmp_path, grounder):
     pairs = make_pairs(tmp_path)
     path = write_jsonl(tmp_path / "pairs.jsonl", pairs)
-    predict_pairs(grounder, path, tmp_path / "full.jsonl", batch_size=4, num_workers=0)
+    predict_pairs(grounder, path, tmp_path / "full.jsonl", model_files=DEMO_FILES, batch_size=4, num_workers=0)
     full = (tmp_path / "full.jsonl").read_text()
     # what a run killed mid-write leaves: some whole lines in its part, then half a line
     out = tmp_path / "resumed.jsonl"
@@ -154,14 +161,14 @@ def test_a_rerun_skips_what_is_written_and_drops_a_torn_line(tmp_path, grounder)
     part.parent.mkdir()
     written = full.splitlines(keepends=True)[:5]
     part.write_text("".join(written) + written[5 - 1][:17])
-    summary = predict_pairs(grounder, path, out, batch_size=4, num_workers=0)
+    summary = predict_pairs(grounder, path, out, model_files=DEMO_FILES, batch_size=4, num_workers=0)
     assert (summary["already_done"], summary["done_now"]) == (5, len(pairs) - 5)
     assert out.read_text() == full and not part.parent.exists()
-    assert predict_pairs(grounder, path, out, batch_size=4, num_workers=0)["done_now"] == 0
+    assert predict_pairs(grounder, path, out, model_files=DEMO_FILES, batch_size=4, num_workers=0)["done_now"] == 0
     assert out.read_text() == full
     write_jsonl(tmp_path / "other.jsonl", [{"id": "new", "image": pairs[0]["image"], "text": "x"}])
     with pytest.raises(InputError, match="holds results for .* pairs that .*other.jsonl does not have"):
-        predict_pairs(grounder, tmp_path / "other.jsonl", out)
+        predict_pairs(grounder, tmp_path / "other.jsonl", out, model_files=DEMO_FILES)
 
 
 def test_each_write_is_on_disk_before_the_next_pass(tmp_path):
@@ -178,7 +185,12 @@ def test_each_write_is_on_disk_before_the_next_pass(tmp_path):
 def test_kill_9_loses_at_most_the_batch_in_flight_and_a_rerun_completes_the_file(tmp_path, grounder):
     pairs = make_pairs(tmp_path, images=40)
     path = write_jsonl(tmp_path / "pairs.jsonl", pairs)
-    predict_pairs(grounder, path, tmp_path / "full.jsonl", batch_size=1, num_workers=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the killed run's processes: the answers are then the same to the last digit
+    try:
+        predict_pairs(grounder, path, tmp_path / "full.jsonl", model_files=DEMO_FILES, batch_size=1, num_workers=0)
+    finally:
+        torch.set_num_threads(threads)
     out = tmp_path / "killed.jsonl"
     part = parts_folder(out) / "rank0.jsonl"
     command = [sys.executable, "-m", "vglaw", "predict", "--pairs", str(path), "--out", str(out), "--batch-size", "1",
@@ -224,3 +236,123 @@ def test_the_readmes_pairs_example_runs_as_written(tmp_path, monkeypatch, capsys
     lines = lines_of(tmp_path / "r.jsonl")
     assert [line["id"] for line in lines] == ["a1", "a2", "b1"] and all("error" not in line for line in lines)
     assert "3 pairs: 3 done now" in capsys.readouterr().out
+
+
+
+def one_colour_png(path: Path, side: int, rows_per_block: int = 500) -> Path:
+    """A real ``side`` x ``side`` black 8-bit grayscale PNG, written without holding its pixels:
+    one deflate block of ``rows_per_block`` rows (ending in a full flush, so every copy of it
+    decodes alike) repeated; 0.4 MB at 20000 x 20000, in a fraction of a second."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = bytes((side + 1) * rows_per_block)  # each row: filter type 0, then its pixels
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = deflate.compress(rows) + deflate.flush(zlib.Z_FULL_FLUSH)
+    checksum = 1
+    for _ in range(side // rows_per_block):
+        checksum = zlib.adler32(rows, checksum)
+    data = b"\x78\xda" + block * (side // rows_per_block) + deflate.flush() + struct.pack(">I", checksum)
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+def test_an_image_too_large_to_decode_is_its_pairs_error_line_and_the_run_goes_on(tmp_path, grounder, capsys):
+    """A 20000 x 20000 PNG is over PIL's decompression-bomb limit: decoded in a DataLoader
+    worker it gets an error line, the other pairs their answers, and --image gets one line."""
+    with Image.open(one_colour_png(tmp_path / "small.png", 1000)) as img:  # the writer makes real PNGs
+        assert (img.size, img.mode) == ((1000, 1000), "L") and np.asarray(img).max() == 0
+    huge = one_colour_png(tmp_path / "huge.png", 20000)
+    pairs = make_pairs(tmp_path, images=2)
+    pairs.insert(1, {"id": "huge", "image": "huge.png", "text": "the red circle"})
+    path = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    out = tmp_path / "out.jsonl"
+    assert main(["predict", "--pairs", str(path), "--out", str(out), "--num-workers", "1"]) == 0
+    assert "1 error lines (1 cannot read image)" in capsys.readouterr().out
+    lines = {line["id"]: line for line in lines_of(out)}
+    assert lines["huge"]["error"].startswith(f"cannot read image {tmp_path / 'huge.png'}: ")
+    assert "decompression bomb" in lines["huge"]["error"]
+    good = [p for p in pairs if p["id"] != "huge"]
+    assert_equal_to_pair_by_pair([lines[p["id"]] for p in good], good, tmp_path, grounder, masks=False)
+    assert main(["predict", "--image", str(huge), "--text", "the red circle", "--out", str(tmp_path / "h.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vglaw predict: error: cannot read image {huge}: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "h.png").exists()
+
+
+def test_load_image_turns_whatever_decoding_raises_into_one_line_naming_the_file(tmp_path, monkeypatch):
+    with pytest.raises(UnreadableFileError, match=r"^cannot read image .*huge.png: .*decompression bomb"):
+        load_image(one_colour_png(tmp_path / "huge.png", 20000))
+    shapes_image(tmp_path / "ok.png", 0)
+
+    def plugin_bug(*args, **kwargs):  # an error type no one expects from a decoder
+        raise ZeroDivisionError("division by zero\nin a plugin")
+
+    monkeypatch.setattr(Image, "open", plugin_bug)
+    with pytest.raises(UnreadableFileError, match=r"^cannot read image .*ok.png: division by zero in a plugin$"):
+        load_image(tmp_path / "ok.png")
+
+
+def test_a_rerun_redoes_each_pair_whose_image_text_model_or_settings_changed(tmp_path, grounder, capsys):
+    pairs = make_pairs(tmp_path, images=2)  # 3 pairs: one on the first image, two on the second
+    path, out = tmp_path / "pairs.jsonl", tmp_path / "out.jsonl"
+    command = ["predict", "--pairs", str(path), "--out", str(out), "--num-workers", "0"]
+    write_jsonl(path, pairs)
+    assert main(command) == 0
+    changed = next(i for i, p in enumerate(pairs) if p["text"] != "the shape at the bottom")
+    pairs[changed]["text"] = "the shape at the bottom"
+    write_jsonl(path, pairs)
+    assert main(command) == 0
+    assert "3 pairs: 1 done now (1 of them redone: their image, text, model or settings changed" in (
+        capsys.readouterr().out)
+    assert_equal_to_pair_by_pair(lines_of(out)[changed:changed + 1], pairs[changed:changed + 1], tmp_path, grounder,
+                                 masks=False)
+
+    def rerun(model=grounder, files=DEMO_FILES, **settings):
+        summary = predict_pairs(model, path, out, model_files=files, num_workers=0, **settings)
+        return summary["done_now"], summary["redone"]
+
+    assert rerun() == (0, 0)
+    image = "photos/set1/img_1.png"  # a new picture under the same name: its two pairs are done again
+    shapes_image(tmp_path / image, 99)
+    assert rerun() == (2, 2)
+    on_it = [k for k, p in enumerate(pairs) if p["image"] == image]
+    assert_equal_to_pair_by_pair([lines_of(out)[k] for k in on_it], [pairs[k] for k in on_it], tmp_path, grounder,
+                                 masks=False)
+    assert rerun(masks=True) == (3, 3) and all("mask_rle" in line for line in lines_of(out))
+    # the model: a copy of the checkpoint is the same model; another calibrator is not
+    copy = Path(shutil.copytree(DEMO_CHECKPOINT, tmp_path / "copy"))
+    assert rerun(files=checkpoint_files(copy), masks=True) == (0, 0)
+    calibration = json.loads((copy / "calibration.json").read_text())
+    calibration["intercept"] += 1.0
+    (copy / "calibration.json").write_text(json.dumps(calibration))
+    recalibrated = Grounder.from_pretrained(copy, device="cpu")
+    before = lines_of(out)[0]["score"]
+    assert rerun(recalibrated, checkpoint_files(copy), masks=True) == (3, 3)
+    after = lines_of(out)[0]["score"]
+    assert after != before
+    assert abs(after - recalibrated.predict(tmp_path / pairs[0]["image"], pairs[0]["text"]).score) <= 1e-4
+    # lines that do not say what made them (an older vglaw's) are never kept
+    write_jsonl(out, [{k: v for k, v in line.items() if k != "made_from"} for line in lines_of(out)])
+    assert rerun(recalibrated, checkpoint_files(copy), masks=True) == (3, 3)
+
+
+def test_an_output_that_is_an_input_is_refused_and_nothing_is_written(tmp_path, grounder, capsys):
+    pairs = make_pairs(tmp_path, images=2)
+    path = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    before = path.read_bytes()
+    (tmp_path / "link.jsonl").symlink_to(path)
+    for option, target in [("--out", path), ("--out", tmp_path / "link.jsonl"), ("--out", tmp_path / "." / path.name),
+                           ("--coco-results", path)]:
+        args = ["--out", str(tmp_path / "r.jsonl")] if option == "--coco-results" else []
+        assert main(["predict", "--pairs", str(path), option, str(target), *args]) == 2
+        err = capsys.readouterr().err
+        assert f"error: {option} {target} is the input file {path}" in err and err.count("\n") == 1, err
+        assert path.read_bytes() == before
+    image = tmp_path / pairs[0]["image"]
+    with pytest.raises(InputError, match=f"--out {image} is the input file .*{pairs[0]['image']}"):
+        predict_pairs(grounder, path, image, model_files=DEMO_FILES)
+    with pytest.raises(InputError, match="is the input file .*model.safetensors"):
+        predict_pairs(grounder, path, DEMO_CHECKPOINT / "model.safetensors", model_files=DEMO_FILES)
+    assert not (tmp_path / "r.jsonl").exists() and not parts_folder(tmp_path / "r.jsonl").exists()

@@ -1,16 +1,22 @@
 """The front door: the predictor, `vglaw predict` and `vglaw visualize`."""
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from safetensors.torch import load_file, save_file
 
 from vglaw.cli import main
+from vglaw.commands import predict as predict_command
 from vglaw.data.masks import decode_rle
+from vglaw.fileio import json_text
+from vglaw.inference.batch import parts_folder, predict_pairs
 from vglaw.inference.predictor import Grounder
 from vglaw.model import build_model
+from vglaw.model.io import checkpoint_files
 
 from conftest import randomize_
 
@@ -147,3 +153,50 @@ def test_the_mask_threshold_lives_on_the_model_config(tmp_path):
     del config["mask_threshold"]
     (tmp_path / "ck/config.json").write_text(json.dumps(config))
     assert Grounder.from_pretrained(tmp_path / "ck").mask_threshold == 0.35
+
+
+def test_a_checkpoint_with_a_non_finite_weight_is_refused_naming_it(tmp_path, checkpoint, capsys):
+    """A checkpoint folder with one NaN, a training .pt with one infinity: predict exits with one
+    line naming the tensor, and writes nothing."""
+    Image.new("RGB", (10, 10)).save(tmp_path / "ok.png")
+    state = load_file(str(checkpoint / "model.safetensors"))
+    folder = shutil.copytree(checkpoint, tmp_path / "nan")
+    bad = {k: v.clone() for k, v in state.items()}
+    bad["box_head.mlp.layers.0.weight"].view(-1)[5] = float("nan")
+    save_file(bad, str(folder / "model.safetensors"))
+    config = json.loads((checkpoint / "config.json").read_text())
+    bad = {k: v.clone() for k, v in state.items()}
+    bad["backbone.blocks.1.attn.qkv.bias"][0] = float("inf")
+    torch.save({"model": bad, "model_config": config}, tmp_path / "last.pt")
+    for path, name in [(folder, "box_head.mlp.layers.0.weight"),
+                       (tmp_path / "last.pt", "backbone.blocks.1.attn.qkv.bias")]:
+        assert main(["predict", "--checkpoint", str(path), "--image", str(tmp_path / "ok.png"), "--text", "x",
+                     "--out", str(tmp_path / "out.png")]) == 2
+        err = capsys.readouterr().err
+        assert f"weight {name} holds 1 non-finite value(s) (NaN or infinity)" in err and err.count("\n") == 1, err
+        assert not (tmp_path / "out.png").exists() and not (tmp_path / "out.json").exists()
+
+
+def test_no_json_file_is_written_with_nan_in_it(tmp_path, checkpoint, monkeypatch):
+    """A model that answers NaN (its weights broken after loading): predict and predict --pairs
+    stop with an error naming where the NaN is, and write no file holding it (JSON has no NaN)."""
+    with pytest.raises(ValueError, match=r"^predictions\[0\]\.box_xyxy\[1\] is not a finite number"):
+        json_text({"predictions": [{"box_xyxy": [1.0, float("nan")]}]})
+    with pytest.raises(ValueError, match=r"^\[0\]\.score is not a finite number"):
+        json_text([{"score": float("-inf")}])
+    grounder = Grounder.from_pretrained(checkpoint)
+    with torch.no_grad():
+        grounder.model.box_head.mlp.layers[0].weight.fill_(float("nan"))
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "x.png")
+    monkeypatch.setattr(predict_command, "load_grounder", lambda *args, **kwargs: grounder)
+    with pytest.raises(ValueError, match=r"box_xyxy\[0\] is not a finite number"):
+        predict_command.predict(checkpoint, tmp_path / "x.png", ["the red circle"], out=tmp_path / "out.png")
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"id": 1, "image": "x.png", "text": "the red circle"}) + "\n")
+    with pytest.raises(ValueError, match=r"box_xyxy\[0\] is not a finite number"):
+        predict_pairs(grounder, tmp_path / "pairs.jsonl", tmp_path / "out.jsonl",
+                      model_files=checkpoint_files(checkpoint), num_workers=0)
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl")]
+    assert all("NaN" not in p.read_text() for p in written)
+    assert not (tmp_path / "out.json").exists() and not (tmp_path / "out.png").exists()
+    assert not (tmp_path / "out.jsonl").exists()
+    assert not (parts_folder(tmp_path / "out.jsonl") / "rank0.jsonl").read_text()

@@ -126,7 +126,9 @@ def _predict_pairs(args: argparse.Namespace) -> None:
         if distributed.is_main():
             errors = s["errors"]
             kinds = ", ".join(f"{n} {kind}" for kind, n in errors.items() if kind != "total" and n)
-            print(f"{s['pairs']} pairs: {s['done_now']} done now ({s['pairs_per_s']} pairs/s, "
+            redone = (f" ({s['redone']} of them redone: their image, text, model or settings changed since "
+                      "their lines were written)") if s["redone"] else ""
+            print(f"{s['pairs']} pairs: {s['done_now']} done now{redone} ({s['pairs_per_s']} pairs/s, "
                   f"{s['seconds']} s), {s['already_done']} already in {s['out']}; "
                   f"{errors['total']} error lines" + (f" ({kinds})" if kinds else ""))
             print("wrote " + ", ".join(s[k] for k in ("out", "coco_results") if k in s))

@@ -1,8 +1,10 @@
 """Writing files without losing any: atomic writes (a crash mid-write leaves the previous file
-intact), and output folders that a command replaces only its own files in."""
+intact), JSON that is always valid JSON, and output folders that a command replaces only its own
+files in."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Callable
@@ -24,6 +26,32 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def json_text(value, *, indent: int | None = None) -> str:
+    """``value`` as JSON text (``json.dumps``), the one way vglaw's result files are written. NaN
+    and infinity are not JSON (Python's ``json`` would write bare ``NaN``, which strict readers
+    refuse), so they are an error here, a ValueError naming the first one, never a broken file."""
+    try:
+        return json.dumps(value, indent=indent, allow_nan=False)
+    except ValueError:
+        where = _non_finite(value, "")
+        if where is None:  # another ValueError (a circular reference): json's own message
+            raise
+        raise ValueError(f"{where or 'the value'} is not a finite number; JSON cannot hold it") from None
+
+
+def _non_finite(value, where: str) -> str | None:
+    """Where the first NaN or infinity in ``value`` is ("predictions[0].box_xyxy[1]"), or None."""
+    if isinstance(value, float):
+        return where if not math.isfinite(value) else None
+    if isinstance(value, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    return next((found for w, v in items if (found := _non_finite(v, w)) is not None), None)
 
 
 def check_output_folder(out: Path, marker: str, command: str) -> None:

@@ -1,12 +1,12 @@
 """``vglaw predict`` and ``vglaw visualize``: the predictor on your images and on dataset samples."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import InputError
 from ..device import resolve_device
-from ..hub import checkpoint_or_demo
+from ..fileio import json_text
+from ..hub import DEMO_CHECKPOINT, checkpoint_or_demo
 from ..inference.pictures import attention_tile, colour, draw_predictions, hstack, law_panel, record_panel
 from ..inference.postprocess import predictions_json
 from ..inference.predictor import Grounder, as_rgb
@@ -39,6 +39,7 @@ def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=Non
     out = Path(out or f"{stem}.vglaw.png")
     json_path = Path(json_path or out.with_suffix(".json"))
     result = predictions_json(str(image_path), image, preds)
+    text = json_text(result, indent=2)  # a NaN answer stops here, before any file is written
     out.parent.mkdir(parents=True, exist_ok=True)
     draw_predictions(image, preds).save(out)
     written = {"png": str(out)}
@@ -46,7 +47,7 @@ def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=Non
         written["heatmap_png"] = str(out.with_suffix(".heatmap.png"))
         hstack([attention_tile(image, p, colour(i)) for i, p in enumerate(preds)]).save(written["heatmap_png"])
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    json_path.write_text(text + "\n")
     return {**written, "json": str(json_path), **result}
 
 
@@ -57,13 +58,18 @@ def predict_pairs_file(checkpoint, pairs, *, out=None, image_root=None, masks: b
     default ``<pairs name>.vglaw.jsonl`` here), resumable, sharded under torchrun (see
     :mod:`vglaw.inference.batch`). Returns the run's summary."""
     from .. import distributed as dist
-    from ..inference.batch import predict_pairs
+    from ..inference.batch import check_outputs, file_ids, predict_pairs
+    from ..model.io import checkpoint_files
 
+    out = Path(out or f"{Path(pairs).stem}.vglaw.jsonl")
+    model_files = [Path(onnx)] if onnx is not None else checkpoint_files(checkpoint or DEMO_CHECKPOINT)
+    # an output that is the pairs file or a model file is refused before the model loads (the
+    # images are checked too, once the pairs are read)
+    check_outputs({"--out": out, "--coco-results": coco_results}, file_ids([pairs, *model_files]))
     grounder = load_grounder(checkpoint, onnx, device=dist.init(device), precision=precision,
                              mask_threshold=mask_threshold, min_score=min_score)
-    out = Path(out or f"{Path(pairs).stem}.vglaw.jsonl")
-    summary = predict_pairs(grounder, pairs, out, image_root=image_root, masks=masks, batch_size=batch_size,
-                            num_workers=num_workers, coco=coco_results)
+    summary = predict_pairs(grounder, pairs, out, model_files=model_files, image_root=image_root, masks=masks,
+                            batch_size=batch_size, num_workers=num_workers, coco=coco_results)
     return {**summary, "out": str(out), **({"coco_results": str(coco_results)} if coco_results else {})}
 
 
@@ -95,5 +101,5 @@ def visualize(checkpoint, prepared, split: str, indexes: list[int], out_dir, *, 
             law_panel(grounder, image, texts).save(law_path)
             entry["law_png"] = str(law_path)
         written.append(entry)
-    (out_dir / "visualize.json").write_text(json.dumps(written, indent=2) + "\n")
+    (out_dir / "visualize.json").write_text(json_text(written, indent=2) + "\n")
     return written

@@ -29,24 +29,28 @@ _LEFT_RIGHT = re.compile(r"\b(left|right)(most|ward|wards)?\b", re.IGNORECASE)
 
 def load_image(path) -> Image.Image:
     """An RGB PIL image with EXIF orientation applied; grayscale, RGBA, palette and 16-bit
-    images are converted. An unreadable file raises an OSError that names it."""
+    images are converted. vglaw's one image loader: whatever reading or decoding the file raises
+    (missing, truncated, not an image, larger than PIL's decompression-bomb limit of
+    ``Image.MAX_IMAGE_PIXELS``, ...) becomes an :class:`UnreadableFileError` (an OSError) with a
+    one-line message that names the file."""
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
             img.load()
-    except (OSError, SyntaxError, ValueError) as e:
-        raise UnreadableFileError(f"cannot read image {path}: {e}") from None
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA"):  # composite on black, the canvas colour
-        background = Image.new("RGB", img.size)
-        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
-        img = background
-    return img.convert("RGB")
+        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            arr = np.asarray(img, dtype=np.float64)
+            top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+            img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        if img.mode == "P":
+            img = img.convert("RGBA")
+        if img.mode in ("RGBA", "LA"):  # composite on black, the canvas colour
+            background = Image.new("RGB", img.size)
+            background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+            img = background
+        return img.convert("RGB")
+    except Exception as e:  # noqa: BLE001 - PIL and its plugins raise many types; each is this file's fault
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise UnreadableFileError(f"cannot read image {path}: {reason}") from None
 
 
 def has_spatial_word(text: str) -> bool:

@@ -8,14 +8,20 @@ expressions run together, packed with other images' into forward passes of up to
 Nothing is lost and nothing is done twice: each forward pass's lines are appended to a part
 file (``<out>.parts/rank<R>.jsonl``) and flushed to disk before the next pass, so a killed run
 loses at most the pass in flight; a rerun with the same ``--out`` reads what is there (a torn
-last line is dropped) and does only the rest, pairs that got an error line included. Under torchrun each process takes a disjoint
+last line is dropped) and does only the rest, pairs that got an error line included. Every line
+carries ``made_from``, a digest of what produced it (see :func:`made_from`); a line whose digest
+is not the pair's now (its image file, text, the model or a setting changed) is stale: the pair
+is done again and the summary counts it. Under torchrun each process takes a disjoint
 share of the images and writes its own part; when all are done, rank 0 merges the parts into
-``<out>`` in input order (atomically) and removes them. An image that cannot be read, or an
-empty expression, gives that pair an ``error`` line instead of an answer.
+``<out>`` in input order (atomically) and removes them. An image that cannot be read (whatever
+decoding it raises), or an empty expression, gives that pair an ``error`` line instead of an
+answer. An output that is one of the inputs (the pairs file, an image, a model file: the same
+file after links are followed) is refused before anything is written.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -29,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from .. import distributed as dist
 from ..data.transforms import Letterbox, normalize_canvas
 from ..errors import InputError, MissingFileError, VglawError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, json_text
 from ..progress import progress
 from .postprocess import prediction_json
 from .predictor import Grounder, as_rgb
@@ -131,7 +137,7 @@ class UnitImages(Dataset):
     def __getitem__(self, k: int) -> dict:
         try:
             rgb = as_rgb(self.image_root / self.units[k].image)
-        except (VglawError, OSError) as e:
+        except VglawError as e:  # load_image turns whatever decoding raises into its one line
             return {"unit": k, "error": str(e)}
         letterbox = Letterbox.centred((rgb.height, rgb.width), self.img_size)
         return {"unit": k, "canvas": letterbox.apply_image(rgb), "letterbox": letterbox, "size": rgb.size}
@@ -155,6 +161,54 @@ def read_results(path: Path) -> tuple[list[dict], int]:
     return lines, length
 
 
+# ----------------------------------------------------------------------------- what made an answer
+def file_ids(paths) -> dict[str, os.stat_result | None]:
+    """Each path's ``os.stat`` (links followed), or None where there is no such file."""
+    ids = {}
+    for path in map(str, paths):
+        try:
+            ids[path] = os.stat(path)
+        except OSError:
+            ids[path] = None
+    return ids
+
+
+def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: dict[str, os.stat_result | None]) -> None:
+    """Refuse an output (``{option: path}``) that is one of the ``inputs`` (``{path: stat}``): the
+    same file, after links are followed. Run before anything is written."""
+    by_identity = {(st.st_dev, st.st_ino): path for path, st in inputs.items() if st is not None}
+    for option, path in outputs.items():
+        st = None if path is None else file_ids([path])[str(path)]
+        source = None if st is None else by_identity.get((st.st_dev, st.st_ino))
+        if source is not None:
+            raise InputError(f"{option} {path} is the input file {source}: writing it would destroy that input; "
+                             f"give {option} another file (nothing was written)")
+
+
+def settings_digest(grounder: Grounder, model_files, masks: bool) -> str:
+    """What every answer depends on besides its pair: the model's files (content), the mask
+    threshold, the precision, the minimum score and whether masks are written. The device and
+    the batch size are left out: they change answers by float rounding at most."""
+    model = hashlib.sha256()
+    for path in model_files:
+        with open(path, "rb") as f:
+            model.update(hashlib.file_digest(f, "sha256").digest())
+    return json.dumps({"model": model.hexdigest(), "mask_threshold": grounder.mask_threshold,
+                       "precision": grounder.precision, "min_score": grounder.min_score, "masks": masks})
+
+
+def made_from(pair: dict, image: str, image_id: os.stat_result | None, settings: str) -> str:
+    """A pair's digest of what produces its answer: its id, text and image path, the image file's
+    size and modification time, and the run's settings (:func:`settings_digest`). The file is
+    known by one ``stat`` rather than by its contents: a rerun checks every done pair, and hashing
+    would read every image again. The price: an edit that keeps both size and modification time
+    goes unnoticed, and a copy that does not keep the time is done again."""
+    file = None if image_id is None else [image_id.st_size, image_id.st_mtime_ns]
+    text = json.dumps([key(pair["id"]), pair["text"], image, file, settings])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- result files
 class PartWriter:
     """Appends lines to one part file, each call's lines flushed and fsynced together; a torn
     last line left by a killed run is cut off first."""
@@ -167,7 +221,7 @@ class PartWriter:
         self.file = open(path, "a", encoding="utf-8")
 
     def write(self, lines: list[dict]) -> None:
-        self.file.write("".join(json.dumps(line) + "\n" for line in lines))
+        self.file.write("".join(json_text(line) + "\n" for line in lines))
         self.file.flush()
         os.fsync(self.file.fileno())
 
@@ -179,15 +233,29 @@ def parts_folder(out: Path) -> Path:
     return out.with_name(out.name + ".parts")
 
 
-def done_results(out: Path) -> dict[str, dict]:
-    """Every result already written for ``out`` (the merged file and the parts), by pair id; an
-    answer wins over an error line for the same pair (a retry that succeeded)."""
-    done = {}
+def written_results(out: Path) -> list[dict]:
+    """Every line already written for ``out``: the merged file's, then the parts'."""
+    lines = []
     for path in [out, *sorted(parts_folder(out).glob("*.jsonl"))]:
-        for line in read_results(path)[0]:
-            earlier = done.get(key(line["id"]))
-            if earlier is None or "error" in earlier or "error" not in line:
-                done[key(line["id"])] = line
+        found = read_results(path)[0]
+        if any(not isinstance(line, dict) or "id" not in line for line in found):
+            raise InputError(f"{path} holds lines that vglaw predict --pairs did not write (no id): give another "
+                             "--out (nothing was changed)")
+        lines += found
+    return lines
+
+
+def current_results(lines: list[dict], digests: dict[str, str]) -> dict[str, dict]:
+    """The lines still true of their pair, by pair id: those whose ``made_from`` is the pair's
+    digest now. An answer wins over an error line for the same pair (a retry that succeeded)."""
+    done = {}
+    for line in lines:
+        pid = key(line["id"])
+        if line.get("made_from") != digests.get(pid):
+            continue
+        earlier = done.get(pid)
+        if earlier is None or "error" in earlier or "error" not in line:
+            done[pid] = line
     return done
 
 
@@ -210,37 +278,48 @@ def coco_results(lines: list[dict]) -> list[dict]:
 
 # ----------------------------------------------------------------------------- the run
 def predict_pairs(grounder: Grounder, pairs_path: str | os.PathLike, out: str | os.PathLike, *,
-                  image_root: str | os.PathLike | None = None, masks: bool = False, batch_size: int = 32,
-                  num_workers: int = 2, coco: str | os.PathLike | None = None) -> dict:
+                  model_files: list[str | os.PathLike], image_root: str | os.PathLike | None = None,
+                  masks: bool = False, batch_size: int = 32, num_workers: int = 2,
+                  coco: str | os.PathLike | None = None) -> dict:
     """Ground every pair of ``pairs_path`` into the JSONL file ``out`` (see the module's
-    docstring); ``image_root`` (default: the pairs file's folder) is where image paths start.
-    Returns a summary: pairs, already done, done now (over all processes), errors (rank 0),
-    seconds, pairs per second."""
+    docstring); ``model_files`` are the files ``grounder``'s model was loaded from (what the
+    answers' ``made_from`` names), ``image_root`` (default: the pairs file's folder) is where image
+    paths start. Returns a summary: pairs, already done, done now (over all processes), redone
+    (stale lines: the pair changed since), errors (rank 0), seconds, pairs per second."""
     start = time.perf_counter()
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     pairs_path, out = Path(pairs_path), Path(out)
     image_root = Path(image_root) if image_root is not None else pairs_path.parent
     pairs = read_pairs(pairs_path)
-    done = done_results(out)
-    unknown = set(done) - {key(p["id"]) for p in pairs}
+    images = [os.path.join(os.path.abspath(image_root), p["image"]) for p in pairs]
+    image_ids = file_ids(dict.fromkeys(images))
+    check_outputs({"--out": out, "--coco-results": coco}, {**file_ids([pairs_path, *model_files]), **image_ids})
+    settings = settings_digest(grounder, model_files, masks)
+    digests = {key(p["id"]): made_from(p, image, image_ids[image], settings) for p, image in zip(pairs, images)}
+    lines = written_results(out)
+    unknown = {key(line["id"]) for line in lines} - {key(p["id"]) for p in pairs}
     if unknown:
         raise InputError(f"{out} holds results for {len(unknown)} pairs that {pairs_path} does not have (e.g. id "
                          f"{json.loads(min(unknown))!r}): give another --out")
+    done = current_results(lines, digests)
+    stale = {key(line["id"]) for line in lines} - set(done)
     dist.barrier()  # every process has read what is done before any writes more
-    # pairs with an answer are done; error lines are tried again (the image may be there now)
+    # pairs with a current answer are done; error lines are tried again (the image may be there now)
     todo = [i for i, p in enumerate(pairs) if "error" in done.get(key(p["id"]), {"error": None})]
     units = group(pairs, todo, batch_size)[dist.rank()::dist.world_size()]
     mine = sum(len(u.rows) for u in units)
-    written = _run(grounder, pairs, units, image_root, PartWriter(parts_folder(out) / f"rank{dist.rank()}.jsonl"),
-                   masks=masks, batch_size=batch_size, num_workers=num_workers, total=mine)
+    written = _run(grounder, pairs, digests, units, image_root,
+                   PartWriter(parts_folder(out) / f"rank{dist.rank()}.jsonl"), masks=masks, batch_size=batch_size,
+                   num_workers=num_workers, total=mine)
     counts = dist.all_reduce_sum(torch.tensor([float(written)], device=grounder.device)).tolist()
     dist.barrier()  # every part is complete
-    summary = {"pairs": len(pairs), "already_done": len(pairs) - len(todo), "done_now": int(counts[0])}
+    summary = {"pairs": len(pairs), "already_done": len(pairs) - len(todo), "done_now": int(counts[0]),
+               "redone": len(stale)}
     if dist.is_main():
-        lines = _merge(pairs, out)
+        lines = _merge(pairs, digests, out)
         if coco is not None:
-            atomic_write(coco, lambda p: p.write_text(json.dumps(coco_results(lines)) + "\n"))
+            atomic_write(coco, lambda p: p.write_text(json_text(coco_results(lines)) + "\n"))
         errors = [line["error"] for line in lines if "error" in line]
         summary["errors"] = {kind: sum(e.startswith(kind) for e in errors) for kind in ERROR_KINDS}
         summary["errors"]["total"] = len(errors)
@@ -250,8 +329,8 @@ def predict_pairs(grounder: Grounder, pairs_path: str | os.PathLike, out: str | 
     return summary
 
 
-def _run(grounder: Grounder, pairs: list[dict], units: list[Unit], image_root: Path, writer: PartWriter, *,
-         masks: bool, batch_size: int, num_workers: int, total: int) -> int:
+def _run(grounder: Grounder, pairs: list[dict], digests: dict[str, str], units: list[Unit], image_root: Path,
+         writer: PartWriter, *, masks: bool, batch_size: int, num_workers: int, total: int) -> int:
     """Ground this process's units, one part-file write per forward pass; returns the pairs done."""
     dataset = UnitImages(units, image_root, grounder.spec.img_size)
     loader = DataLoader(dataset, batch_sampler=pack(units, batch_size), collate_fn=list, num_workers=num_workers,
@@ -260,7 +339,8 @@ def _run(grounder: Grounder, pairs: list[dict], units: list[Unit], image_root: P
     done = 0
     try:
         for items in loader:
-            lines = _answer(grounder, pairs, [(units[item["unit"]], item) for item in items], masks)
+            lines = [{**line, "made_from": digests[key(line["id"])]}
+                     for line in _answer(grounder, pairs, [(units[item["unit"]], item) for item in items], masks)]
             writer.write(lines)
             done += len(lines)
             bar.update(len(lines))
@@ -306,14 +386,14 @@ def _answer(grounder: Grounder, pairs: list[dict], batch: list[tuple[Unit, dict]
     return lines
 
 
-def _merge(pairs: list[dict], out: Path) -> list[dict]:
-    """All results, from ``out`` and the parts, written to ``out`` in input order (atomically);
-    the parts are then removed. Returns the lines."""
-    done = done_results(out)
+def _merge(pairs: list[dict], digests: dict[str, str], out: Path) -> list[dict]:
+    """The current results, from ``out`` and the parts, written to ``out`` in input order
+    (atomically); the parts are then removed. Returns the lines."""
+    done = current_results(written_results(out), digests)
     missing = [p["id"] for p in pairs if key(p["id"]) not in done]
     if missing:
         raise RuntimeError(f"{len(missing)} pairs have no result after every process finished (e.g. {missing[0]!r})")
     lines = [done[key(p["id"])] for p in pairs]
-    atomic_write(out, lambda path: path.write_text("".join(json.dumps(line) + "\n" for line in lines)))
+    atomic_write(out, lambda path: path.write_text("".join(json_text(line) + "\n" for line in lines)))
     shutil.rmtree(parts_folder(out), ignore_errors=True)
     return lines

@@ -4,8 +4,9 @@ A checkpoint is a directory written by ``VGLAW.save_pretrained`` (``config.json`
 ``model.safetensors``, no pickle), a training checkpoint file written by ``vglaw train``
 (``last.pt`` / ``best.pt``, read with ``torch.load(weights_only=True)``), or a Hugging Face Hub
 repo id (``USER/NAME``, through the local Hub cache). The config rebuilds the architecture and
-every weight is loaded strictly. A confidence calibrator beside the weights (``calibration.json``
-in the directory, ``<file>.calibration.json`` beside a file) is loaded with them.
+every weight is loaded strictly; a weight holding NaN or infinity is refused, naming the first such
+tensor. A confidence calibrator beside the weights (``calibration.json`` in the directory,
+``<file>.calibration.json`` beside a file) is loaded with them.
 """
 from __future__ import annotations
 
@@ -53,7 +54,17 @@ def read_checkpoint_file(path: str | os.PathLike) -> dict:
     missing = {"model", "model_config"} - set(state if isinstance(state, dict) else ())
     if missing:
         raise InputError(f"{path} is not a vglaw training checkpoint (lacks {sorted(missing)})")
+    check_finite(state["model"], path)
     return state
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """Refuse weights holding NaN or infinity (a model that answers NaN), naming the first tensor."""
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise InputError(f"{source}: weight {name} holds {bad} non-finite value(s) (NaN or infinity); "
+                             "a model with such weights answers NaN, so it is not loaded")
 
 
 def _read_directory(directory: Path) -> tuple[dict, dict[str, torch.Tensor], Path]:
@@ -73,7 +84,18 @@ def _read_directory(directory: Path) -> tuple[dict, dict[str, torch.Tensor], Pat
         state = load_file(str(weights_path))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
         raise InputError(f"{weights_path} is not a readable safetensors file: {e}") from None
+    check_finite(state, weights_path)
     return config, state, weights_path
+
+
+def checkpoint_files(source: str | os.PathLike) -> list[Path]:
+    """The files a model loaded from ``source`` (as :func:`load_pretrained` takes it) is made of:
+    config and weights (or the training checkpoint file), and the calibrator when there is one."""
+    path = resolve_checkpoint(source)
+    files = [path / CONFIG_NAME, path / WEIGHTS_NAME] if path.is_dir() else [path]
+    if calibration_path(path).is_file():
+        files.append(calibration_path(path))
+    return files
 
 
 def load_pretrained(source: str | os.PathLike, *, strict: bool = True, **overrides) -> VGLAW:
