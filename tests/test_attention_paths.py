@@ -55,5 +55,5 @@ def test_folded_rel_pos_equals_the_bias_path_with_gradients(shape):
 
 
 def test_an_unknown_attention_path_is_refused():
-    with pytest.raises(ValueError, match="attention must be one of"):
+    with pytest.raises(ValueError, match="'attention' must be one of"):
         build_model("tiny", attention="flash")

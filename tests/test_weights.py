@@ -124,7 +124,7 @@ def test_from_pretrained_names_bad_checkpoints(tmp_path):
     model = build_model("tiny")
     model.save_pretrained(tmp_path / "ck")
     config = json.loads((tmp_path / "ck/config.json").read_text())
-    (tmp_path / "ck/config.json").write_text(json.dumps({**config, "depth": 3}))
+    (tmp_path / "ck/config.json").write_text(json.dumps({**config, "depth": 3, "global_blocks": [1]}))
     with pytest.raises(ValueError, match="unexpected.*backbone.blocks.3"):
         from_pretrained(tmp_path / "ck")
     (tmp_path / "ck/config.json").write_text(json.dumps({**config, "embed_dim": 64}))

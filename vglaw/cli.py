@@ -53,9 +53,10 @@ def _leakage(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from .config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # a bad value is one line before torch is imported
     from .engine.train import train
 
-    cfg = load_config(args.config, args.overrides)
     try:
         train(cfg, resume=args.resume)
     finally:

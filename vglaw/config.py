@@ -3,15 +3,20 @@
 
 Layering: dataclass defaults (the recipe of the authors' README command; their published code
 runs it at a constant lr: ``optim.warmup_steps: 0``, ``optim.drop_epochs: []``) <- the ``_base_``
-chain of YAML files <- the given YAML file <- CLI overrides such as ``optim.lr=2e-4``. Unknown keys and
-values of the wrong type are rejected with the key named. The merged config is written into
-the run folder and into every checkpoint.
+chain of YAML files <- the given YAML file <- CLI overrides such as ``optim.lr=2e-4``. Unknown keys,
+values of the wrong type and values outside a field's range (declared with the field, see
+:func:`setting`) are rejected in one line that names the key, the value and what is allowed;
+:func:`check_run` adds the rules between fields and the run's folders before training builds
+anything. The merged config is written into the run folder and into every checkpoint.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import os
 import re
+import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +25,8 @@ from pathlib import Path
 import yaml
 
 from .errors import InputError, InputTypeError, MissingFileError
+
+log = logging.getLogger(__name__)
 
 
 class _Loader(yaml.SafeLoader):
@@ -34,11 +41,68 @@ _Loader.add_implicit_resolver(
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # every command's --precision choices
+OPTIMIZERS = ("adam_weight_decay", "adamw")  # optim.optimizer (vglaw.engine.optim)
+CROPS = ("canvas", "random")  # data.crop (vglaw.data.transforms.TrainAugment)
 MASK_THRESHOLD = 0.35  # the authors' mask threshold: the default of VGLAWConfig.mask_threshold
+MAX_SEED = 1_000_000  # the data seeds multiply run.seed into a 64-bit generator seed
 
 
-def _yaml(text: str):
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+def _yaml(text: str, source: str):
+    """YAML ``text`` with the safe loader: plain data only, so a tag such as
+    ``!!python/object/apply:os.system`` is refused, in one line that names ``source``."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        reason = " ".join(filter(None, (getattr(e, "context", None), getattr(e, "problem", None)))) or str(e)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    except Exception as e:  # noqa: BLE001 - PyYAML's constructors fail in their own ways (`!!float ''`: IndexError)
+        reason, where = f"{type(e).__name__}: {e}", ""
+    raise InputError(" ".join(f"{source} is not plain YAML data: {reason}{where}".split()))
+
+
+def setting(default=dataclasses.MISSING, *, factory=dataclasses.MISSING, at_least=None, above=None,
+            at_most=None, one_of=None, not_empty: bool = False):
+    """A dataclass field with the values it allows, declared together: numbers ``>= at_least``,
+    ``> above`` and ``<= at_most`` (and finite), a value of ``one_of``, a ``not_empty`` string or
+    list. A list's rules hold for each item. :func:`build_dataclass` checks them."""
+    rule = dict(at_least=at_least, above=above, at_most=at_most, one_of=one_of, not_empty=not_empty)
+    return field(default=default, default_factory=factory,
+                 metadata={"allowed": {k: v for k, v in rule.items() if v is not None and v is not False}})
+
+
+def _allowed(rule: dict) -> str:
+    """What ``rule`` allows, in words: "one of [...]", ">= 1", "in (0, 1]", "not empty"."""
+    if "one_of" in rule:
+        return f"one of {list(rule['one_of'])}"
+    low = ("[", rule["at_least"]) if "at_least" in rule else ("(", rule["above"]) if "above" in rule else None
+    if low and "at_most" in rule:
+        return f"in {low[0]}{low[1]}, {rule['at_most']}]"
+    if low:
+        return f"{'>=' if low[0] == '[' else '>'} {low[1]}"
+    return f"<= {rule['at_most']}" if "at_most" in rule else "not empty"
+
+
+def _fits(value, rule: dict) -> bool:
+    if "one_of" in rule:
+        return value in rule["one_of"]
+    if not isinstance(value, (int, float)):
+        return True  # strings and lists: only not_empty applies
+    return (math.isfinite(value) and value >= rule.get("at_least", -math.inf) and value > rule.get("above", -math.inf)
+            and value <= rule.get("at_most", math.inf))
+
+
+def check_allowed(key: str, value, rule: dict) -> None:
+    """An InputError naming ``key``, ``value`` and what is allowed when ``value`` (each item of a
+    list) breaks ``rule`` (see :func:`setting`); None passes (the field's "not set")."""
+    if value is None or not rule:
+        return
+    if rule.get("not_empty") and not value:
+        raise InputError(f"config key '{key}' must not be empty, got {value!r}")
+    numeric = {k: v for k, v in rule.items() if k != "not_empty"}
+    if numeric and not all(_fits(v, numeric) for v in (value if isinstance(value, (list, tuple)) else [value])):
+        raise InputError(f"config key '{key}' must be {_allowed(numeric)}"
+                         f"{' (each item)' if isinstance(value, (list, tuple)) else ''}, got {value!r}")
 
 
 @dataclass
@@ -54,57 +118,57 @@ class ModelSection:
 @dataclass
 class DataSection:
     prepared: str = ""  # folder written by `vglaw prepare`
-    train_split: str = "train"
-    eval_splits: list[str] = field(default_factory=lambda: ["val"])
+    train_split: str = setting("train", not_empty=True)
+    eval_splits: list[str] = setting(factory=lambda: ["val"], not_empty=True)  # the last one selects `best`
     tokenizer: str | None = None  # a BERT directory; default: the text encoder's, else MiniLM's vocab
-    num_workers: int = 2
+    num_workers: int = setting(2, at_least=0)
     multiscale: bool = False  # longer side = img_size + scale_step * k, k in -4..4 (the authors' flag, off in their recipe)
-    scale_step: int = 32
-    crop: str = "canvas"  # canvas: trim to at most the canvas, keeping the box (the authors'); random: a random-size crop keeping the box
-    crop_prob: float = 0.5
-    flip_prob: float = 0.5
+    scale_step: int = setting(32, at_least=1)
+    crop: str = setting("canvas", one_of=CROPS)  # canvas: trim to at most the canvas, keeping the box (the authors'); random: a random-size crop keeping the box
+    crop_prob: float = setting(0.5, at_least=0, at_most=1)
+    flip_prob: float = setting(0.5, at_least=0, at_most=1)
     translate: bool = True
     skip_bad_images: bool = False  # skip unreadable images (counted in the log) instead of stopping
 
 
 @dataclass
 class OptimSection:
-    effective_batch: int = 256  # per-device batch x devices x accumulation steps
-    batch_size: int = 8  # per device
-    optimizer: str = "adam_weight_decay"  # adam_weight_decay (MindSpore's, the authors') | adamw (torch's)
-    eps: float = 1e-6
-    lr: float = 1e-4  # generator, S, D, heads
-    lr_backbone: float = 1e-5
-    lr_text: float = 1e-5
-    weight_decay: float = 1e-4
-    warmup_steps: int = 250  # optimizer steps of linear warmup from warmup_factor x lr (0: none, as the authors' code runs)
-    warmup_epochs: float | None = None  # the warmup in epochs instead, when set
-    warmup_factor: float = 0.01
-    drop_epochs: list[int] = field(default_factory=lambda: [10])  # x drop_factor at each ([]: none, as the authors' code runs)
-    drop_factor: float = 0.1
-    clip_grad_norm: float = 0.15
+    effective_batch: int = setting(256, at_least=1)  # per-device batch x devices x accumulation steps
+    batch_size: int = setting(8, at_least=1)  # per device
+    optimizer: str = setting("adam_weight_decay", one_of=OPTIMIZERS)  # adam_weight_decay (MindSpore's, the authors') | adamw (torch's)
+    eps: float = setting(1e-6, above=0)
+    lr: float = setting(1e-4, above=0)  # generator, S, D, heads
+    lr_backbone: float = setting(1e-5, at_least=0)  # 0 keeps the part fixed
+    lr_text: float = setting(1e-5, at_least=0)
+    weight_decay: float = setting(1e-4, at_least=0)
+    warmup_steps: int = setting(250, at_least=0)  # optimizer steps of linear warmup from warmup_factor x lr (0: none, as the authors' code runs)
+    warmup_epochs: float | None = setting(None, at_least=0)  # the warmup in epochs instead, when set
+    warmup_factor: float = setting(0.01, at_least=0, at_most=1)
+    drop_epochs: list[int] = setting(factory=lambda: [10], at_least=1)  # x drop_factor at each ([]: none, as the authors' code runs)
+    drop_factor: float = setting(0.1, above=0, at_most=1)
+    clip_grad_norm: float = setting(0.15, above=0)
 
 
 @dataclass
 class LossSection:
-    l1: float = 1.0
-    giou: float = 1.0
-    focal: float = 1.0
-    dice: float = 1.0
+    l1: float = setting(1.0, at_least=0)
+    giou: float = setting(1.0, at_least=0)
+    focal: float = setting(1.0, at_least=0)
+    dice: float = setting(1.0, at_least=0)
 
 
 @dataclass
 class RunSection:
-    out: str = "runs/vglaw"
-    epochs: int = 20
-    seed: int = 0
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    device: str = "auto"  # auto | cpu | cuda
-    checkpoint_every: int = 0  # also save `last` every N optimizer steps (0: only per epoch)
-    eval_every: int = 1  # epochs
-    mask_threshold: float | None = None  # evaluation's; None: the model's (model.overrides.mask_threshold)
+    out: str = setting("runs/vglaw", not_empty=True)
+    epochs: int = setting(20, at_least=1)
+    seed: int = setting(0, at_least=0, at_most=MAX_SEED)
+    precision: str = setting("fp32", one_of=PRECISIONS)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (checked by vglaw.device.resolve_device)
+    checkpoint_every: int = setting(0, at_least=0)  # also save `last` every N optimizer steps (0: only per epoch)
+    eval_every: int = setting(1, at_least=1)  # epochs
+    mask_threshold: float | None = setting(None, at_least=0, at_most=1)  # evaluation's; None: the model's (model.overrides.mask_threshold)
     compile: bool = False
-    max_steps: int = 0  # stop after this many optimizer steps (0: no limit); for smoke runs
+    max_steps: int = setting(0, at_least=0)  # stop after this many optimizer steps (0: no limit); for smoke runs
 
 
 @dataclass
@@ -136,11 +200,24 @@ def type_matches(value, annotation) -> bool:
     return isinstance(value, origin or annotation)
 
 
+def _type_name(annotation) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation)
+
+
+def _as_float(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an int too large for a float: outside any range
+        return math.inf
+
+
 def build_dataclass(cls, values: dict, where: str = ""):
-    """``cls(**values)`` for a config dataclass, nested ones included; unknown keys and values of
-    the wrong type are rejected with the key named (``where`` prefixes the names)."""
+    """``cls(**values)`` for a config dataclass, nested ones included; unknown keys, values of the
+    wrong type and values outside a field's :func:`setting` are rejected with the key named
+    (``where`` prefixes the names)."""
     hints = typing.get_type_hints(cls)
-    unknown = sorted(set(values) - set(hints))
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(hints), key=str)
     if unknown:
         raise InputError(f"unknown config key(s) {[f'{where}{k}' for k in unknown]}; "
                          f"known in {where.rstrip('.') or cls.__name__}: {sorted(hints)}")
@@ -151,10 +228,13 @@ def build_dataclass(cls, values: dict, where: str = ""):
             if not isinstance(value, dict):
                 raise InputTypeError(f"config key '{where}{key}' must be a mapping, got {value!r}")
             kwargs[key] = build_dataclass(annotation, value, f"{where}{key}.")
-        elif not type_matches(value, annotation):
-            raise InputTypeError(f"config key '{where}{key}' must be {annotation}, got {value!r}")
-        else:
-            kwargs[key] = float(value) if annotation is float else value
+            continue
+        if annotation is float and type_matches(value, float):
+            value = _as_float(value)
+        if not type_matches(value, annotation):
+            raise InputTypeError(f"config key '{where}{key}' must be {_type_name(annotation)}, got {value!r}")
+        check_allowed(f"{where}{key}", value, fields[key].metadata.get("allowed", {}))
+        kwargs[key] = value
     return cls(**kwargs)
 
 
@@ -163,7 +243,7 @@ def _merge(base: dict, diff: dict) -> dict:
     for key, value in diff.items():
         out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
             and key != "overrides" else value
-    if "overrides" in diff and isinstance(base.get("overrides"), dict):
+    if isinstance(diff.get("overrides"), dict) and isinstance(base.get("overrides"), dict):
         out["overrides"] = {**base["overrides"], **diff["overrides"]}
     return out
 
@@ -171,14 +251,21 @@ def _merge(base: dict, diff: dict) -> dict:
 def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     if path in seen:
         raise InputError(f"config {path} includes itself through _base_")
-    if not path.is_file():
+    try:
+        found = path.is_file()
+        text = path.read_text(encoding="utf-8") if found else ""
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"config file {path} cannot be read as UTF-8 text: {e}") from None
+    if not found:
         raise MissingFileError(f"config file {path} not found")
-    values = _yaml(path.read_text()) or {}
+    values = _yaml(text, f"config file {path}") or {}
     if not isinstance(values, dict):
         raise InputError(f"config file {path} must hold a mapping")
     base = values.pop("_base_", None)
     if base is None:
         return values
+    if not isinstance(base, str) or not base.strip() or not base.isprintable():
+        raise InputError(f"config file {path}: _base_ must be the path of another config file, got {base!r}")
     return _merge(_read_yaml((path.parent / base).resolve(), seen + (path,)), values)
 
 
@@ -191,18 +278,64 @@ def parse_overrides(items: list[str]) -> dict:
         key, raw = item.split("=", 1)
         node = out
         parts = key.strip().split(".")
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
-        node[parts[-1]] = _yaml(raw)
+            if not isinstance(node, dict):
+                raise InputError(f"override {item!r}: {'.'.join(parts[:i + 1])!r} is set to a value by another override")
+        node[parts[-1]] = _yaml(raw, f"override {item!r}")
     return out
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None) -> Config:
-    """Defaults <- YAML file (with its _base_ chain) <- overrides."""
+    """Defaults <- YAML file (with its _base_ chain) <- overrides; every field checked (type and range)."""
     values = _read_yaml(Path(path).resolve()) if path else {}
     if overrides:
         values = _merge(values, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
     return build_dataclass(Config, values)
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_run(cfg: Config, world_size: int | None = None) -> None:
+    """Everything a training run can check before it reads, writes or builds anything: every field
+    again (however ``cfg`` was made), the rules between fields, the batch split over ``world_size``
+    processes (default: torchrun's ``WORLD_SIZE``, else 1) and the run's folders. The model section
+    is checked by ``vglaw.model.check_model_section``. Raises InputError in one line."""
+    build_dataclass(Config, config_to_dict(cfg))
+    optim, run = cfg.optim, cfg.run
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    if optim.effective_batch % (optim.batch_size * world_size):
+        raise InputError(f"config key 'optim.effective_batch' must be a multiple of optim.batch_size "
+                         f"{optim.batch_size} x {world_size} process(es), got {optim.effective_batch}")
+    late = [d for d in optim.drop_epochs if d >= run.epochs]
+    if late:  # a recipe cut short (run.epochs=2 for a smoke run) keeps its drops: said, not refused
+        log.warning("optim.drop_epochs %s: the lr never drops at %s in a run of %d epoch(s)",
+                    optim.drop_epochs, late, run.epochs)
+    if not cfg.data.prepared or not Path(cfg.data.prepared).is_dir():
+        raise MissingFileError(f"config key 'data.prepared': {cfg.data.prepared!r} is not a folder "
+                               f"(give the folder written by vglaw prepare)")
+    if cfg.model.backbone_weights and not Path(cfg.model.backbone_weights).is_file():
+        raise MissingFileError(f"config key 'model.backbone_weights': {cfg.model.backbone_weights} not found")
+    _check_writable(Path(run.out))
+
+
+def _check_writable(out: Path) -> None:
+    """``run.out`` is a folder, or can be made in its nearest existing parent: tried with an empty
+    folder made and removed there at once (the permission bits do not say it for root)."""
+    key = f"config key 'run.out': {str(out)!r}"
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{key} is a file, not a folder")
+    parent = _nearest_existing(out.absolute())
+    if not parent.is_dir():
+        raise InputError(f"{key} cannot be made: {parent} is not a folder")
+    try:
+        tempfile.TemporaryDirectory(dir=parent, prefix=".vglaw-write-check-").cleanup()
+    except OSError as e:
+        raise InputError(f"{key} cannot be written: {parent}: {e.strerror or e}") from None
 
 
 def config_to_dict(config: Config) -> dict:

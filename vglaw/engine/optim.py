@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from ..config import OPTIMIZERS
 from ..errors import InputError
-
-OPTIMIZERS = ("adam_weight_decay", "adamw")
 
 
 class AdamWeightDecay(torch.optim.Optimizer):

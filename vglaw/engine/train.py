@@ -20,10 +20,11 @@ import yaml
 from torch.utils.data import DataLoader
 
 from .. import distributed as dist
-from ..config import Config, config_to_dict
+from ..config import Config, check_run, config_to_dict
 from ..data import GroundingDataset, TrainAugment, collate, load_tokenizer
 from ..errors import InputError
 from ..model import VGLAW, build_model
+from ..model.build import check_model_section
 from ..model.confidence import Calibrator
 from ..weights.vit import load_detectron2_vit, load_mae_vit
 from .calibrate import fit_calibrator
@@ -244,6 +245,8 @@ def train(cfg: Config, resume: bool = False) -> dict:
 
     ``resume`` continues from ``checkpoints/last.pt`` when it exists and starts afresh
     otherwise, so ``torchrun --max-restarts N ... --resume`` recovers from a lost worker."""
+    check_run(cfg)  # every value, in one line, before anything is read, written or built
+    check_model_section(cfg.model)
     device = dist.init(cfg.run.device)
     out = Path(cfg.run.out)
     state = _read_resume_state(checkpoint_paths(out)[0], resume)
