@@ -3,15 +3,18 @@
 Fits the calibrator on one fresh synthetic set (seed 11) and measures it on another (seed 12),
 300 images each, and on seed 12 with the expressions shuffled across samples (the demo's
 control: every such answer is about an expression that is not in its image). Reports each
-feature alone, the full set, and the full set with each feature left out, then writes
-``benchmarks/results_confidence.json``.
+feature alone, the full set, and the full set with each feature left out, and the full set's
+scores on images with nothing on them (with and without clipping each feature to its fitted
+range), then writes ``benchmarks/results_confidence.json``.
 
     python benchmarks/confidence.py [--images 300]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import platform
 import tempfile
 import time
@@ -61,6 +64,31 @@ def on_an_object(samples, ds) -> np.ndarray:
     return np.array(hits)
 
 
+BLANK_TEXTS = ["the red square", "the leftmost shape", "the big blue circle", "the topmost shape"]
+
+
+def blank_scores(grounder, calibrator) -> dict:
+    """The scores of answers to BLANK_TEXTS on images with nothing on them: uniform grey, white,
+    black and purple, and colour noise; with the calibrator as fitted (each feature clipped to its
+    range on the fitting data) and with the clip taken off."""
+    rng = np.random.default_rng(0)
+    images = {"grey": np.full((150, 200, 3), 128, np.uint8), "white": np.full((300, 120, 3), 255, np.uint8),
+              "black": np.zeros((64, 64, 3), np.uint8), "purple": np.full((100, 100, 3), (140, 90, 170), np.uint8),
+              "noise": rng.integers(0, 256, (160, 160, 3), dtype=np.uint8)}
+    n = len(calibrator.features)
+    unclipped = dataclasses.replace(calibrator, low=(-math.inf,) * n, high=(math.inf,) * n)
+    result = {}
+    for name, c in (("clipped", calibrator), ("unclipped", unclipped)):
+        grounder.calibrator = c
+        answers = [p for image in images.values() for p in grounder.predict(image, BLANK_TEXTS)]
+        scores = np.array([p.score for p in answers])
+        empty = np.array([not p.mask.any() for p in answers])
+        result[name] = {"answers": len(answers), "empty_masks": int(empty.sum()), "max_score": float(scores.max()),
+                        "mean_score": float(scores.mean()),
+                        "max_score_empty_mask": float(scores[empty].max()) if empty.any() else None}
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=300)
@@ -103,12 +131,14 @@ def main() -> None:
               "mean_score_on_another_object": float(scores[wrong & landed].mean()),
               "mean_score_on_no_object": float(scores[wrong & ~landed].mean()) if (wrong & ~landed).any() else None}
     print("shuffled, wrong answers:", json.dumps(limits))
+    blank = blank_scores(grounder, fit_calibrator(fit["features"], fit["box_iou"]))
+    print("images with nothing on them:", json.dumps(blank))
     result = {"command": "python benchmarks/confidence.py", "date": time.strftime("%Y-%m-%d"),
               "machine": f"{platform.machine()}, {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}",
               "images_per_set": args.images, "expressions": {"fit": len(fit["box_iou"]), "test": len(right)},
               "prec@0.5": float(right.float().mean()), "all_features": full, "feature_alone_auroc": alone,
               "without_feature": without,
-              "shuffled_wrong_answers": limits, "seconds": round(time.time() - start, 1)}
+              "shuffled_wrong_answers": limits, "blank_images": blank, "seconds": round(time.time() - start, 1)}
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 
