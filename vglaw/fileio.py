@@ -1,11 +1,12 @@
 """Writing files without losing any: atomic writes (a crash mid-write leaves the previous file
-intact), JSON that is always valid JSON, and output folders that a command replaces only its own
-files in."""
+intact), JSON that is always valid JSON, output folders that a command replaces only its own
+files in, and input paths that are regular files (not a FIFO that would block forever)."""
 from __future__ import annotations
 
 import json
 import math
 import os
+import stat
 from pathlib import Path
 from typing import Callable
 
@@ -84,3 +85,21 @@ def record_output_folder(out: Path, marker: str, command: str, before: set[Path]
     """Write ``marker``: every file under ``out`` that was not there before ``command`` ran."""
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p not in before)
     (out / marker).write_text(json.dumps({"written_by": command, "files": written}, indent=1) + "\n")
+
+
+SPECIAL_FILES = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISCHR: "a character device",
+                 stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket"}
+
+
+def special_file(path: str | os.PathLike) -> str | None:
+    """What ``path`` is ("a FIFO (named pipe)", "a folder", ...) when it is there but is not a
+    regular file, from ``os.stat`` (links followed), before anything opens it: opening a FIFO
+    waits for a writer forever and a device may never end. None for a regular file, or where
+    ``stat`` fails (a missing file: opening it says so)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # ValueError: a NUL in the path
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in SPECIAL_FILES.items() if test(mode)), "a special file")
