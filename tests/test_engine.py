@@ -1,5 +1,6 @@
 """The training and evaluation engine: recipe, metrics, distributed equivalence, resume."""
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -196,6 +197,18 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, prepared):
     assert [r["epoch"] for r in log] == [0, 1]
     # each epoch logs the lr it trained with: 1e-3, then 1e-4 after the drop at epoch 1
     assert [r["lr"] for r in log] == pytest.approx([1e-3, 1e-4])
+
+
+def test_training_without_evaluation_splits_completes_and_says_no_best_is_made(tmp_path, prepared, caplog):
+    """A dataset with only a train split: nothing to evaluate, so no best/ and no calibrator."""
+    caplog.set_level(logging.INFO, logger="vglaw")
+    train(load_config(small_config(tmp_path, prepared), ["run.epochs=2", "data.eval_splits=[]"]))
+    log = [json.loads(x) for x in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["eval"]) for r in log] == [(0, {}), (1, {})]
+    assert load_checkpoint(tmp_path / "run/checkpoints/last.pt")["epoch"] == 2
+    assert not (tmp_path / "run/best").exists() and not (tmp_path / "run/checkpoints/best.pt").exists()
+    said = [r.getMessage() for r in caplog.records if "eval_splits" in r.getMessage()]
+    assert len(said) == 1 and "no best/" in said[0] and "calibrator" in said[0], said
 
 
 def test_frozen_text_cache_gives_the_encoders_output_and_encodes_each_expression_once():

@@ -200,6 +200,7 @@ def train_demo_checkpoint(work: str | Path = "data/demo-train", *, config: str |
     generate(work, seed=0, split_sizes={"train": 3000, "val": 100})
     prepare(fmt="refer", data_root=work, dataset="synthref", image_root=work / "images", out=work / "prepared")
     cfg = load_config(config, [f"data.prepared={work / 'prepared'}", f"run.out={work / 'run'}"] + (overrides or []))
+    shutil.rmtree(work / "run", ignore_errors=True)  # a new run each time: train refuses a folder holding one
     train(cfg)
     model = VGLAW.from_pretrained(work / "run" / "best")
     model.calibrator = None  # refitted below, on a set of its own

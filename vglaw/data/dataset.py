@@ -14,7 +14,7 @@ from ..errors import InputError
 from .prepare import load_split
 from .masks import decode_rle
 from .readers import gt_box_xyxy
-from .transforms import TrainAugment, eval_transform, load_image, make_sample
+from .transforms import TrainAugment, eval_transform, load_image, make_sample, swap_left_right
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,19 @@ class GroundingDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def expressions(self) -> list[str]:
+        """Every expression an item can carry, each once, in record order: the sentences and,
+        when training flips images, their left/right-swapped twins."""
+        texts = [record["sentence"] for record in self.records]
+        if self.augment is not None and self.augment.flip_prob > 0:
+            texts += [swap_left_right(text) for text in texts]
+        return list(dict.fromkeys(texts))
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """(N, max_len) ``input_ids`` and ``attention_mask`` of ``texts``, as the items carry them."""
+        return self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_len,
+                              return_tensors="pt")
+
     def gt_mask(self, index: int) -> np.ndarray | None:
         """The target mask at original resolution, (H, W) uint8, or None."""
         rle = self.records[index].get("mask")
@@ -107,8 +120,7 @@ class GroundingDataset(Dataset):
             sample, letterbox = self.augment(sample, gen)
         else:
             sample, letterbox = eval_transform(sample, self.img_size)
-        tokens = self.tokenizer(sample.text, padding="max_length", truncation=True, max_length=self.max_len,
-                                return_tensors="pt")
+        tokens = self.tokenize([sample.text])
         box = box_convert(sample.box.as_subclass(torch.Tensor)[0], "xyxy", "cxcywh") / self.img_size
         canvas_mask = (torch.zeros(self.img_size, self.img_size, dtype=torch.uint8) if sample.mask is None
                        else sample.mask.as_subclass(torch.Tensor)[0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader
@@ -47,18 +47,34 @@ class TrainState:
     step_in_epoch: int = 0  # optimizer steps of ``epoch`` already done
     global_step: int = 0  # optimizer steps of the whole run
     best: float = -1.0  # the best evaluation score so far
+    # the epoch's steps so far, so that an epoch resumed in its middle logs what an uninterrupted one does
+    epoch_sums: dict[str, float] = field(default_factory=dict)  # each loss term summed over micro-batches and processes
+    epoch_micro_batches: int = 0  # micro-batches of all processes
+    epoch_skipped: int = 0  # samples skipped (unusable) by all processes
+    lr: float | None = None  # the last optimizer step's (the scheduler has moved on since)
+
+    def next_epoch(self) -> None:
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.epoch_sums, self.epoch_micro_batches, self.epoch_skipped, self.lr = {}, 0, 0, None
+
+    def epoch_means(self) -> dict:
+        """Each loss term's mean over the epoch's micro-batches so far, ``skipped_samples`` and
+        the last step's ``lr``."""
+        means = {k: v / max(self.epoch_micro_batches, 1) for k, v in self.epoch_sums.items()}
+        return {**means, "lr": self.lr, "skipped_samples": self.epoch_skipped}
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, state: TrainState, accum_steps: int,
                     device: torch.device, precision: str, loss_weights, clip_grad_norm: float, max_steps: int = 0,
                     on_step=None, writer=None, text_cache=None) -> dict:
     """Run the epoch's micro-batches; every ``accum_steps`` of them make one optimizer step,
-    which advances ``state.step_in_epoch`` and ``state.global_step`` (then ``on_step()`` runs:
-    checkpoints). Stops early at ``max_steps`` optimizer steps of the run (0: no limit).
-    ``text_cache`` (a FrozenTextCache) supplies the frozen text encoder's output.
-    Returns each loss term's mean over the epoch and all processes, ``skipped_samples`` and
-    the last step's ``lr``. Raises NonFiniteLossError on NaN/inf, before that step's update is
-    applied.
+    which advances ``state.step_in_epoch`` and ``state.global_step`` and adds to the epoch's
+    sums in ``state`` (then ``on_step()`` runs: checkpoints). Stops early at ``max_steps``
+    optimizer steps of the run (0: no limit). ``text_cache`` (a FrozenTextCache) supplies the
+    frozen text encoder's output. Returns :meth:`TrainState.epoch_means`: each loss term's mean
+    over the epoch (its steps before a resume included) and all processes, ``skipped_samples``
+    and the last step's ``lr``. Raises NonFiniteLossError on NaN/inf, before that step's update
+    is applied.
 
     The loss terms stay on the device while the micro-batches of a step run: the host reads
     them once per optimizer step (one all-reduce over processes, one copy), which is also where
@@ -66,12 +82,11 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, state: Train
     """
     model.train()  # a frozen text encoder stays in eval mode (VGLAW.train)
     core = model.module if hasattr(model, "module") else model
-    totals, micro_batches, seen, skipped, start = {}, 0, 0, 0, time.perf_counter()
+    seen, step_skipped, start = 0, 0, time.perf_counter()
     step_terms = None  # (5,) this process's loss terms summed over the step's micro-batches
-    lr = optimizer.param_groups[-1]["lr"]
     bar = progress(loader, f"epoch {state.epoch}", show=dist.is_main(), unit="batch")
     for i, batch in enumerate(bar):
-        skipped += batch["skipped"]
+        step_skipped += batch["skipped"]
         text = text_cache(batch["input_ids"], batch["attention_mask"], device) if text_cache is not None else None
         batch = to_device(batch, device)
         last = (i + 1) % accum_steps == 0
@@ -84,20 +99,22 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, state: Train
             scaler.scale(losses["loss"] / accum_steps).backward()
         terms = torch.stack([v.detach().float() for v in losses.values()])
         step_terms = terms if step_terms is None else step_terms + terms
-        micro_batches += 1
         seen += batch["image"].shape[0] * dist.world_size()
         if not last:
             continue
-        values = dict(zip(losses, dist.all_reduce_sum(step_terms).tolist()))  # the step's one read
-        step_terms = None
+        # the step's one read: its loss terms and skipped samples, over processes
+        *sums, skipped = dist.all_reduce_sum(torch.cat([step_terms, step_terms.new_tensor([step_skipped])])).tolist()
+        values, step_terms, step_skipped = dict(zip(losses, sums)), None, 0
         if not math.isfinite(values["loss"]):
             raise NonFiniteLossError(
                 f"non-finite loss at epoch {state.epoch}, optimizer step {state.global_step} (loss terms summed over the "
                 f"step's micro-batches and processes: {values}); stopping before this update. The last "
                 "checkpoint is intact; lower the learning rate or check the data, then --resume")
         for k, v in values.items():
-            totals[k] = totals.get(k, 0.0) + v
-        lr = optimizer.param_groups[-1]["lr"]  # the lr this step uses (the scheduler then moves on)
+            state.epoch_sums[k] = state.epoch_sums.get(k, 0.0) + v
+        state.epoch_micro_batches += accum_steps * dist.world_size()
+        state.epoch_skipped += int(skipped)
+        lr = state.lr = optimizer.param_groups[-1]["lr"]  # the lr this step uses (the scheduler then moves on)
         optimizer_step(core, optimizer, scheduler, scaler, clip_grad_norm)
         state.global_step += 1
         state.step_in_epoch += 1
@@ -112,10 +129,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, state: Train
         if max_steps and state.global_step >= max_steps:
             break
     bar.close()
-    means = {k: v / max(micro_batches * dist.world_size(), 1) for k, v in totals.items()}
-    means["lr"] = lr  # of the epoch's last optimizer step
-    means["skipped_samples"] = int(dist.all_reduce_sum(torch.tensor(float(skipped), device=device)).item())
-    return means
+    return state.epoch_means()
 
 
 @torch.no_grad()

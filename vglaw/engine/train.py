@@ -3,13 +3,15 @@
 Launch on one process (CPU or one GPU) or with ``torchrun --nproc_per_node N -m vglaw train``.
 The run folder gets ``config.yaml``, ``log.jsonl`` (one line per epoch), ``train.log``,
 TensorBoard events under ``tb/``, ``checkpoints/last.pt`` and ``best.pt`` (full training
-state) and ``best/`` (the best model as a vglaw checkpoint directory, for predict/eval).
+state) and ``best/`` (the best model as a vglaw checkpoint directory, for predict/eval; the
+best ones only when ``data.eval_splits`` names a split to choose them on).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -20,11 +22,10 @@ import yaml
 from torch.utils.data import DataLoader
 
 from .. import distributed as dist
-from ..config import Config, check_run, config_to_dict
+from ..config import Config, config_to_dict
 from ..data import GroundingDataset, TrainAugment, collate, load_tokenizer
-from ..errors import InputError
+from ..errors import InputError, MissingFileError
 from ..model import VGLAW, build_model
-from ..model.build import check_model_section
 from ..model.confidence import Calibrator
 from ..weights.vit import load_detectron2_vit, load_mae_vit
 from .calibrate import fit_calibrator
@@ -55,13 +56,15 @@ def build_train_model(cfg: Config):
     return model
 
 
-def _setup_logging(out: Path) -> None:
+def _setup_logging(out: Path) -> logging.Handler | None:
+    """``train.log`` (rank 0): the handler, to remove when the run ends."""
     if dist.is_main():
         handler = logging.FileHandler(out / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logging.getLogger("vglaw").addHandler(handler)
-    else:
-        logging.getLogger("vglaw").setLevel(logging.WARNING)
+        return handler
+    logging.getLogger("vglaw").setLevel(logging.WARNING)
+    return None
 
 
 def checkpoint_paths(out: Path) -> tuple[Path, Path]:
@@ -69,24 +72,36 @@ def checkpoint_paths(out: Path) -> tuple[Path, Path]:
     return out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
 
 
-def _read_resume_state(last: Path, resume: bool) -> dict | None:
+def _read_resume_state(out: Path, resume: bool) -> dict | None:
+    """With ``resume``, the checkpoint to continue from; without it, None, and a folder that
+    already holds a run is refused. Under ``torchrun --max-restarts N ... --resume`` the first
+    attempt finds no checkpoint yet and starts the run."""
+    last = checkpoint_paths(out)[0]
     if resume and last.is_file():
         return load_checkpoint(last)
+    if resume and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
+        log.info("--resume: no checkpoint at %s yet, starting the run (torchrun restarts will resume it)", last)
+        return None
     if resume:
-        log.warning("--resume: no checkpoint at %s yet, starting from the beginning", last)
+        raise MissingFileError(f"--resume: {out} holds no run to continue ({last} is missing); drop --resume to "
+                               "start one there")
+    if last.exists():
+        raise InputError(f"{out} already holds a run ({last}): add --resume to continue it, or give another "
+                         "run.out to start a new one")
     return None
 
 
-def _start_run_folder(cfg: Config, out: Path) -> None:
-    """The run folder with the merged config; seeds per process."""
+def _start_run_folder(cfg: Config, out: Path) -> logging.Handler | None:
+    """The run folder with the merged config and ``train.log`` (its handler); seeds per process."""
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     dist.barrier()
-    _setup_logging(out)
+    handler = _setup_logging(out)
     torch.manual_seed(cfg.run.seed + dist.rank())
     random.seed(cfg.run.seed + dist.rank())
     np.random.seed(cfg.run.seed + dist.rank())
+    return handler
 
 
 def _datasets(cfg: Config, model) -> tuple[GroundingDataset, dict[str, GroundingDataset]]:
@@ -115,6 +130,9 @@ class TrainRun:
         self.last_path, self.best_path = checkpoint_paths(out)
         self.core = build_train_model(cfg).to(device)
         self.train_ds, self.eval_sets = _datasets(cfg, self.core)
+        if not self.eval_sets:
+            log.warning("data.eval_splits is empty: no split is evaluated, so no best/ checkpoint and no confidence "
+                        "calibrator will be made (checkpoints/last.pt holds the run)")
         self.sampler = GlobalBatchSampler(len(self.train_ds), effective_batch=cfg.optim.effective_batch,
                                           batch_size=cfg.optim.batch_size, rank=dist.rank(),
                                           world_size=dist.world_size(), seed=cfg.run.seed, with_epoch=True)
@@ -127,11 +145,16 @@ class TrainRun:
         self.state = TrainState()
         self.text_cache = FrozenTextCache(self.core.text_encoder) if cfg.model.cache_text else None
         self.model = self.core  # what the loop runs: compiled and / or DDP-wrapped below
-        # uint8 canvases, pinned for the copy to the GPU; workers live for the whole run
+        # uint8 canvases, pinned for the copy to the GPU; workers live for the whole run. The loader
+        # draws its seeds from a generator of its own: from torch's global one (which stochastic
+        # depth uses) it would draw when its first iterator starts, in a resumed run at another
+        # point of that RNG than in the uninterrupted one. (The samples' randomness does not
+        # depend on these seeds: see GroundingDataset.)
         workers = cfg.data.num_workers
         self.loader = DataLoader(self.train_ds, batch_sampler=self.sampler, collate_fn=collate, num_workers=workers,
                                  pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                                 prefetch_factor=4 if workers > 0 else None)
+                                 prefetch_factor=4 if workers > 0 else None,
+                                 generator=torch.Generator().manual_seed(cfg.run.seed))
         self.writer = None
 
     def restore(self, state: dict) -> None:
@@ -140,7 +163,7 @@ class TrainRun:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.state = TrainState(**{name: state[name] for name in TrainState.__dataclass_fields__})
+        self.state = TrainState(**{name: state[name] for name in TrainState.__dataclass_fields__ if name in state})
         set_rng_state(state["rng"][min(dist.rank(), len(state["rng"]) - 1)])
         log.info("resumed from %s at epoch %d, step %d of the epoch (optimizer step %d)", self.last_path,
                  self.state.epoch, self.state.step_in_epoch, self.state.global_step)
@@ -149,6 +172,16 @@ class TrainRun:
             kept = [line for line in log_path.read_text().splitlines()
                     if json.loads(line)["epoch"] < self.state.epoch]
             log_path.write_text("".join(line + "\n" for line in kept))
+
+    def fill_text_cache(self) -> None:
+        """With ``model.cache_text``, encode every expression the training split can show, once,
+        in its order: a run and the same run resumed then train on the same bits."""
+        if self.text_cache is None:
+            return
+        started = time.time()
+        tokens = self.train_ds.tokenize(self.train_ds.expressions())
+        n = self.text_cache.fill(tokens["input_ids"], tokens["attention_mask"], self.device)
+        log.info("text cache: %d expressions encoded in %.0f s", n, time.time() - started)
 
     def wrap(self) -> None:
         """torch.compile and DDP around the model, and the TensorBoard writer (rank 0)."""
@@ -190,12 +223,14 @@ class TrainRun:
             on_step=self._on_step, writer=self.writer, text_cache=self.text_cache)
         stopped = bool(cfg.run.max_steps and state.global_step >= cfg.run.max_steps)
         if state.step_in_epoch >= self.sampler.steps_per_epoch:  # complete, unless max_steps cut it short
-            state.epoch, state.step_in_epoch = state.epoch + 1, 0
+            state.next_epoch()
         return losses, stopped
 
     def evaluate(self) -> tuple[dict, dict]:
         """Metrics per evaluation split, and the per-sample results (see :func:`evaluate`) of
-        the last split: the one that selects the best checkpoint."""
+        the last split: the one that selects the best checkpoint (None without evaluation splits)."""
+        if not self.eval_sets:
+            return {}, None
         results = {split: evaluate(self.core, eval_loader(ds, self.cfg.optim.batch_size, self.cfg.data.num_workers),
                                    ds, device=self.device, precision=self.cfg.run.precision,
                                    mask_threshold=self.cfg.run.mask_threshold, desc=f"eval {split}", with_samples=True)
@@ -243,19 +278,34 @@ class TrainRun:
 def train(cfg: Config, resume: bool = False) -> dict:
     """Train (or with ``resume`` continue) the run in ``cfg.run.out``; returns the last metrics.
 
-    ``resume`` continues from ``checkpoints/last.pt`` when it exists and starts afresh
-    otherwise, so ``torchrun --max-restarts N ... --resume`` recovers from a lost worker."""
-    check_run(cfg)  # every value, in one line, before anything is read, written or built
-    check_model_section(cfg.model)
+    ``resume`` continues from ``checkpoints/last.pt`` exactly where it was saved: the resumed
+    run logs the same epoch lines and ends with the same weights, bit for bit, as one never
+    interrupted. Without a checkpoint there it is an error, except under ``torchrun
+    --max-restarts N ... --resume``, whose first attempt starts the run (so that a restart
+    recovers from a lost worker). Without ``resume`` a folder that already holds a run
+    (``checkpoints/last.pt``) is refused."""
     device = dist.init(cfg.run.device)
     out = Path(cfg.run.out)
-    state = _read_resume_state(checkpoint_paths(out)[0], resume)
-    _start_run_folder(cfg, out)
-    run = TrainRun(cfg, device, out)
-    if state is not None:
-        run.restore(state)
-    run.wrap()
-    metrics: dict = {}
+    state = _read_resume_state(out, resume)
+    log_file = _start_run_folder(cfg, out)
+    try:
+        run = TrainRun(cfg, device, out)
+        if state is not None:
+            run.restore(state)
+        run.fill_text_cache()
+        run.wrap()
+        return _train_epochs(run)
+    finally:  # this run's train.log ends here (another run in this process writes its own)
+        if log_file is not None:
+            logging.getLogger("vglaw").removeHandler(log_file)
+            log_file.close()
+
+
+def _train_epochs(run: TrainRun) -> dict:
+    """The run's remaining epochs; returns the last metrics. At the end of an epoch its log line
+    is written first, then ``best`` (when it improved), then ``last``: a run stopped anywhere in
+    between redoes that epoch's end when resumed, and rewrites them."""
+    cfg, out, metrics = run.cfg, run.out, {}
     while run.state.epoch < cfg.run.epochs:
         epoch, started = run.state.epoch, time.time()
         losses, stopped = run.train_epoch()  # moves the state to the next epoch when this one is complete
@@ -264,13 +314,13 @@ def train(cfg: Config, resume: bool = False) -> dict:
         metrics, samples = run.evaluate() if evaluated else ({}, None)
         score = metrics[cfg.data.eval_splits[-1]]["prec@0.5"] if metrics else -1.0
         improved, run.state.best = score > run.state.best, max(run.state.best, score)
-        run.checkpoint(run.last_path)
+        run.log_epoch(epoch, losses, metrics, time.time() - started)
         if improved:
             run.checkpoint(run.best_path)
             if dist.is_main():  # best/ with its calibrator, fitted on the split that chose it
                 run.core.calibrator = run.calibrator(samples, epoch)
                 run.core.save_pretrained(out / "best", training=run.training_record(epoch, metrics))
-        run.log_epoch(epoch, losses, metrics, time.time() - started)
+        run.checkpoint(run.last_path)
         if stopped:
             break
     if run.writer is not None:
