@@ -52,7 +52,6 @@ BAD_VALUES = [  # (override, what the line must name)
     ("data.flip_prob=1.5", "'data.flip_prob' must be in [0, 1], got 1.5"),
     ("data.crop=middle", "'data.crop' must be one of ['canvas', 'random'], got 'middle'"),
     ("optim.optimizer=sgd", "'optim.optimizer' must be one of ['adam_weight_decay', 'adamw'], got 'sgd'"),
-    ("data.eval_splits=[]", "'data.eval_splits' must not be empty"),
     ("model.name=vitx", "'model.name' must be one of ['tiny', 'vitb'], got 'vitx'"),
     ("model.overrides.depth=-1", "'model.overrides.depth' must be in [1, 128], got -1"),
     ("model.overrides.embed_dim=1e9", "'model.overrides.embed_dim' must be int, got 1000000000.0"),

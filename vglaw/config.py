@@ -119,7 +119,7 @@ class ModelSection:
 class DataSection:
     prepared: str = ""  # folder written by `vglaw prepare`
     train_split: str = setting("train", not_empty=True)
-    eval_splits: list[str] = setting(factory=lambda: ["val"], not_empty=True)  # the last one selects `best`
+    eval_splits: list[str] = setting(factory=lambda: ["val"])  # the last one selects `best`; [] none: no `best`
     tokenizer: str | None = None  # a BERT directory; default: the text encoder's, else MiniLM's vocab
     num_workers: int = setting(2, at_least=0)
     multiscale: bool = False  # longer side = img_size + scale_step * k, k in -4..4 (the authors' flag, off in their recipe)
