@@ -1,5 +1,6 @@
 """Resume with the config users run: configs/synth_tiny.yaml (text cache, a loader worker,
-multi-scale, the random-size crop). A run stopped by Ctrl-C or kill -9 and continued with
+multi-scale, the random-size crop). A run stopped by Ctrl-C (SIGINT to the training process,
+here this one) or kill -9 (to its process group, loader worker included) and continued with
 --resume logs the same epoch lines and ends with the same weights, bit for bit, as the run
 never stopped. And what --resume and an occupied run folder refuse."""
 import json
@@ -17,6 +18,7 @@ import torch
 
 from vglaw.cli import main
 from vglaw.engine.checkpoint import load_checkpoint
+from vglaw.engine.train import TrainRun
 
 from conftest import make_synth_set, write_run_config
 
@@ -27,11 +29,11 @@ CONFIG = ROOT / "configs/synth_tiny.yaml"
 # accumulated micro-batches per epoch. Stochastic depth is on (the RefCOCO configs have it, the
 # tiny preset not), so that where the run stands in torch's global RNG matters too
 SMALL = ["model.overrides.img_size=32", "model.overrides.pretrain_img_size=32", "model.overrides.window_size=2",
-         "model.overrides.depth=2", "model.overrides.global_blocks=[1]",
-         "model.overrides.law_rank=8", "model.overrides.generator_heads=4", "model.overrides.box_hidden_dim=64",
+         "model.overrides.depth=2", "model.overrides.global_blocks=[1]", "model.overrides.law_rank=8",
+         "model.overrides.generator_heads=4", "model.overrides.box_hidden_dim=64",
          "model.overrides.drop_path_rate=0.1", "optim.effective_batch=8", "optim.batch_size=4", "run.epochs=2"]
 # the CLI in a child process that stops right after optimizer step STEP (and its checkpoint, if
-# one is due) and waits there for a signal
+# one is due) and waits there to be killed
 PAUSED = """
 import pathlib, sys, time
 from vglaw.engine import train
@@ -57,9 +59,27 @@ def cli(data: Path, out: Path, *extra: str) -> list[str]:
     return ["train", "--config", str(CONFIG), f"data.prepared={data}", f"run.out={out}", *SMALL, *extra]
 
 
-def stop_at(step: int, sig: int, args: list[str], tmp_path: Path) -> None:
-    """Run ``vglaw ARGS`` in a process group of its own (its loader worker with it) and, once
-    optimizer step STEP is done, send SIG to the whole group, as Ctrl-C in a terminal does."""
+def ctrl_c_after(step: int, args: list[str], monkeypatch) -> None:
+    """``vglaw ARGS`` here, sent SIGINT (what Ctrl-C sends) right after optimizer step STEP."""
+    on_step = TrainRun._on_step
+
+    def interrupt(self):
+        on_step(self)
+        if self.state.global_step == step:
+            os.kill(os.getpid(), signal.SIGINT)  # Python raises KeyboardInterrupt here
+
+    monkeypatch.setattr(TrainRun, "_on_step", interrupt)
+    try:
+        code = main(args)  # the CLI's own "interrupted" line
+    except KeyboardInterrupt:  # or the interrupt itself, where the CLI lets it through
+        code = 130
+    assert code == 130
+    monkeypatch.undo()
+
+
+def kill_9_after(step: int, args: list[str], tmp_path: Path) -> None:
+    """``vglaw ARGS`` in a process group of its own (its loader worker with it), all killed with
+    SIGKILL once optimizer step STEP is done."""
     marker = tmp_path / f"paused_{step}"
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": str(ROOT),
            "TQDM_DISABLE": "1"}  # as many threads as this process, which trains the reference: the same sums
@@ -70,11 +90,9 @@ def stop_at(step: int, sig: int, args: list[str], tmp_path: Path) -> None:
         while not marker.exists():
             assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-3000:]
             time.sleep(0.05)
-        os.killpg(proc.pid, sig)
-        assert proc.wait(60) != 0
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(60)
         proc.stderr.close()
 
 
@@ -87,18 +105,19 @@ def epoch_lines(run: Path) -> tuple[list[dict], list[str]]:
     return records, console
 
 
-def test_a_run_stopped_by_ctrl_c_and_kill_9_and_resumed_equals_the_run_never_stopped(tmp_path, data, caplog):
+def test_a_run_stopped_by_ctrl_c_and_kill_9_and_resumed_equals_the_run_never_stopped(tmp_path, data, caplog,
+                                                                                      monkeypatch):
     shipped = CONFIG.read_text()
     assert all(key in shipped for key in ("cache_text: true", "num_workers: 1", "multiscale: true", "crop: random"))
     caplog.set_level(logging.INFO, logger="vglaw")  # train.log's epoch lines, here in the test process too
     assert main(cli(data, tmp_path / "full")) == 0
     run = tmp_path / "run"
     # Ctrl-C after step 3, the last of epoch 0, before the epoch's evaluation and log line
-    stop_at(3, signal.SIGINT, cli(data, run, "run.checkpoint_every=1"), tmp_path)
+    ctrl_c_after(3, cli(data, run, "run.checkpoint_every=3"), monkeypatch)
     state = load_checkpoint(run / "checkpoints/last.pt")
     assert (state["epoch"], state["step_in_epoch"]) == (0, 3) and not (run / "log.jsonl").exists()
     # resumed, then kill -9 after step 5, in the middle of epoch 1: the last checkpoint is step 4's
-    stop_at(5, signal.SIGKILL, cli(data, run, "run.checkpoint_every=2", "--resume"), tmp_path)
+    kill_9_after(5, cli(data, run, "run.checkpoint_every=2", "--resume"), tmp_path)
     assert load_checkpoint(run / "checkpoints/last.pt")["global_step"] == 4
     assert main(cli(data, run, "--resume")) == 0
 
