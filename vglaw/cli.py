@@ -97,6 +97,7 @@ def _predict(args: argparse.Namespace) -> None:
     if args.pairs is not None:
         return _predict_pairs(args)
     from .commands.predict import predict
+    from .inference.predictor import printable
 
     if args.image is None or not args.text:
         raise InputError("give --image and --text (repeat --text for several), or --pairs FILE")
@@ -107,7 +108,7 @@ def _predict(args: argparse.Namespace) -> None:
         box = ", ".join(f"{v:.1f}" for v in p["box_xyxy"])
         score = "" if p["score"] is None else f", score {p['score']:.2f}"
         found = "" if p["found"] else f"  NOT FOUND (score below --min-score {args.min_score})"
-        print(f'"{p["text"]}": box ({box}), mask {p["mask_area"]} px{score}{found}')
+        print(f'"{printable(p["text"])}": box ({box}), mask {p["mask_area"]} px{score}{found}')
     print("wrote " + ", ".join(result[k] for k in ("png", "heatmap_png", "json") if k in result))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,21 +21,44 @@ from torchvision.ops import box_convert
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import InputError, UnreadableFileError
+from ..fileio import special_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _SPATIAL = re.compile(r"\b(left|right|top|bottom|middle)", re.IGNORECASE)
 _LEFT_RIGHT = re.compile(r"\b(left|right)(most|ward|wards)?\b", re.IGNORECASE)
+MAX_PIXELS = 40_000_000  # the default most pixels (width x height) of an image vglaw decodes: a 12 MP photo passes
 
 
-def load_image(path) -> Image.Image:
+def check_pixels(size: tuple[int, int], max_pixels: int | None, name) -> None:
+    """Refuse an image of ``size`` (W, H) over ``max_pixels`` (None: no limit), naming it: memory
+    and time at prediction grow with the pixels (the decoded image, the masks and pictures drawn
+    at full size)."""
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise InputError(f"image too large: {name} is {width}x{height} ({width * height / 1e6:.1f} megapixels), over "
+                         f"the limit of {max_pixels / 1e6:g} megapixels (max_pixels)")
+
+
+def load_image(path, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     """An RGB PIL image with EXIF orientation applied; grayscale, RGBA, palette and 16-bit
     images are converted. vglaw's one image loader: whatever reading or decoding the file raises
     (missing, truncated, not an image, larger than PIL's decompression-bomb limit of
-    ``Image.MAX_IMAGE_PIXELS``, ...) becomes an :class:`UnreadableFileError` (an OSError) with a
-    one-line message that names the file."""
+    ``2 * Image.MAX_IMAGE_PIXELS``, ...) becomes an :class:`UnreadableFileError` (an OSError) with a
+    one-line message that names the file. Checked before any pixel is decoded: a path that is not
+    a regular file (a FIFO would block forever) is refused before it is opened, and an image of
+    more than ``max_pixels`` (width x height, read from the file's header; default
+    :data:`MAX_PIXELS`, None: no limit but PIL's) is an :class:`InputError` saying so."""
+    kind = special_file(path)
+    if kind is not None:
+        raise UnreadableFileError(f"cannot read image {path}: it is {kind}, not a regular file")
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            if max_pixels is not None:  # vglaw's limit decides: no warning from PIL's lower one
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            check_pixels(img.size, max_pixels, path)  # from the header: no pixel is decoded yet
             img = ImageOps.exif_transpose(img)
             img.load()
         if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -48,6 +72,8 @@ def load_image(path) -> Image.Image:
             background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
             img = background
         return img.convert("RGB")
+    except InputError:  # the pixel limit's own line
+        raise
     except Exception as e:  # noqa: BLE001 - PIL and its plugins raise many types; each is this file's fault
         reason = " ".join(str(e).split()) or type(e).__name__
         raise UnreadableFileError(f"cannot read image {path}: {reason}") from None

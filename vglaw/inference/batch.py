@@ -14,8 +14,8 @@ is not the pair's now (its image file, text, the model or a setting changed) is 
 is done again and the summary counts it. Under torchrun each process takes a disjoint
 share of the images and writes its own part; when all are done, rank 0 merges the parts into
 ``<out>`` in input order (atomically) and removes them. An image that cannot be read (whatever
-decoding it raises), or an empty expression, gives that pair an ``error`` line instead of an
-answer. An output that is one of the inputs (the pairs file, an image, a model file: the same
+decoding it raises) or has more pixels than the grounder's ``max_pixels``, or a text that is not
+a string or has no visible character, gives that pair an ``error`` line instead of an answer. An output that is one of the inputs (the pairs file, an image, a model file: the same
 file after links are followed) is refused before anything is written.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ import csv
 import hashlib
 import json
 import os
+import reprlib
 import shutil
 import time
 from dataclasses import dataclass
@@ -35,58 +36,82 @@ from torch.utils.data import DataLoader, Dataset
 from .. import distributed as dist
 from ..data.transforms import Letterbox, normalize_canvas
 from ..errors import InputError, MissingFileError, VglawError
-from ..fileio import atomic_write, json_text
+from ..fileio import atomic_write, json_text, special_file
 from ..progress import progress
 from .postprocess import prediction_json
-from .predictor import Grounder, as_rgb
+from .predictor import Grounder, as_rgb, expression_problem
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
-ERROR_KINDS = ("cannot read image", "empty expression")  # how error lines begin, as the summary counts them
+ERROR_KINDS = ("cannot read image", "image too large", "text must be a string", "empty expression")  # how error lines begin, as the summary counts them
 
 
 # ----------------------------------------------------------------------------- the pairs
 def read_pairs(path: str | os.PathLike) -> list[dict]:
     """The pairs of a JSONL, CSV or parquet file as ``{"id", "image", "text"}`` in file order;
-    ``id`` defaults to the row's index (from 0). Names the file and what is wrong with it."""
+    ``id`` defaults to the row's index (from 0). What is wrong with the file (not there, not a
+    regular file, not UTF-8, not JSON/CSV/parquet, a column missing, a bad or repeated id, an
+    image that is not a path) is one line, an :class:`InputError` naming the file. A pair whose
+    text cannot be an expression (:func:`expression_problem`: not a string, or nothing visible)
+    is kept with an ``error``, which becomes its results line; its ``text`` is the string as
+    given, or None where it was not a string."""
     path = Path(path)
+    kind = special_file(path)
+    if kind is not None:
+        raise InputError(f"pairs file {path} is {kind}, not a regular file")
     if not path.is_file():
         raise MissingFileError(f"pairs file {path} not found")
-    kind = FORMATS.get(path.suffix.lower())
-    if kind is None:
+    suffix = FORMATS.get(path.suffix.lower())
+    if suffix is None:
         raise InputError(f"{path}: give the pairs as .jsonl, .csv or .parquet (got {path.suffix or 'no suffix'!r})")
-    if kind == "jsonl":
-        rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}, line {number}: not JSON ({e})") from None
-                if not isinstance(rows[-1], dict):
-                    raise InputError(f"{path}, line {number}: expected an object with image and text")
-    elif kind == "csv":
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    else:
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(path).to_pylist()
+    rows = _rows(path, suffix)
     for column in ("image", "text"):
         if rows and any(column not in r for r in rows):
-            have = sorted(set().union(*(r.keys() for r in rows)))
+            have = sorted(str(k) for k in set().union(*(r.keys() for r in rows)))
             raise InputError(f"{path} has no column {column!r} in every row (columns: {', '.join(have)})")
     pairs, seen = [], set()
     for i, r in enumerate(rows):
         pid = r.get("id", i)
         if not isinstance(pid, (str, int)) or isinstance(pid, bool):
-            raise InputError(f"{path}, row {i}: id must be a string or an integer, got {pid!r}")
+            raise InputError(f"{path}, row {i}: id must be a string or an integer, got {reprlib.repr(pid)}")
         if key(pid) in seen:
-            raise InputError(f"{path}: id {pid!r} appears twice (row {i}); ids name the results, one per pair")
+            raise InputError(f"{path}: id {reprlib.repr(pid)} appears twice (row {i}); ids name the results, one "
+                             "per pair")
         seen.add(key(pid))
         if not isinstance(r["image"], str) or not r["image"]:
-            raise InputError(f"{path}, row {i}: image must be a path, got {r['image']!r}")
-        pairs.append({"id": pid, "image": r["image"], "text": r["text"] if isinstance(r["text"], str) else ""})
+            raise InputError(f"{path}, row {i}: image must be a path, got {reprlib.repr(r['image'])}")
+        text, problem = r["text"], expression_problem(r["text"])
+        pairs.append({"id": pid, "image": r["image"], "text": text if isinstance(text, str) else None,
+                      **({"error": problem} if problem else {})})
     return pairs
+
+
+def _rows(path: Path, kind: str) -> list[dict]:
+    """The rows of a pairs file, each a dict; what cannot be read is one line naming the file."""
+    try:
+        if kind == "csv":
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                return list(csv.DictReader(f))
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pylist()
+        rows = []
+        with open(path, encoding="utf-8-sig") as f:
+            for number, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except (ValueError, RecursionError) as e:  # JSONDecodeError, an int of 4300+ digits, deep nesting
+                        raise InputError(f"{path}, line {number}: not JSON ({' '.join(str(e).split())})") from None
+                    if not isinstance(rows[-1], dict):
+                        raise InputError(f"{path}, line {number}: expected an object with image and text")
+        return rows
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - csv.Error, and whatever pyarrow raises on a broken parquet file
+        raise InputError(f"{path}: not a {kind} file that can be read ({' '.join(str(e).split())})") from None
 
 
 def key(pid) -> str:
@@ -126,18 +151,19 @@ def pack(units: list[Unit], batch_size: int) -> list[list[int]]:
 
 class UnitImages(Dataset):
     """Each unit's image decoded and letterboxed (in a DataLoader worker): ``{"unit", "canvas"
-    (3, S, S) uint8, "letterbox", "size" (W, H)}``, or ``{"unit", "error"}`` when it cannot be read."""
+    (3, S, S) uint8, "letterbox", "size" (W, H)}``, or ``{"unit", "error"}`` when it cannot be read
+    or has more than ``max_pixels``."""
 
-    def __init__(self, units: list[Unit], image_root: Path, img_size: int) -> None:
-        self.units, self.image_root, self.img_size = units, image_root, img_size
+    def __init__(self, units: list[Unit], image_root: Path, img_size: int, max_pixels: int | None) -> None:
+        self.units, self.image_root, self.img_size, self.max_pixels = units, image_root, img_size, max_pixels
 
     def __len__(self) -> int:
         return len(self.units)
 
     def __getitem__(self, k: int) -> dict:
         try:
-            rgb = as_rgb(self.image_root / self.units[k].image)
-        except VglawError as e:  # load_image turns whatever decoding raises into its one line
+            rgb = as_rgb(self.image_root / self.units[k].image, self.max_pixels)
+        except VglawError as e:  # load_image turns whatever decoding raises (and the pixel limit) into its one line
             return {"unit": k, "error": str(e)}
         letterbox = Letterbox.centred((rgb.height, rgb.width), self.img_size)
         return {"unit": k, "canvas": letterbox.apply_image(rgb), "letterbox": letterbox, "size": rgb.size}
@@ -168,7 +194,7 @@ def file_ids(paths) -> dict[str, os.stat_result | None]:
     for path in map(str, paths):
         try:
             ids[path] = os.stat(path)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL in the path
             ids[path] = None
     return ids
 
@@ -332,7 +358,7 @@ def predict_pairs(grounder: Grounder, pairs_path: str | os.PathLike, out: str | 
 def _run(grounder: Grounder, pairs: list[dict], digests: dict[str, str], units: list[Unit], image_root: Path,
          writer: PartWriter, *, masks: bool, batch_size: int, num_workers: int, total: int) -> int:
     """Ground this process's units, one part-file write per forward pass; returns the pairs done."""
-    dataset = UnitImages(units, image_root, grounder.spec.img_size)
+    dataset = UnitImages(units, image_root, grounder.spec.img_size, grounder.max_pixels)
     loader = DataLoader(dataset, batch_sampler=pack(units, batch_size), collate_fn=list, num_workers=num_workers,
                         pin_memory=grounder.device.type == "cuda", prefetch_factor=4 if num_workers else None)
     bar = progress(None, "grounding", show=dist.is_main(), total=total, unit="pair")
@@ -353,14 +379,15 @@ def _run(grounder: Grounder, pairs: list[dict], digests: dict[str, str], units: 
 @torch.inference_mode()
 def _answer(grounder: Grounder, pairs: list[dict], batch: list[tuple[Unit, dict]], masks: bool) -> list[dict]:
     """One forward pass over the batch's images and their expressions -> one line per pair, in
-    the batch's order (error lines for unreadable images and empty expressions)."""
+    the batch's order (error lines for unreadable or too large images and for texts that are not
+    expressions)."""
     lines, images, extents, texts, rows, letterboxes, sizes = [], [], [], [], [], [], []
     for unit, item in batch:
         if "error" in item:
             lines += [{**pairs[i], "error": item["error"]} for i in unit.rows]
             continue
-        ok = [i for i in unit.rows if pairs[i]["text"].strip()]
-        lines += [{**pairs[i], "error": "empty expression"} for i in unit.rows if i not in ok]
+        ok = [i for i in unit.rows if "error" not in pairs[i]]
+        lines += [pairs[i] for i in unit.rows if "error" in pairs[i]]
         if ok:
             images.append(item["canvas"])
             extents.append(item["letterbox"].extent)

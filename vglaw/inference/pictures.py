@@ -2,19 +2,27 @@
 language does to the backbone (feature maps with LAW on and off)."""
 from __future__ import annotations
 
+import functools
+import logging
+import unicodedata
+
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 from torchvision.ops import box_iou
 
 from ..data.masks import decode_rle, mask_iou
 from ..data.readers import gt_box_xyxy
 from ..model.confidence import coverage_curve, reliability_bins
+from .predictor import printable
 
 # colours that stand apart from the primaries that objects often have (and from a white page)
 COLOURS = [(230, 0, 230), (0, 190, 230), (255, 130, 0), (110, 60, 255), (0, 160, 120), (150, 80, 30)]
 GT_COLOUR, PRED_COLOUR = (0, 190, 230), (230, 0, 230)
 TEXT, GREY = (0, 0, 0), (90, 90, 90)
+HEAT_TILE = 1024  # an attention tile's longer side at most: the map it shows has a few dozen cells a side
+NO_GLYPH = chr(0x10FFFF)  # a noncharacter: no font has a glyph for it, so it draws the font's "missing" box
+log = logging.getLogger(__name__)
 
 
 def colour(i: int) -> tuple[int, int, int]:
@@ -22,6 +30,7 @@ def colour(i: int) -> tuple[int, int, int]:
     return COLOURS[i % len(COLOURS)]
 
 
+@functools.cache
 def _font(size: int = 14):
     try:
         return ImageFont.load_default(size=size)
@@ -29,13 +38,64 @@ def _font(size: int = 14):
         return ImageFont.load_default()
 
 
+@functools.lru_cache(maxsize=65536)
+def _glyph(font, char: str) -> tuple:
+    """What ``font`` draws for ``char``: its size and pixels."""
+    mask = font.getmask(char)
+    return mask.size, bytes(mask)
+
+
+def drawable(text: str, font) -> str:
+    """``text`` as a caption can show it: as :func:`printable` (no control or escape sequences),
+    each character ``font`` has no glyph for (Pillow's built-in font has basic Latin letters,
+    digits and punctuation: no accented letters, CJK, Arabic or emoji) drawn without its accents
+    where the font has the bare letters, else as '?', never as the font's empty box; the first
+    time, a warning says so."""
+    shown = printable(text)
+    out = "".join(_in_font(font, c) for c in shown)
+    if out != shown:
+        _warn_missing_glyphs()
+    return out
+
+
+def _in_font(font, char: str) -> str:
+    """``char``, else its letters without accents, else '?': the first that ``font`` can draw."""
+    def has(c: str) -> bool:
+        return _glyph(font, c) != _glyph(font, NO_GLYPH)
+
+    bare = "".join(c for c in unicodedata.normalize("NFKD", char) if not unicodedata.combining(c))
+    return char if has(char) else bare if bare and all(map(has, bare)) else "?"
+
+
+@functools.cache
+def _warn_missing_glyphs() -> None:
+    log.warning("warning: the pictures' font (Pillow's built-in) has no glyph for some characters of the captions: "
+                "they are drawn without their accents, or as '?'; the JSON keeps the text as given")
+
+
 def overlay_mask(image: Image.Image, mask: np.ndarray, colour, fill: float = 0.25, outline: int = 2) -> Image.Image:
-    """The mask as a light fill and a solid outline, so that the object's own colour stays readable."""
-    m = Image.fromarray(mask.astype(np.uint8) * 255)
+    """The mask as a light fill and a solid outline, so that the object's own colour stays readable.
+    Only the mask's bounding box (and a margin) is worked on: on a large image, the cost is the
+    object's size, not the image's."""
+    out = image.copy()
+    paint_mask(out, mask, colour, fill, outline)
+    return out
+
+
+def paint_mask(image: Image.Image, mask: np.ndarray, colour, fill: float = 0.25, outline: int = 2) -> None:
+    """:func:`overlay_mask` drawn onto ``image`` itself."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        return
+    y0, x0 = max(int(rows[0]) - outline - 1, 0), max(int(cols[0]) - outline - 1, 0)
+    y1, x1 = min(int(rows[-1]) + outline + 2, mask.shape[0]), min(int(cols[-1]) + outline + 2, mask.shape[1])
+    inside = np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=np.uint8)  # (h, w) 0/1
+    m = Image.fromarray(inside * np.uint8(255))
     inner = m.filter(ImageFilter.MinFilter(2 * outline + 1))  # the mask eroded by ``outline`` pixels
-    edge = np.asarray(m) > np.asarray(inner)
-    alpha = np.where(edge, 255, np.where(mask, int(fill * 255), 0)).astype(np.uint8)
-    return Image.composite(Image.new("RGB", image.size, colour), image, Image.fromarray(alpha))
+    alpha = np.where(np.asarray(m) > np.asarray(inner), np.uint8(255), inside * np.uint8(fill * 255))
+    box = (x0, y0, x1, y1)
+    image.paste(Image.composite(Image.new("RGB", (x1 - x0, y1 - y0), colour), image.crop(box),
+                                Image.fromarray(alpha)), box[:2])
 
 
 def draw_box(image: Image.Image, box, colour, width: int = 2) -> Image.Image:
@@ -70,9 +130,10 @@ def fit_text(text: str, width: float, font, max_lines: int = 3) -> list[str]:
 
 
 def with_caption(image: Image.Image, lines: list[tuple[str, tuple]], size: int = 14) -> Image.Image:
-    """The image with captions below it, each in its colour, wrapped to the image's width."""
+    """The image with captions below it, each in its colour, wrapped to the image's width (see
+    :func:`drawable` for the characters the font cannot draw)."""
     font = _font(size)
-    rows = [(row, colour) for text, colour in lines for row in fit_text(text, image.width - 12, font)]
+    rows = [(row, colour) for text, colour in lines for row in fit_text(drawable(text, font), image.width - 12, font)]
     out = Image.new("RGB", (image.width, image.height + (size + 6) * len(rows) + 6), (255, 255, 255))
     out.paste(image, (0, 0))
     draw = ImageDraw.Draw(out)
@@ -116,14 +177,19 @@ def answer_caption(p) -> str:
 
 def draw_predictions(image: Image.Image, predictions) -> Image.Image:
     """Masks and boxes of several expressions on one image, the expressions (with their scores)
-    as captions; an answer marked not found is only captioned, in grey."""
-    factor = upscale(image).width / image.width
+    as captions; an answer marked not found is only captioned, in grey. Each answer is drawn
+    onto one copy of the image in turn: memory does not grow with the answers."""
     canvas = upscale(image)
+    canvas = canvas.copy() if canvas is image else canvas
+    factor = canvas.width / image.width
     lines = []
     for i, p in enumerate(predictions):
         if p.found:
-            mask = np.asarray(Image.fromarray(p.mask.astype(np.uint8)).resize(canvas.size, Image.NEAREST)).astype(bool)
-            canvas = draw_box(overlay_mask(canvas, mask, colour(i)), [v * factor for v in p.box], colour(i), width=3)
+            mask = p.mask
+            if factor != 1:
+                mask = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize(canvas.size, Image.NEAREST)).astype(bool)
+            paint_mask(canvas, mask, colour(i))
+            ImageDraw.Draw(canvas).rectangle([v * factor for v in p.box], outline=colour(i), width=3)
         lines.append((answer_caption(p), colour(i) if p.found else GREY))
     return with_caption(canvas, lines)
 
@@ -188,9 +254,12 @@ def attention_overlay(image: Image.Image, attention: np.ndarray, alpha: float = 
 
 
 def attention_tile(image: Image.Image, prediction, caption_colour=TEXT, caption: bool = True) -> Image.Image:
-    """One expression's attention overlay, enlarged when small, with its box (white), its colour
-    scale and (with ``caption``) the expression."""
+    """One expression's attention overlay, enlarged when small, shrunk to ``HEAT_TILE`` pixels on
+    its longer side when larger (so memory stays flat however large the image), with its box
+    (white), its colour scale and (with ``caption``) the expression."""
     big = upscale(image)
+    if max(big.size) > HEAT_TILE:
+        big = ImageOps.contain(big, (HEAT_TILE, HEAT_TILE))
     factor = big.width / image.width
     attention = np.asarray(Image.fromarray(prediction.attention).resize(big.size, Image.BILINEAR))
     tile = draw_box(attention_overlay(big, attention), [v * factor for v in prediction.box], (255, 255, 255), 2)

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 from PIL import Image
-
-from ..data.masks import mask_to_rle
+from pycocotools import mask as mask_utils
 
 
 def prediction_json(p) -> dict:
@@ -11,7 +10,8 @@ def prediction_json(p) -> dict:
     and its area (when the answer has a mask), the score (the calibrated probability that the box
     is right; null without a calibrator) and ``found`` (false where the score is below the minimum
     asked for)."""
-    masks = {} if p.mask is None else {"mask_rle": mask_to_rle(p.mask), "mask_area": int(p.mask.sum())}
+    rle = p.mask_rle  # the mask as the prediction keeps it: no full-size array is made here
+    masks = {} if rle is None else {"mask_rle": rle, "mask_area": int(mask_utils.area(rle))}
     return {"text": p.text, "box_xyxy": list(p.box), **masks, "score": p.score, "found": p.found}
 
 

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import re
+import reprlib
+import unicodedata
+from functools import partial
 from textwrap import shorten
 
 import numpy as np
@@ -13,7 +16,8 @@ from PIL import Image
 
 from ..config import PRECISIONS
 from ..data.dataset import load_tokenizer
-from ..data.transforms import Letterbox, image_region, load_image, normalize_canvas
+from ..data.masks import decode_rle, mask_to_rle
+from ..data.transforms import MAX_PIXELS, Letterbox, check_pixels, image_region, load_image, normalize_canvas
 from ..device import autocast, resolve_device
 from ..errors import InputError, InputTypeError
 from ..model import VGLAW
@@ -23,30 +27,99 @@ ImageLike = str | os.PathLike | Image.Image | np.ndarray
 log = logging.getLogger(__name__)
 
 
-@dataclass
+ANSI_SEQUENCE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-_]")
+UNSEEN = ("Cc", "Cf", "Cs")  # Unicode categories: controls (NUL, ESC, ...), format (zero-width, bidi), lone surrogates
+
+
+def printable(text: str) -> str:
+    """``text`` as it may be echoed to a terminal or a log, or drawn: ANSI escape sequences,
+    control characters (NUL included), zero-width and other format characters (U+200B-U+200D,
+    U+2060, U+FEFF, bidi marks) and lone surrogates removed, every whitespace character a space.
+    Only what is shown is cleaned: results keep the expression as given."""
+    return "".join(" " if c.isspace() else c for c in ANSI_SEQUENCE.sub("", text)
+                   if c.isspace() or unicodedata.category(c) not in UNSEEN)
+
+
+def expression_problem(text) -> str | None:
+    """Why ``text`` cannot be an expression, in a few words, or None: it is not a string ("text
+    must be a string, got int 42"), or it has no visible character ("empty expression": only
+    whitespace, zero-width characters, controls, NUL, escape sequences)."""
+    if not isinstance(text, str):
+        return f"text must be a string, got {type(text).__name__} {reprlib.repr(text)}"
+    return None if printable(text).strip() else "empty expression"
+
+
+def check_expressions(texts: list) -> None:
+    """Refuse an empty list, or a text that :func:`expression_problem` finds wrong (one line)."""
+    if not texts:
+        raise InputError("no expression given")
+    for t in texts:
+        problem = expression_problem(t)
+        if problem is not None and not isinstance(t, str):
+            raise InputTypeError(problem)
+        if problem is not None:
+            raise InputError(f"{problem} {t!r}: say what to find in the image")
+
+
 class Prediction:
-    """One expression's result, in original image pixels."""
+    """One expression's result, in original image pixels.
 
-    text: str
-    box: tuple[float, float, float, float]  # x0, y0, x1, y1
-    mask: np.ndarray | None  # (H, W) bool (None only where the caller asked for no masks)
-    prob: np.ndarray | None  # (H, W) float32, sigmoid of the mask logits
-    attention: np.ndarray | None  # (H, W) float32 in [0, 1]: where the box head's pooling looks, / its maximum
-    score: float | None = None  # the calibrated probability that the box is right (IoU >= 0.5); None uncalibrated
-    found: bool = True  # False where the score is below the grounder's ``min_score``: not drawn, "not found"
+    ``text``; ``box`` (x0, y0, x1, y1); ``mask`` (H, W) bool (None only where the caller asked
+    for no masks), also held as COCO RLE in ``mask_rle``; ``prob`` (H, W) float32, the sigmoid of
+    the mask logits (``mask`` is ``prob`` above the grounder's threshold); ``attention`` (H, W)
+    float32 in [0, 1], where the box head's pooling looks, divided by its maximum (None where not
+    asked for); ``score``, the calibrated probability that the box is right (IoU >= 0.5; None
+    uncalibrated); ``found``, False where the score is below the grounder's ``min_score`` (not
+    drawn, "not found").
+
+    Memory does not grow with the image's size times the expressions: a prediction keeps its mask
+    as RLE and its maps at the model's canvas size; ``mask``, ``prob`` and ``attention`` are made
+    at the image's size each time they are read (keep the array when you need it twice).
+    """
+
+    def __init__(self, text: str, box: tuple[float, float, float, float], mask, prob, attention,
+                 score: float | None = None, found: bool = True) -> None:
+        """``mask``: an (H, W) bool array or its COCO RLE; ``prob`` and ``attention``: (H, W)
+        arrays or functions that make them; each None where it was not computed."""
+        self.text, self.box, self.score, self.found = text, box, score, found
+        self.mask_rle = mask if mask is None or isinstance(mask, dict) else mask_to_rle(mask)
+        self._prob, self._attention = prob, attention
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        return None if self.mask_rle is None else decode_rle(self.mask_rle).astype(bool)
+
+    @property
+    def prob(self) -> np.ndarray | None:
+        return self._prob() if callable(self._prob) else self._prob
+
+    @property
+    def attention(self) -> np.ndarray | None:
+        return self._attention() if callable(self._attention) else self._attention
+
+    def __repr__(self) -> str:
+        return f"Prediction(text={self.text!r}, box={self.box}, score={self.score}, found={self.found})"
 
 
-def as_rgb(image: ImageLike) -> Image.Image:
+def full_size(letterbox: Letterbox, canvas_map: torch.Tensor) -> np.ndarray:
+    """One (S, S) map on the canvas -> (H, W) float32 on the original image."""
+    return letterbox.maps_to_original(canvas_map[None])[0].numpy()
+
+
+def as_rgb(image: ImageLike, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     """A path, PIL image or HxWx3 / HxW uint8 array -> RGB PIL image (EXIF orientation applied
-    for files)."""
+    for files), refused (one line) when it has more than ``max_pixels`` (None: no limit; a file's
+    size is read from its header, before decoding)."""
     if isinstance(image, (str, os.PathLike)):
-        return load_image(image)
+        return load_image(image, max_pixels)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3):
             raise InputError(f"a numpy image must be HxW or HxWxC uint8, got {image.dtype} {image.shape}")
+        check_pixels(image.shape[1::-1], max_pixels, "the array")
         image = Image.fromarray(image)
     if not isinstance(image, Image.Image):
         raise InputTypeError(f"expected a path, PIL image or numpy array, got {type(image).__name__}")
+    check_pixels(image.size, max_pixels, "the image")
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
@@ -63,15 +136,21 @@ class Grounder:
     """
 
     def __init__(self, model, tokenizer=None, *, device: str | torch.device = "auto", precision: str = "fp32",
-                 mask_threshold: float | None = None, min_score: float | None = None, compile: bool = False) -> None:
+                 mask_threshold: float | None = None, min_score: float | None = None, compile: bool = False,
+                 max_pixels: int | None = MAX_PIXELS) -> None:
         """``tokenizer``: default, the one ``model.spec`` names. ``device``: auto (the GPU when
         there is one), cpu, cuda or cuda:N. ``min_score``: answers scoring below it are marked
         not found (needs a calibrated model). ``compile`` runs the model through
-        ``torch.compile`` (first call slower, later faster)."""
+        ``torch.compile`` (first call slower, later faster). ``max_pixels``: images with more
+        pixels (width x height) are refused before decoding (default 40 million; None: no
+        limit): memory and time grow with the image's pixels."""
         if precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if min_score is not None and not 0.0 <= min_score <= 1.0:
             raise InputError(f"min_score is a probability in [0, 1], got {min_score}")
+        if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 1):
+            raise InputError(f"max_pixels must be a positive whole number of pixels (or None), got {max_pixels!r}")
+        self.max_pixels = max_pixels
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device).eval()
@@ -94,32 +173,42 @@ class Grounder:
     @classmethod
     def from_pretrained(cls, checkpoint: str | os.PathLike, *, device: str = "auto", precision: str = "fp32",
                         tokenizer: str | None = None, mask_threshold: float | None = None,
-                        min_score: float | None = None, compile: bool = False) -> "Grounder":
+                        min_score: float | None = None, compile: bool = False,
+                        max_pixels: int | None = MAX_PIXELS) -> "Grounder":
         """From a vglaw checkpoint directory or a training checkpoint file."""
         device = resolve_device(device)  # a bad device fails before the model loads
         return cls(VGLAW.from_pretrained(checkpoint), tokenizer and load_tokenizer(tokenizer), device=device,
-                   precision=precision, mask_threshold=mask_threshold, min_score=min_score, compile=compile)
+                   precision=precision, mask_threshold=mask_threshold, min_score=min_score, compile=compile,
+                   max_pixels=max_pixels)
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, *, tokenizer: str | None = None,
-                  mask_threshold: float | None = None, min_score: float | None = None) -> "Grounder":
+                  mask_threshold: float | None = None, min_score: float | None = None,
+                  max_pixels: int | None = MAX_PIXELS) -> "Grounder":
         """From a file written by ``vglaw export``, run by onnxruntime on the CPU (LAW always on)."""
         from .onnx_runner import OnnxModel
 
         return cls(OnnxModel(path), tokenizer and load_tokenizer(tokenizer), device="cpu",
-                   mask_threshold=mask_threshold, min_score=min_score)
+                   mask_threshold=mask_threshold, min_score=min_score, max_pixels=max_pixels)
 
     def tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, int]]]:
         """Token ids and mask of ``texts`` on the device (padded to the longest, cut at the
-        model's limit), and the expressions that were cut, each with its token count."""
-        if not texts:
-            raise InputError("no expression given")
-        for t in texts:
-            if not isinstance(t, str) or not t.strip():
-                raise InputError(f"empty expression {t!r}: say what to find in the image")
+        model's limit), and the expressions that were cut, each with its token count. A text that
+        is not a string or has no visible character is refused (:func:`expression_problem`); one
+        that is mostly word pieces the model does not know ([UNK], or letters that are not Latin)
+        gets a warning on stderr: the model reads English."""
+        check_expressions(texts)
         tokens = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.spec.max_len,
                                 return_tensors="pt")
         full = self.tokenizer(texts, verbose=False)["input_ids"]
+        for t, ids in zip(texts, full):
+            pieces = self.tokenizer.convert_ids_to_tokens(ids[1:-1])  # without [CLS] and [SEP]
+            foreign = sum(piece == self.tokenizer.unk_token or any(c.isalpha() and not
+                          unicodedata.name(c, "").startswith("LATIN") for c in piece) for piece in pieces)
+            if 2 * foreign > len(pieces):
+                log.warning('warning: the model reads English, and %d of the %d word pieces of "%s" are unknown to '
+                            "its vocabulary or not in Latin letters: expect a poor answer", foreign, len(pieces),
+                            shorten(printable(t), 60, placeholder="..."))
         cut = [(t, len(ids) - 2) for t, ids in zip(texts, full) if len(ids) > self.spec.max_len]
         return tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device), cut
 
@@ -130,7 +219,7 @@ class Grounder:
         max_len = self.spec.max_len
         for t, n in cut:
             log.warning('warning: the expression "%s" is %d tokens; the model reads its first %d (%d with '
-                        "[CLS] and [SEP])", shorten(t, 60, placeholder="..."), n, max_len - 2, max_len)
+                        "[CLS] and [SEP])", shorten(printable(t), 60, placeholder="..."), n, max_len - 2, max_len)
         letterbox = Letterbox.centred((rgb.height, rgb.width), self.spec.img_size)
         canvas = letterbox.apply_image(rgb)[None].to(self.device)  # uint8, normalised there
         images = normalize_canvas(canvas, torch.tensor([letterbox.extent])).expand(len(texts), -1, -1, -1)
@@ -146,37 +235,42 @@ class Grounder:
     def predict(self, image: ImageLike, text: str | list[str], *, use_law: bool = True):
         """
         Args:
-            image: a path, a PIL image, or an HxWx3 uint8 numpy array.
+            image: a path, a PIL image, or an HxWx3 uint8 numpy array, of at most the grounder's
+                ``max_pixels``.
             text: one expression, or a list of expressions for the same image (one batch).
             use_law: False runs the static backbone (to see what the language does).
         Returns:
             a :class:`Prediction`, or a list of them for a list of expressions.
         """
-        texts = [text] if isinstance(text, str) else list(text)
-        rgb = as_rgb(image)
+        texts = list(text) if isinstance(text, (list, tuple)) else [text]
+        check_expressions(texts)  # before the image is decoded
+        rgb = as_rgb(image, self.max_pixels)
         images, ids, mask, letterbox = self.inputs(rgb, texts)
         results = self.answers(self.forward(images, ids, mask, use_law=use_law), letterbox, texts)
-        return results[0] if isinstance(text, str) else results
+        return results if isinstance(text, (list, tuple)) else results[0]
 
     def answers(self, out: dict, letterbox: Letterbox, texts: list[str], *, masks: bool = True,
                 attention: bool = True) -> list[Prediction]:
         """The model's outputs for the expressions of one image -> its :class:`Prediction` list,
         in original pixels. Without ``masks`` / ``attention`` those maps are left None (and are
-        not computed)."""
+        not computed). One expression's map at a time is made at the image's size (for its mask,
+        kept as RLE), so memory does not grow with the expressions times the image's pixels."""
         boxes = letterbox.boxes_to_original(out["boxes"].float().cpu())
         n = len(texts)
         probs = heats = [None] * n
         if masks:
-            probs = letterbox.maps_to_original(out["mask_logits"][:, 0].float().sigmoid().cpu()).numpy()
+            probs = out["mask_logits"][:, 0].float().sigmoid().cpu()  # (B, S, S) on the canvas
         if attention:
             # (B, h, w) token weights -> (B, S, S) on the canvas, each map scaled to a maximum of 1
             size = self.spec.img_size
             heat = F.interpolate(out["box_attention"].float()[:, None], size=(size, size), mode="bilinear",
                                  align_corners=False)[:, 0].cpu()
-            heats = letterbox.maps_to_original(heat / heat.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]).numpy()
+            heats = heat / heat.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]
         scores = self.scores(out, letterbox)
         return [Prediction(t, tuple(round(v, 2) for v in box.tolist()),
-                           None if prob is None else prob > self.mask_threshold, prob, heat, score,
+                           None if prob is None else mask_to_rle(full_size(letterbox, prob) > self.mask_threshold),
+                           None if prob is None else partial(full_size, letterbox, prob.clone()),
+                           None if heat is None else partial(full_size, letterbox, heat.clone()), score,
                            score is None or self.min_score is None or score >= self.min_score)
                 for t, box, prob, heat, score in zip(texts, boxes, probs, heats, scores)]
 
