@@ -280,10 +280,10 @@ def train(cfg: Config, resume: bool = False) -> dict:
 
     ``resume`` continues from ``checkpoints/last.pt`` exactly where it was saved: the resumed
     run logs the same epoch lines and ends with the same weights, bit for bit, as one never
-    interrupted. Without a checkpoint there it is an error, except under ``torchrun
-    --max-restarts N ... --resume``, whose first attempt starts the run (so that a restart
-    recovers from a lost worker). Without ``resume`` a folder that already holds a run
-    (``checkpoints/last.pt``) is refused."""
+    interrupted (on the same machine and number of threads). Without a checkpoint there it is
+    an error, except under ``torchrun --max-restarts N ... --resume``, whose first attempt
+    starts the run (so that a restart recovers from a lost worker). Without ``resume`` a folder
+    that already holds a run (``checkpoints/last.pt``) is refused."""
     device = dist.init(cfg.run.device)
     out = Path(cfg.run.out)
     state = _read_resume_state(out, resume)
