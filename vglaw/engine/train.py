@@ -22,10 +22,11 @@ import yaml
 from torch.utils.data import DataLoader
 
 from .. import distributed as dist
-from ..config import Config, config_to_dict
+from ..config import Config, check_run, config_to_dict
 from ..data import GroundingDataset, TrainAugment, collate, load_tokenizer
 from ..errors import InputError, MissingFileError
 from ..model import VGLAW, build_model
+from ..model.build import check_model_section
 from ..model.confidence import Calibrator
 from ..weights.vit import load_detectron2_vit, load_mae_vit
 from .calibrate import fit_calibrator
@@ -284,6 +285,8 @@ def train(cfg: Config, resume: bool = False) -> dict:
     an error, except under ``torchrun --max-restarts N ... --resume``, whose first attempt
     starts the run (so that a restart recovers from a lost worker). Without ``resume`` a folder
     that already holds a run (``checkpoints/last.pt``) is refused."""
+    check_run(cfg)  # every value, in one line, before anything is read, written or built
+    check_model_section(cfg.model)
     device = dist.init(cfg.run.device)
     out = Path(cfg.run.out)
     state = _read_resume_state(out, resume)
