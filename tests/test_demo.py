@@ -99,5 +99,5 @@ def test_a_short_run_of_the_demo_config_lowers_the_loss(tmp_path):
 
 def test_demo_cli_reports_a_missing_checkpoint(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--images", "2", "--checkpoint", str(tmp_path / "none")]) == 2
-    assert "none not found" in capsys.readouterr().err
+    assert f"no checkpoint at {tmp_path / 'none'}" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()  # stopped before generating anything

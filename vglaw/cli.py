@@ -3,17 +3,21 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import logging
 import os
 import sys
 from pathlib import Path
 
+from .commands.checks import input_checkpoint, input_file, input_folder, output_file, output_folder
 from .config import MASK_THRESHOLD, PRECISIONS
 from .errors import InputError, VglawError
+from .fileio import check_output_folder, json_text
+from .hub import DEMO_CHECKPOINT, DEMO_MARKER, push
 
 
 def _convert(args: argparse.Namespace) -> None:
+    input_file("CHECKPOINT", args.checkpoint, "a MindSpore .ckpt file")
+    output_folder("--out", args.out)
     from .weights.mindspore import convert_mindspore_checkpoint
 
     report = convert_mindspore_checkpoint(args.checkpoint, args.out)
@@ -22,6 +26,7 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _synth(args: argparse.Namespace) -> None:
+    output_folder("--out", args.out)
     from .data.synth import generate
 
     sizes = {"train": args.train, "val": args.val, "testA": args.testA, "testB": args.testB}
@@ -31,6 +36,12 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> None:
+    if args.format == "seqtr" and not os.path.isdir(args.data_root):  # seqtr: the instances.json or its folder
+        input_file("--data-root", args.data_root, "an instances.json file")
+    else:
+        input_folder("--data-root", args.data_root, f"a {args.format} dataset folder")
+    input_folder("--images", args.images, "a folder of images")
+    output_folder("--out", args.out)
     from .data.prepare import prepare
 
     meta = prepare(fmt=args.format, data_root=args.data_root, dataset=args.dataset, image_root=args.images,
@@ -42,12 +53,17 @@ def _prepare(args: argparse.Namespace) -> None:
 
 
 def _leakage(args: argparse.Namespace) -> None:
+    for folder in args.data:
+        input_folder("--data", folder, "a dataset folder")
+    input_file("--coco", args.coco, "a COCO annotation file")
+    output_file("--write-clean", args.write_clean, "a COCO annotation file")
+    output_file("--json", args.json, "a JSON file")
     from .data.leakage import format_leakage, leakage
 
     result = leakage(args.data, args.coco, write_clean_to=args.write_clean)
     print(format_leakage(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.json).write_text(json_text(result, indent=2) + "\n")
         print(f"wrote {args.json}")
 
 
@@ -66,6 +82,10 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    input_checkpoint(args.checkpoint)
+    input_folder("--data", args.data, "a prepared dataset folder")
+    input_file("--calibration", args.calibration, "a calibrator file")
+    output_file("--json", args.json, "a JSON file")
     from . import distributed
     from .commands.eval import (SCORE_COLUMNS, check_default_output, checkpoint_label, format_table, plot_path,
                                 run_eval, write_results)
@@ -94,13 +114,20 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
+    input_checkpoint(args.checkpoint)
+    input_file("--onnx", args.onnx, "an ONNX model file")
     if args.pairs is not None:
         return _predict_pairs(args)
+    if args.image is None:
+        raise InputError("give --image FILE and --text (repeat --text for several), or --pairs FILE")
+    input_file("--image", args.image, "an image file")
+    if not args.text:
+        raise InputError(f"give --text: the expression to ground in {args.image} (repeat --text for several)")
+    output_file("--out", args.out, "a picture file")
+    output_file("--json", args.json, "a JSON file")
     from .commands.predict import predict
     from .inference.predictor import printable
 
-    if args.image is None or not args.text:
-        raise InputError("give --image and --text (repeat --text for several), or --pairs FILE")
     result = predict(args.checkpoint, args.image, args.text, out=args.out, json_path=args.json,
                      heatmap=args.heatmap, onnx=args.onnx, device=args.device, precision=args.precision,
                      mask_threshold=args.mask_threshold, min_score=args.min_score)
@@ -113,12 +140,16 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _predict_pairs(args: argparse.Namespace) -> None:
-    from . import distributed
-    from .commands.predict import predict_pairs_file
-
     if args.image is not None or args.text or args.json is not None or args.heatmap:
         raise InputError("--pairs reads images and expressions from its file: leave out --image, --text, --json "
                          "and --heatmap")
+    input_file("--pairs", args.pairs, "a pairs file")
+    input_folder("--image-root", args.image_root, "a folder of images")
+    output_file("--out", args.out, "a results file")
+    output_file("--coco-results", args.coco_results, "a JSON file")
+    from . import distributed
+    from .commands.predict import predict_pairs_file
+
     try:
         s = predict_pairs_file(args.checkpoint, args.pairs, out=args.out, image_root=args.image_root,
                                masks=args.masks, coco_results=args.coco_results, onnx=args.onnx,
@@ -139,15 +170,13 @@ def _predict_pairs(args: argparse.Namespace) -> None:
 
 
 def _push(args: argparse.Namespace) -> None:
-    from .hub import push
-
     print(f"uploaded {args.checkpoint} to {push(args.checkpoint, args.repo_id, private=args.private)}")
 
 
 def _export(args: argparse.Namespace) -> None:
+    input_checkpoint(args.checkpoint)
+    output_file("--out", args.out, "an .onnx file")
     from .inference.export import check_onnx, export_onnx
-
-    from .hub import DEMO_CHECKPOINT
 
     checkpoint = args.checkpoint or DEMO_CHECKPOINT
     out = export_onnx(checkpoint, args.out, opset=args.opset)
@@ -164,6 +193,9 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
+    input_checkpoint(args.checkpoint)
+    input_folder("--data", args.data, "a prepared dataset folder")
+    output_file("--out", args.out, "a calibrator file")
     from . import distributed
     from .commands.calibrate import calibrate
     from .commands.eval import check_default_output, checkpoint_label
@@ -188,6 +220,9 @@ def _calibrate(args: argparse.Namespace) -> None:
 
 
 def _visualize(args: argparse.Namespace) -> None:
+    input_checkpoint(args.checkpoint)
+    input_folder("--data", args.data, "a prepared dataset folder")
+    output_folder("--out", args.out)
     from .commands.predict import visualize
 
     for entry in visualize(args.checkpoint, args.data, args.split, args.index, args.out, law=args.law,
@@ -197,10 +232,10 @@ def _visualize(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from .fileio import check_output_folder
-    from .hub import DEMO_MARKER
-
-    if not (args.train or args.calibrate):
+    input_checkpoint(args.checkpoint)
+    if args.train or args.calibrate:
+        output_folder("--work", args.work)
+    else:
         check_output_folder(Path(args.out), DEMO_MARKER, "vglaw demo")  # at once, before the heavy imports
     from .commands.demo import calibrate_demo_checkpoint, run_demo, train_demo_checkpoint
 
@@ -225,6 +260,32 @@ PROTOCOL_HELP = {  # vglaw.engine.metrics says exactly what each computes
     "authors": "box and mask IoU on the padded canvas, computed as the authors' MindSpore evaluation does (box hit: "
                "IoU >= 0.5; mask Prec@t: IoU > t; no oIoU)",
 }
+
+
+def _at_least(minimum: int):
+    """An option's type: an integer of at least ``minimum`` (argparse names the option otherwise)."""
+
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return integer
+
+
+def _probability(text: str) -> float:
+    """An option's type: a number in [0, 1] (NaN is not one)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a probability in [0, 1], got {text}")
+    return value
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -310,9 +371,9 @@ def _add_training_commands(commands) -> None:
     p.add_argument("--checkpoint", required=True, help="a vglaw checkpoint directory, training .pt or Hub id")
     p.add_argument("--data", required=True, help="prepared dataset folder")
     p.add_argument("--splits", nargs="+", default=["val"], help="the splits to evaluate")
-    p.add_argument("--mask-threshold", type=float, default=None, help=MASK_HELP)
-    p.add_argument("--batch-size", type=int, default=16, help="expressions per forward pass")
-    p.add_argument("--num-workers", type=int, default=2, help="data loader processes")
+    p.add_argument("--mask-threshold", type=_probability, default=None, help=MASK_HELP)
+    p.add_argument("--batch-size", type=_at_least(1), default=16, help="expressions per forward pass")
+    p.add_argument("--num-workers", type=_at_least(0), default=2, help="data loader processes")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
     p.add_argument("--protocol", choices=list(PROTOCOL_HELP), default="original",
@@ -336,8 +397,8 @@ def _add_training_commands(commands) -> None:
     where.add_argument("--replace", action="store_true",
                        help="write it in place of the checkpoint's own calibrator (calibration.json beside its "
                             "weights, what predict, serve and eval read)")
-    p.add_argument("--batch-size", type=int, default=16, help="expressions per forward pass")
-    p.add_argument("--num-workers", type=int, default=2, help="data loader processes")
+    p.add_argument("--batch-size", type=_at_least(1), default=16, help="expressions per forward pass")
+    p.add_argument("--num-workers", type=_at_least(0), default=2, help="data loader processes")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
     p.set_defaults(run=_calibrate)
@@ -346,8 +407,9 @@ def _add_training_commands(commands) -> None:
 def _add_inference_commands(commands) -> None:
     """predict, serve, visualize, demo"""
     p = commands.add_parser("predict", help="ground expressions in your own image, or the pairs of a file")
-    p.add_argument("--checkpoint", default=None, help=DEMO_HELP)
-    p.add_argument("--onnx", default=None, help="instead of --checkpoint: a model from vglaw export (onnxruntime)")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", default=None, help=DEMO_HELP)
+    model.add_argument("--onnx", default=None, help="instead of --checkpoint: a model from vglaw export (onnxruntime)")
     p.add_argument("--image", default=None, help="the image file (JPEG, PNG, ...)")
     p.add_argument("--text", action="append", default=[], help="an expression (repeat for several)")
     p.add_argument("--out", default=None, help="picture to write (default: <image name>.vglaw.png here); with "
@@ -357,8 +419,8 @@ def _add_inference_commands(commands) -> None:
                    help="also write <out>.heatmap.png: where the box head looks for each expression")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
-    p.add_argument("--mask-threshold", type=float, default=None, help=MASK_HELP)
-    p.add_argument("--min-score", type=float, default=None, help=MIN_SCORE_HELP)
+    p.add_argument("--mask-threshold", type=_probability, default=None, help=MASK_HELP)
+    p.add_argument("--min-score", type=_probability, default=None, help=MIN_SCORE_HELP)
     pairs = p.add_argument_group("many pairs from a file (resumable; shards over torchrun --nproc_per_node N)")
     pairs.add_argument("--pairs", default=None,
                        help="a JSONL, CSV or parquet file with columns image and text (and optionally id)")
@@ -366,8 +428,8 @@ def _add_inference_commands(commands) -> None:
                        help="where the pairs' image paths start (default: the pairs file's folder)")
     pairs.add_argument("--masks", action="store_true", help="also write each mask as COCO RLE")
     pairs.add_argument("--coco-results", default=None, help="also write a COCO-style results JSON (bbox, score)")
-    pairs.add_argument("--batch-size", type=int, default=32, help="expressions per forward pass")
-    pairs.add_argument("--num-workers", type=int, default=2, help="image-decoding processes")
+    pairs.add_argument("--batch-size", type=_at_least(1), default=32, help="expressions per forward pass")
+    pairs.add_argument("--num-workers", type=_at_least(0), default=2, help="image-decoding processes")
     p.set_defaults(run=_predict)
 
     p = commands.add_parser("serve", help="a web page and HTTP API for grounding (needs the demo extra)")
@@ -376,7 +438,7 @@ def _add_inference_commands(commands) -> None:
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
-    p.add_argument("--min-score", type=float, default=None, help=MIN_SCORE_HELP)
+    p.add_argument("--min-score", type=_probability, default=None, help=MIN_SCORE_HELP)
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="also accept API calls and uploads from web pages on this origin (e.g. https://app.example.com; "
                         "repeatable); requests from other pages' origins are refused")
@@ -390,14 +452,14 @@ def _add_inference_commands(commands) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--law", action="store_true", help="also show LAW on/off feature maps for each image")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--mask-threshold", type=float, default=None, help=MASK_HELP)
+    p.add_argument("--mask-threshold", type=_probability, default=None, help=MASK_HELP)
     p.set_defaults(run=_visualize)
 
     p = commands.add_parser("demo", help="run the bundled demo model on a fresh synthetic set")
     p.add_argument("--out", default="vglaw-demo",
                    help="output folder: new or empty, or a previous demo's (only its own files are replaced)")
     p.add_argument("--checkpoint", default=None, help="another checkpoint to demo")
-    p.add_argument("--images", type=int, default=100, help="images in the fresh set")
+    p.add_argument("--images", type=_at_least(1), default=100, help="images in the fresh set")
     p.add_argument("--seed", type=int, default=20261127, help="seed of the fresh set (the model was trained on 0)")
     p.add_argument("--train", action="store_true", help="retrain the bundled checkpoint instead (from a repo checkout)")
     p.add_argument("--calibrate", action="store_true",
@@ -454,6 +516,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"vglaw {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C: one line (with what was kept, where the command knows), no traceback
+        if os.environ.get("VGLAW_DEBUG"):
+            raise
+        print(f"vglaw {args.command}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
+        return 130
     return 0
 
 

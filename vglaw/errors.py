@@ -34,3 +34,8 @@ class UnsafePickleError(InputError, pickle.UnpicklingError):
 
 class MissingExtraError(VglawError, ImportError):
     """An optional dependency is not installed; says which ``pip install`` brings it."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what the command kept and how to continue (the command line says it in one
+    line, exit status 130, as for any Ctrl-C)."""

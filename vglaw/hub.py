@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import InputError, MissingExtraError
+from .errors import InputError, MissingExtraError, MissingFileError
 
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 CHECKPOINT_FILES = ["config.json", "model.safetensors", "README.md", "training.json", "calibration.json"]  # the last three optional
@@ -49,11 +49,29 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
 
 
+def local_checkpoint(source: str | os.PathLike) -> Path | None:
+    """The local path that ``source`` names, or None when it is a Hub repo id: ``USER/NAME`` with
+    no folder ``USER`` here. Anything else is local (``./x``, ``../x``, ``/x``, ``~/x``,
+    ``runs/best/x``, and ``runs/missing`` beside a folder ``runs``: a mistyped path is never looked
+    up on the Hub); a local path that is not there is a MissingFileError."""
+    text = str(source)
+    owner = text.split("/")[0] if REPO_ID.fullmatch(text) and not text.startswith(".") else None
+    if owner is not None and not Path(owner).exists():
+        return None
+    path = Path(text).expanduser()
+    if not path.exists():
+        why = "" if owner is None else (f" (a local path, since a folder {owner} is here; a Hub repo id is looked "
+                                        "up only where no such folder is)")
+        raise MissingFileError(f"no checkpoint at {source}{why}")
+    return path
+
+
 def resolve_checkpoint(source: str | os.PathLike) -> Path:
-    """A local checkpoint path as it is, or a Hub repo id (``USER/NAME``) as the folder of its
-    files in the local Hub cache (``HF_HUB_CACHE``; downloaded first when online and missing)."""
-    path = Path(source)
-    if path.exists() or not REPO_ID.fullmatch(str(source)):
+    """A local checkpoint path as it is (see :func:`local_checkpoint`), or a Hub repo id
+    (``USER/NAME``) as the folder of its files in the local Hub cache (``HF_HUB_CACHE``;
+    downloaded first when online and missing)."""
+    path = local_checkpoint(source)
+    if path is not None:
         return path
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError

@@ -8,7 +8,6 @@ checkpoint from scratch with ``configs/synth_tiny.yaml``.
 """
 from __future__ import annotations
 
-import json
 import platform
 import shutil
 import time
@@ -19,7 +18,7 @@ import torch
 from ..data import GroundingDataset, prepare
 from ..data.synth import generate
 from ..engine.loop import eval_loader, evaluate
-from ..fileio import claim_output_folder, record_output_folder
+from ..fileio import claim_output_folder, json_text, record_output_folder
 from ..hub import DEMO_CHECKPOINT, DEMO_MARKER
 from ..inference.predictor import Grounder, as_rgb
 from ..model.confidence import separation_auroc
@@ -112,7 +111,7 @@ def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = 
               "shuffled_prec_drop": drop, "scores": scores, "checks": checks, "seconds": round(time.time() - start, 1),
               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"}
     table = format_table(result["results"])
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "metrics.json").write_text(json_text(result, indent=2) + "\n")
     (out / "metrics.md").write_text(table + "\n")
     summary = [f"# vglaw demo ({time.strftime('%Y-%m-%d')})", "",
                f"Checkpoint `{checkpoint}` on a fresh synthetic set (seed {seed}, {images} images, "

@@ -14,6 +14,7 @@ from ..data import GroundingDataset, load_tokenizer
 from ..engine.loop import eval_loader, evaluate
 from ..engine.metrics import MASK_THRESHOLDS
 from ..errors import InputError
+from ..fileio import json_text
 from ..model import VGLAW
 from ..model.confidence import Calibrator
 
@@ -141,7 +142,7 @@ def write_results(results: dict, path: str | os.PathLike, plot=None, **info) -> 
     together: both are made in memory, then both files replace the old ones; without a ``plot``
     an old one is removed, so a PNG beside the JSON is always that JSON's."""
     path, png = Path(path), plot_path(path)
-    text = json.dumps({**info, "plot": png.name if plot is not None else None, "results": results}, indent=2) + "\n"
+    text = json_text({**info, "plot": png.name if plot is not None else None, "results": results}, indent=2) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     temps = {path: path.with_name(f".{path.name}.tmp{os.getpid()}")}
     if plot is not None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import InputError, MissingFileError
+from ..fileio import json_text
 from ..progress import progress as progress_bar
 from .hub_parquet import read_hf_parquet, split_report
 from .readers import is_saiapr, locate_saiapr, read_refer, read_seqtr, read_transvg
@@ -124,14 +125,14 @@ def prepare(*, fmt: str, data_root: str | os.PathLike, dataset: str, image_root:
     for split, items in good.items():
         with open(out / f"{split}.jsonl", "w") as f:
             for record in items:
-                f.write(json.dumps(record) + "\n")
+                f.write(json_text(record) + "\n")
     meta = {"dataset": dataset, "split_by": split_by, "format": fmt, "image_root": str(image_root),
             "splits": {split: len(items) for split, items in good.items()}}
     if fmt == "hf-parquet":
         meta["split_check"] = split_report(records, dataset)
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out / "meta.json").write_text(json_text(meta, indent=2) + "\n")
     if bad:
-        (out / "dropped.json").write_text(json.dumps(bad, indent=1) + "\n")
+        (out / "dropped.json").write_text(json_text(bad, indent=1) + "\n")
         log.warning("dropped %d bad record(s) (%s); see %s", len(bad),
                     ", ".join(f"{n} {r}" for r, n in Counter(b["reason"].split(":")[0] for b in bad).items()),
                     out / "dropped.json")

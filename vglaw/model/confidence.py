@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_convert
 
-from ..fileio import atomic_write
+from ..fileio import atomic_write, json_text
 
 from ..errors import InputError
 
@@ -201,7 +201,7 @@ class Calibrator:
         return calibrator
 
     def save(self, path: str | os.PathLike) -> None:
-        atomic_write(Path(path), lambda p: p.write_text(json.dumps(self.to_dict(), indent=2) + "\n"))
+        atomic_write(Path(path), lambda p: p.write_text(json_text(self.to_dict(), indent=2) + "\n"))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Calibrator":
