@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from vglaw import build_model, from_pretrained
@@ -36,7 +37,7 @@ def offline_cache(tmp_path, monkeypatch):
     return cache
 
 
-def test_a_repo_id_loads_from_the_local_hub_cache_strictly(tmp_path, offline_cache):
+def test_a_repo_id_loads_from_the_local_hub_cache_strictly(tmp_path, offline_cache, capsys):
     torch.manual_seed(0)
     model = randomize_(build_model("tiny", img_size=64, pretrain_img_size=64, window_size=2)).eval()
     model.save_pretrained(tmp_path / "ck")
@@ -52,7 +53,10 @@ def test_a_repo_id_loads_from_the_local_hub_cache_strictly(tmp_path, offline_cac
     assert a.box == b.box
     with pytest.raises(ValueError, match="'someone/absent' is not in the local Hub cache.*HF_HUB_OFFLINE"):
         from_pretrained("someone/absent")
-    assert main(["predict", "--checkpoint", "someone/absent", "--image", str(tmp_path), "--text", "x"]) == 2
+    Image.fromarray(image).save(tmp_path / "photo.png")  # a real image: only the checkpoint is missing
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", "someone/absent", "--image", str(tmp_path / "photo.png"), "--text", "x"]) == 2
+    assert "'someone/absent' is not in the local Hub cache" in capsys.readouterr().err
     weights = offline_cache / "models--someone--vglaw-tiny/snapshots" / COMMIT / "model.safetensors"
     state = load_file(str(weights))
     del state["box_head.q_proj.weight"]

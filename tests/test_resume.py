@@ -59,8 +59,9 @@ def cli(data: Path, out: Path, *extra: str) -> list[str]:
     return ["train", "--config", str(CONFIG), f"data.prepared={data}", f"run.out={out}", *SMALL, *extra]
 
 
-def ctrl_c_after(step: int, args: list[str], monkeypatch) -> None:
-    """``vglaw ARGS`` here, sent SIGINT (what Ctrl-C sends) right after optimizer step STEP."""
+def ctrl_c_after(step: int, args: list[str], monkeypatch, capsys) -> None:
+    """``vglaw ARGS`` here, sent SIGINT (what Ctrl-C sends) right after optimizer step STEP: exit 130
+    and one line saying what was kept and how to continue."""
     on_step = TrainRun._on_step
 
     def interrupt(self):
@@ -69,11 +70,11 @@ def ctrl_c_after(step: int, args: list[str], monkeypatch) -> None:
             os.kill(os.getpid(), signal.SIGINT)  # Python raises KeyboardInterrupt here
 
     monkeypatch.setattr(TrainRun, "_on_step", interrupt)
-    try:
-        code = main(args)  # the CLI's own "interrupted" line
-    except KeyboardInterrupt:  # or the interrupt itself, where the CLI lets it through
-        code = 130
-    assert code == 130
+    capsys.readouterr()
+    assert main(args) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("vglaw train: interrupted: ") and "last.pt holds the last saved step" in err[-1]
+    assert "continue with the same command and --resume" in err[-1] and not any("Traceback" in e for e in err)
     monkeypatch.undo()
 
 
@@ -105,7 +106,7 @@ def epoch_lines(run: Path) -> tuple[list[dict], list[str]]:
     return records, console
 
 
-def test_a_run_stopped_by_ctrl_c_and_kill_9_and_resumed_equals_the_run_never_stopped(tmp_path, data, caplog,
+def test_a_run_stopped_by_ctrl_c_and_kill_9_and_resumed_equals_the_run_never_stopped(tmp_path, data, caplog, capsys,
                                                                                       monkeypatch):
     shipped = CONFIG.read_text()
     assert all(key in shipped for key in ("cache_text: true", "num_workers: 1", "multiscale: true", "crop: random"))
@@ -113,7 +114,7 @@ def test_a_run_stopped_by_ctrl_c_and_kill_9_and_resumed_equals_the_run_never_sto
     assert main(cli(data, tmp_path / "full")) == 0
     run = tmp_path / "run"
     # Ctrl-C after step 3, the last of epoch 0, before the epoch's evaluation and log line
-    ctrl_c_after(3, cli(data, run, "run.checkpoint_every=3"), monkeypatch)
+    ctrl_c_after(3, cli(data, run, "run.checkpoint_every=3"), monkeypatch, capsys)
     state = load_checkpoint(run / "checkpoints/last.pt")
     assert (state["epoch"], state["step_in_epoch"]) == (0, 3) and not (run / "log.jsonl").exists()
     # resumed, then kill -9 after step 5, in the middle of epoch 1: the last checkpoint is step 4's

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .commands.checks import input_checkpoint, input_file, input_folder, output_file, output_folder
 from .config import MASK_THRESHOLD, PRECISIONS
-from .errors import InputError, VglawError
+from .errors import InputError, Interrupted, VglawError
 from .fileio import check_output_folder, json_text
 from .hub import DEMO_CHECKPOINT, DEMO_MARKER, push
 
@@ -71,10 +71,14 @@ def _train(args: argparse.Namespace) -> None:
     from .config import load_config
 
     cfg = load_config(args.config, args.overrides)  # a bad value is one line before torch is imported
-    from .engine.train import train
+    from .engine.train import checkpoint_paths, train
 
     try:
         train(cfg, resume=args.resume)
+    except KeyboardInterrupt:
+        last, _ = checkpoint_paths(Path(cfg.run.out))
+        kept = f"{last} holds the last saved step" if last.is_file() else "no checkpoint was saved yet"
+        raise Interrupted(f"{kept}; continue with the same command and --resume") from None
     finally:
         from . import distributed
 

@@ -25,6 +25,7 @@ from .. import distributed as dist
 from ..config import Config, check_run, config_to_dict
 from ..data import GroundingDataset, TrainAugment, collate, load_tokenizer
 from ..errors import InputError, MissingFileError
+from ..fileio import json_text
 from ..model import VGLAW, build_model
 from ..model.build import check_model_section
 from ..model.confidence import Calibrator
@@ -267,7 +268,7 @@ class TrainRun:
         record = {"epoch": epoch, "global_step": self.state.global_step, "lr": losses["lr"], "train": train,
                   "eval": metrics, "best": self.state.best, "seconds": round(seconds, 1)}
         with open(self.out / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json_text(record) + "\n")
         for split, values in metrics.items():
             for key, value in values.items():
                 self.writer.add_scalar(f"{split}/{key}", value, self.state.global_step)

@@ -28,6 +28,7 @@ from PIL import Image
 
 from ..data.transforms import load_image
 from ..errors import InputError, MissingExtraError
+from ..fileio import json_text
 from ..hub import DEMO_CHECKPOINT, is_demo_checkpoint
 from ..model.card import read_training, training_lines
 from .pictures import answer_caption, attention_tile, draw_predictions
@@ -127,7 +128,7 @@ def ground(grounder: Grounder, image_path: str | None, expressions: str | None, 
         path = folder / f"attention_{i}.png"
         attention_tile(rgb, p, caption=False).save(path)  # the gallery captions it
         heatmaps.append((str(path), answer_caption(p)))
-    return str(picture), heatmaps, json.dumps(result, indent=1)
+    return str(picture), heatmaps, json_text(result, indent=1)
 
 
 def describe(checkpoint: Path, grounder: Grounder) -> str:

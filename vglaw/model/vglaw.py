@@ -2,7 +2,6 @@
 -> box and mask heads."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from ..fileio import atomic_write
+from ..fileio import atomic_write, json_text
 from ..hub import MINILM
 from .card import TRAINING_NAME, model_card
 from .confidence import CALIBRATION_NAME, Calibrator
@@ -149,9 +148,9 @@ class VGLAW(nn.Module):
                  if include_text_encoder or not k.startswith("text_encoder.")}
         config = {**self.config_dict(), "includes_text_encoder": include_text_encoder}
         atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-        atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+        atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json_text(config, indent=2) + "\n"))
         if training is not None:
-            atomic_write(directory / TRAINING_NAME, lambda p: p.write_text(json.dumps(training, indent=2) + "\n"))
+            atomic_write(directory / TRAINING_NAME, lambda p: p.write_text(json_text(training, indent=2) + "\n"))
         if self.calibrator is not None:
             self.calibrator.save(directory / CALIBRATION_NAME)
         atomic_write(directory / CARD_NAME, lambda p: p.write_text(model_card(config, training)))
