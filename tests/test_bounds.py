@@ -157,7 +157,7 @@ def test_predictions_hold_no_full_size_maps_whatever_the_expressions(grounder):
 
 # ----------------------------------------------------------------------------- expressions
 ODD_TEXTS = {"int": 42, "float": 1.5, "null": None, "zero_width": "\u200b\u200c\u200d", "bom_joiner": "\ufeff\u2060",
-             "nul": "\x00", "escape": "\x1b[31m\x1b[0m", "spaces": " \t\u3000"}
+             "nul": "\x00", "escape": "\x1b[31m\x1b[0m", "spaces": " \t\u3000", "surrogate": "red \ud800 circle"}
 
 
 def test_a_text_that_is_not_a_string_or_shows_nothing_is_its_pairs_error_line(tmp_path, capsys):
@@ -167,11 +167,14 @@ def test_a_text_that_is_not_a_string_or_shows_nothing_is_its_pairs_error_line(tm
     path = write_jsonl(tmp_path / "pairs.jsonl", rows)
     out = tmp_path / "out.jsonl"
     assert main(["predict", "--pairs", str(path), "--out", str(out), "--num-workers", "0"]) == 0
-    assert "8 error lines (3 text must be a string, 5 empty expression)" in capsys.readouterr().out
+    assert ("9 error lines (3 text must be a string, 1 text is not valid Unicode, 5 empty expression)"
+            in capsys.readouterr().out)
     lines = {line["id"]: line for line in lines_of(out)}
     assert lines["int"]["error"] == "text must be a string, got int 42"
     assert lines["float"]["error"] == "text must be a string, got float 1.5"
     assert lines["null"]["error"] == "text must be a string, got NoneType None"
+    assert lines["surrogate"]["error"].startswith("text is not valid Unicode") and lines["surrogate"]["text"] == \
+        ODD_TEXTS["surrogate"]
     for name in ("zero_width", "bom_joiner", "nul", "escape", "spaces"):
         assert lines[name]["error"] == "empty expression" and lines[name]["text"] == ODD_TEXTS[name], name
     assert "error" not in lines["ok"] and lines["ok"]["text"] == "the red \u200bcircle"  # as given
@@ -186,6 +189,8 @@ def test_the_api_refuses_a_text_that_shows_nothing_or_is_not_a_string(grounder):
         grounder.predict(image, 42)
     with pytest.raises(InputTypeError, match="^text must be a string, got NoneType None$"):
         grounder.predict(image, ["the cat", None])
+    with pytest.raises(InputError, match="^text is not valid Unicode"):  # the tokenizer would raise a TypeError
+        grounder.predict(image, "the red \ud800 circle")
 
 
 def test_control_characters_are_not_echoed_and_the_json_keeps_the_text(tmp_path, checkpoint, capsys):
@@ -231,7 +236,7 @@ VALUES = st.recursive(
     | st.floats() | st.text(max_size=12) | st.sampled_from(["a.png", "\u200b", "\x00", "x\ny", "\ud800", "\ufeff"]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
     max_leaves=6)
-KEYS = st.sampled_from(["id", "image", "text", "ID", "", "note"]) | st.text(max_size=6)
+KEYS = st.sampled_from(["id", "image", "text", "ID", "", "note", "a\nb", "\x1b[2J"]) | st.text(max_size=6)
 RECORD = (st.fixed_dictionaries({"image": st.sampled_from(["a.png", "dir/b c.jpg", "\u00e9t\u00e9.png"]) | VALUES,
                                  "text": st.text(max_size=20) | VALUES},
                                 optional={"id": st.integers(-10 ** 20, 10 ** 20) | st.text(max_size=8) | VALUES,

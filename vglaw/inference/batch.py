@@ -15,8 +15,9 @@ is done again and the summary counts it. Under torchrun each process takes a dis
 share of the images and writes its own part; when all are done, rank 0 merges the parts into
 ``<out>`` in input order (atomically) and removes them. An image that cannot be read (whatever
 decoding it raises) or has more pixels than the grounder's ``max_pixels``, or a text that is not
-a string or has no visible character, gives that pair an ``error`` line instead of an answer. An output that is one of the inputs (the pairs file, an image, a model file: the same
-file after links are followed) is refused before anything is written.
+a string or has no visible character, gives that pair an ``error`` line instead of an answer.
+An output that is one of the inputs (the pairs file, an image, a model file: the same file after
+links are followed) is refused before anything is written.
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ from .postprocess import prediction_json
 from .predictor import Grounder, as_rgb, expression_problem
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
-ERROR_KINDS = ("cannot read image", "image too large", "text must be a string", "empty expression")  # how error lines begin, as the summary counts them
+ERROR_KINDS = ("cannot read image", "image too large", "text must be a string", "text is not valid Unicode",
+               "empty expression")  # how error lines begin, as the summary counts them
 
 
 # ----------------------------------------------------------------------------- the pairs
@@ -66,7 +68,7 @@ def read_pairs(path: str | os.PathLike) -> list[dict]:
     rows = _rows(path, suffix)
     for column in ("image", "text"):
         if rows and any(column not in r for r in rows):
-            have = sorted(str(k) for k in set().union(*(r.keys() for r in rows)))
+            have = sorted(repr(k) for k in set().union(*(r.keys() for r in rows)))  # repr: one line, whatever the name
             raise InputError(f"{path} has no column {column!r} in every row (columns: {', '.join(have)})")
     pairs, seen = [], set()
     for i, r in enumerate(rows):

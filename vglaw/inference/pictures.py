@@ -187,7 +187,8 @@ def draw_predictions(image: Image.Image, predictions) -> Image.Image:
         if p.found:
             mask = p.mask
             if factor != 1:
-                mask = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize(canvas.size, Image.NEAREST)).astype(bool)
+                mask = Image.fromarray(mask.astype(np.uint8)).resize(canvas.size, Image.NEAREST)
+                mask = np.asarray(mask).astype(bool)
             paint_mask(canvas, mask, colour(i))
             ImageDraw.Draw(canvas).rectangle([v * factor for v in p.box], outline=colour(i), width=3)
         lines.append((answer_caption(p), colour(i) if p.found else GREY))

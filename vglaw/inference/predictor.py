@@ -7,7 +7,6 @@ import re
 import reprlib
 import unicodedata
 from functools import partial
-from textwrap import shorten
 
 import numpy as np
 import torch
@@ -42,11 +41,20 @@ def printable(text: str) -> str:
 
 def expression_problem(text) -> str | None:
     """Why ``text`` cannot be an expression, in a few words, or None: it is not a string ("text
-    must be a string, got int 42"), or it has no visible character ("empty expression": only
-    whitespace, zero-width characters, controls, NUL, escape sequences)."""
+    must be a string, got int 42"), not valid Unicode (a lone surrogate, which JSON's ``\ud800``
+    can make), or it has no visible character ("empty expression": only whitespace, zero-width
+    characters, controls, NUL, escape sequences)."""
     if not isinstance(text, str):
         return f"text must be a string, got {type(text).__name__} {reprlib.repr(text)}"
+    if any(unicodedata.category(c) == "Cs" for c in text):
+        return "text is not valid Unicode (it holds a lone surrogate, U+D800-U+DFFF)"
     return None if printable(text).strip() else "empty expression"
+
+
+def shown(text: str, width: int = 60) -> str:
+    """``text`` as a message quotes it: :func:`printable`, cut to ``width`` characters."""
+    text = printable(text)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def check_expressions(texts: list) -> None:
@@ -57,8 +65,10 @@ def check_expressions(texts: list) -> None:
         problem = expression_problem(t)
         if problem is not None and not isinstance(t, str):
             raise InputTypeError(problem)
-        if problem is not None:
+        if problem == "empty expression":
             raise InputError(f"{problem} {t!r}: say what to find in the image")
+        if problem is not None:
+            raise InputError(f"{problem}: {t!r}")
 
 
 class Prediction:
@@ -208,7 +218,7 @@ class Grounder:
             if 2 * foreign > len(pieces):
                 log.warning('warning: the model reads English, and %d of the %d word pieces of "%s" are unknown to '
                             "its vocabulary or not in Latin letters: expect a poor answer", foreign, len(pieces),
-                            shorten(printable(t), 60, placeholder="..."))
+                            shown(t))
         cut = [(t, len(ids) - 2) for t, ids in zip(texts, full) if len(ids) > self.spec.max_len]
         return tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device), cut
 
@@ -219,7 +229,7 @@ class Grounder:
         max_len = self.spec.max_len
         for t, n in cut:
             log.warning('warning: the expression "%s" is %d tokens; the model reads its first %d (%d with '
-                        "[CLS] and [SEP])", shorten(printable(t), 60, placeholder="..."), n, max_len - 2, max_len)
+                        "[CLS] and [SEP])", shown(t), n, max_len - 2, max_len)
         letterbox = Letterbox.centred((rgb.height, rgb.width), self.spec.img_size)
         canvas = letterbox.apply_image(rgb)[None].to(self.device)  # uint8, normalised there
         images = normalize_canvas(canvas, torch.tensor([letterbox.extent])).expand(len(texts), -1, -1, -1)
