@@ -282,6 +282,10 @@ def test_a_port_in_use_gets_one_line_naming_the_option_before_the_model_loads(ca
     assert err == f"vglaw serve: error: cannot listen on 127.0.0.1 port {port}: in use (another server is listening " \
                   "on it); choose another with --port\n"
     assert loaded == []
+    for port in ("99999", "-1"):  # not served on 99999 - 65536, nor blamed on --host
+        assert main(["serve", "--port", port]) == 2
+        assert capsys.readouterr().err == f"vglaw serve: error: --port {port}: a port is 0..65535 (0: any free one)\n"
+    assert loaded == []
     assert main(["serve", "--allow-origin", "app.example.com"]) == 2  # an origin has a scheme
     assert capsys.readouterr().err == ("vglaw serve: error: --allow-origin app.example.com: an origin is "
                                        "http(s)://host[:port], e.g. https://app.example.com\n")

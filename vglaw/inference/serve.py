@@ -302,6 +302,8 @@ def build_app(grounder: Grounder, checkpoint: Path):
 def listen(host: str = "127.0.0.1", port: int = 7860) -> socket.socket:
     """A socket listening on ``host``:``port``, for :func:`launch`; one line naming the option to
     change where that is not possible (a port in use, say)."""
+    if not 0 <= port <= 65535:  # getaddrinfo would take 99999 as 34463, and blame --host for -1
+        raise InputError(f"--port {port}: a port is 0..65535 (0: any free one)")
     try:
         family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, socket.SOCK_STREAM)
