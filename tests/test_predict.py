@@ -119,6 +119,25 @@ def test_predict_errors_are_clear(tmp_path, checkpoint, capsys):
     assert "random.pt" in capsys.readouterr().err
 
 
+def test_predict_never_writes_over_its_image_nor_a_picture_as_json(tmp_path, checkpoint, capsys):
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (10, 10), "red").save(image)
+    before = image.read_bytes()
+    (tmp_path / "link.png").symlink_to(image)
+    cases = [(["--out", str(image)], f"--out {image} is the input file {image}"),
+             (["--json", str(image)], f"--json {image} is the input file {image}"),
+             (["--out", str(tmp_path / "link.png")], "is the input file"),
+             (["--out", str(tmp_path / "a.png"), "--json", str(tmp_path / "a.png")], "is the --out picture"),
+             (["--out", str(tmp_path / "res.json")], "not a picture file name"),  # its JSON would be res.json too
+             (["--out", str(tmp_path / "res")], "not a picture file name")]
+    for args, message in cases:
+        assert main(["predict", "--checkpoint", str(checkpoint), "--image", str(image), "--text", "x"] + args) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert image.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.png", "photo.png"]
+
+
 def test_visualize_cli(tmp_path, checkpoint):
     from vglaw.data import prepare
     from vglaw.data.synth import generate

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from PIL import Image
+
 from ..errors import InputError, Interrupted
 from ..device import resolve_device
 from ..fileio import json_text
@@ -29,15 +31,22 @@ def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=Non
     ``heatmap``, ``<out>.heatmap.png``: where the box head looks for each expression). With
     ``onnx`` (a file from ``vglaw export``) onnxruntime runs the model instead of PyTorch;
     with neither, the bundled demo model (a warning on stderr says what it knows). Answers scoring
-    below ``min_score`` are marked not found."""
+    below ``min_score`` are marked not found. An ``out`` or ``json_path`` that is the image (links
+    followed), the two being one file, or an ``out`` PIL cannot write a picture to is refused first."""
+    from ..inference.batch import check_outputs, file_ids
+
+    out = Path(out or f"{Path(image_path).stem}.vglaw.png")
+    json_path = Path(json_path or out.with_suffix(".json"))
+    if Image.registered_extensions().get(out.suffix.lower()) not in Image.SAVE:
+        raise InputError(f"--out {out}: not a picture file name (.png, .jpg, ...); the JSON goes to --json")
+    if out.resolve() == json_path.resolve():
+        raise InputError(f"--json {json_path} is the --out picture: give them different files")
+    check_outputs({"--out": out, "--json": json_path}, file_ids([image_path]))  # never write over the image
     device = resolve_device(device)  # a bad device is the one line, before anything loads
     image = as_rgb(image_path)  # a bad image fails before the model loads
     grounder = load_grounder(checkpoint, onnx, device=device, precision=precision, mask_threshold=mask_threshold,
                              min_score=min_score)
     preds = grounder.predict(image, texts)
-    stem = Path(image_path).stem
-    out = Path(out or f"{stem}.vglaw.png")
-    json_path = Path(json_path or out.with_suffix(".json"))
     result = predictions_json(str(image_path), image, preds)
     text = json_text(result, indent=2)  # a NaN answer stops here, before any file is written
     out.parent.mkdir(parents=True, exist_ok=True)
