@@ -152,6 +152,20 @@ def test_eval_names_its_results_after_the_run_and_records_the_protocol(runs, tmp
     assert (tmp_path / "eval_a_best.json").read_text() == before
 
 
+def test_a_missing_split_is_named_before_any_split_is_evaluated(runs, tmp_path, monkeypatch, capsys):
+    from vglaw.commands import eval as eval_command
+
+    root, prepared = runs
+    monkeypatch.chdir(tmp_path)
+    evaluated = []
+    monkeypatch.setattr(eval_command, "split_samples", lambda *a, **k: evaluated.append(a[2]))
+    assert main(["eval", "--checkpoint", str(root / "a" / "best"), "--data", str(prepared), "--num-workers", "0",
+                 "--splits", "val", "tesA"]) == 2
+    err = capsys.readouterr().err
+    assert "tesA.jsonl not found; prepared splits: ['val']" in err and err.count("\n") == 1, err
+    assert evaluated == [] and list(tmp_path.iterdir()) == []
+
+
 def test_eval_json_and_plot_are_replaced_together(runs, tmp_path, monkeypatch):
     """A calibrator from a file scores the answers and draws the plot beside the JSON; a rerun
     without one leaves no plot of the earlier run beside its JSON."""

@@ -11,6 +11,7 @@ import torch
 
 from .. import distributed as dist
 from ..data import GroundingDataset, load_tokenizer
+from ..data.prepare import load_split
 from ..engine.loop import eval_loader, evaluate
 from ..engine.metrics import MASK_THRESHOLDS
 from ..errors import InputError
@@ -63,7 +64,10 @@ def run_eval(checkpoint: str | os.PathLike, prepared: str | os.PathLike, splits:
     checkpoint's), and the score's metrics when the model has a calibrator: the checkpoint's, or
     the file ``calibration`` (from ``vglaw calibrate --out``) in its place. With ``with_plot``,
     returns ``(results, plot)``: the score's reliability and coverage picture (a PIL image; None
-    without a calibrator). Runs distributed when launched with torchrun (each sample once)."""
+    without a calibrator). Runs distributed when launched with torchrun (each sample once). A split
+    that ``prepared`` does not have is refused before the model loads."""
+    for split in splits:  # a misspelt split is the one line before any split is evaluated
+        load_split(prepared, split)
     calibrator = Calibrator.load(calibration) if calibration is not None else None  # a bad file: before the model
     device = dist.init(device)
     model = VGLAW.from_pretrained(checkpoint, device=device).eval()
