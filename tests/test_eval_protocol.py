@@ -197,6 +197,13 @@ def test_calibrate_writes_a_file_of_its_own_and_replaces_only_when_asked(synth_p
     (tmp_path / "notes.json").write_text("my notes\n")
     assert main(args + ["--out", "notes.json"]) == 2
     assert "not replacing it" in capsys.readouterr().err and (tmp_path / "notes.json").read_text() == "my notes\n"
+    # an --out that is the checkpoint's own calibrator (here through a link) is refused: that is --replace's job
+    (tmp_path / "own.json").symlink_to(checkpoint / CALIBRATION_NAME)
+    for own in (checkpoint / CALIBRATION_NAME, tmp_path / "own.json"):
+        assert main(args + ["--out", str(own)]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {own} is the checkpoint's own calibrator" in err and "--replace" in err, err
+    assert (checkpoint / CALIBRATION_NAME).read_bytes() == bundled
     assert main(args) == 0
     written = tmp_path / "calibration_models_demo.json"
     assert json.loads(written.read_text())["fitted_on"]["checkpoint"] == str(checkpoint)

@@ -22,10 +22,14 @@ def calibrate(checkpoint: str | os.PathLike, prepared: str | os.PathLike, split:
               precision: str = "fp32", describe: dict | None = None) -> tuple[Calibrator, str]:
     """Fit the calibrator of ``checkpoint`` on ``split`` of the prepared data and write it to
     ``out``; with ``out`` None, in place of the checkpoint's own (``calibration.json`` beside its
-    weights, what predict, serve and eval read). Returns it and where it went. ``describe``
+    weights, what predict, serve and eval read; an ``out`` naming that file is refused, so that
+    replacing it is always asked for this way). Returns it and where it went. ``describe``
     replaces the recorded checkpoint and data names. Under torchrun each sample is scored once
     and rank 0 writes."""
     path = resolve_checkpoint(checkpoint)
+    if out is not None and Path(out).resolve() == calibration_path(path).resolve():
+        raise InputError(f"--out {out} is the checkpoint's own calibrator: to replace it, give --replace instead "
+                         "(nothing was changed)")
     out = calibration_path(path) if out is None else Path(out)
     # a file there must be a calibrator (it is replaced): said before any work, nothing changed
     try:
