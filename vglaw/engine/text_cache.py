@@ -31,7 +31,8 @@ class FrozenTextCache:
 
     @staticmethod
     def _keys(ids: torch.Tensor, mask: torch.Tensor) -> tuple[list[bytes], list[int]]:
-        lengths = mask.sum(1).tolist()
+        """Each CPU row's key (its token ids' bytes) and length, read through numpy: no device wait."""
+        lengths = mask.numpy().sum(1).tolist()
         return [row[:n].tobytes() for row, n in zip(ids.numpy(), lengths)], lengths
 
     def _encode(self, ids: torch.Tensor, mask: torch.Tensor, device: torch.device) -> None:
