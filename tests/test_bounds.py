@@ -65,7 +65,8 @@ def test_an_image_over_the_pixel_limit_is_refused_from_its_header_before_decodin
     with monkeypatch.context() as patch:
         patch.setattr(ImageFile.ImageFile, "load", load)
         with pytest.raises(InputError, match=r"^image too large: .*big.png is 8000x8000 \(64.0 megapixels\), over "
-                                             r"the limit of 40 megapixels \(max_pixels\)$") as refused:
+                                             r"the limit of 40 megapixels \(raise it with vglaw predict --max-pixels N, or "
+                                             r"max_pixels= in Python\)$") as refused:
             load_image(big)
     assert "\n" not in str(refused.value) and not decoded
     photo = load_image(one_colour_png(tmp_path / "photo.png", 3500))  # 12.25 MP, a phone photo's size, passes
@@ -100,6 +101,16 @@ def test_the_pixel_limit_holds_on_every_path(tmp_path, checkpoint, capsys):
     lines = {line["id"]: line for line in lines_of(out)}
     assert lines["big"]["error"].startswith(f"image too large: {big} is 7000x7000 (49.0 megapixels)")
     assert "box_xyxy" in lines["ok"]
+    # --max-pixels moves the limit both ways, on both paths
+    assert main(["predict", "--checkpoint", str(checkpoint), "--image", str(small), "--text", "the red circle",
+                 "--max-pixels", str(width * height - 1), "--out", str(tmp_path / "small.vglaw.png")]) == 2
+    assert "image too large:" in capsys.readouterr().err and not (tmp_path / "small.vglaw.png").exists()
+    assert main(["predict", "--checkpoint", str(checkpoint), "--pairs", str(pairs), "--out", str(tmp_path / "all.jsonl"),
+                 "--num-workers", "0", "--max-pixels", str(7000 * 7000)]) == 0
+    assert "0 error lines" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="2"):  # argparse's one line
+        main(["predict", "--image", str(small), "--text", "a", "--max-pixels", "0"])
+    assert "--max-pixels: must be at least 1, got 0" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- FIFOs

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .commands.checks import input_checkpoint, input_file, input_folder, output_file, output_folder
-from .config import MASK_THRESHOLD, PRECISIONS
+from .config import MASK_THRESHOLD, MAX_PIXELS, PRECISIONS
 from .errors import InputError, Interrupted, VglawError
 from .fileio import check_output_folder, json_text
 from .hub import DEMO_CHECKPOINT, DEMO_MARKER, push
@@ -134,7 +134,7 @@ def _predict(args: argparse.Namespace) -> None:
 
     result = predict(args.checkpoint, args.image, args.text, out=args.out, json_path=args.json,
                      heatmap=args.heatmap, onnx=args.onnx, device=args.device, precision=args.precision,
-                     mask_threshold=args.mask_threshold, min_score=args.min_score)
+                     mask_threshold=args.mask_threshold, min_score=args.min_score, max_pixels=args.max_pixels)
     for p in result["predictions"]:
         box = ", ".join(f"{v:.1f}" for v in p["box_xyxy"])
         score = "" if p["score"] is None else f", score {p['score']:.2f}"
@@ -159,7 +159,7 @@ def _predict_pairs(args: argparse.Namespace) -> None:
                                masks=args.masks, coco_results=args.coco_results, onnx=args.onnx,
                                batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
                                precision=args.precision, mask_threshold=args.mask_threshold,
-                               min_score=args.min_score)
+                               min_score=args.min_score, max_pixels=args.max_pixels)
         if distributed.is_main():
             errors = s["errors"]
             kinds = ", ".join(f"{n} {kind}" for kind, n in errors.items() if kind != "total" and n)
@@ -425,6 +425,8 @@ def _add_inference_commands(commands) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
     p.add_argument("--mask-threshold", type=_probability, default=None, help=MASK_HELP)
     p.add_argument("--min-score", type=_probability, default=None, help=MIN_SCORE_HELP)
+    p.add_argument("--max-pixels", type=_at_least(1), default=MAX_PIXELS,
+                   help="refuse images with more pixels (width x height), read from the file's header before decoding")
     pairs = p.add_argument_group("many pairs from a file (resumable; shards over torchrun --nproc_per_node N)")
     pairs.add_argument("--pairs", default=None,
                        help="a JSONL, CSV or parquet file with columns image and text (and optionally id)")

@@ -44,6 +44,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # every command's --precision choices
 OPTIMIZERS = ("adam_weight_decay", "adamw")  # optim.optimizer (vglaw.engine.optim)
 CROPS = ("canvas", "random")  # data.crop (vglaw.data.transforms.TrainAugment)
 MASK_THRESHOLD = 0.35  # the authors' mask threshold: the default of VGLAWConfig.mask_threshold
+MAX_PIXELS = 40_000_000  # the default most pixels (width x height) of an image vglaw decodes: a 12 MP photo passes
 MAX_SEED = 1_000_000  # the data seeds multiply run.seed into a 64-bit generator seed
 
 

@@ -20,6 +20,7 @@ from torchvision import tv_tensors
 from torchvision.ops import box_convert
 from torchvision.transforms.v2 import functional as TF
 
+from ..config import MAX_PIXELS
 from ..errors import InputError, UnreadableFileError
 from ..fileio import special_file
 
@@ -27,7 +28,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _SPATIAL = re.compile(r"\b(left|right|top|bottom|middle)", re.IGNORECASE)
 _LEFT_RIGHT = re.compile(r"\b(left|right)(most|ward|wards)?\b", re.IGNORECASE)
-MAX_PIXELS = 40_000_000  # the default most pixels (width x height) of an image vglaw decodes: a 12 MP photo passes
 
 
 def check_pixels(size: tuple[int, int], max_pixels: int | None, name) -> None:
@@ -37,7 +37,8 @@ def check_pixels(size: tuple[int, int], max_pixels: int | None, name) -> None:
     width, height = size
     if max_pixels is not None and width * height > max_pixels:
         raise InputError(f"image too large: {name} is {width}x{height} ({width * height / 1e6:.1f} megapixels), over "
-                         f"the limit of {max_pixels / 1e6:g} megapixels (max_pixels)")
+                         f"the limit of {max_pixels / 1e6:g} megapixels (raise it with vglaw predict --max-pixels N, or "
+                         "max_pixels= in Python)")
 
 
 def load_image(path, max_pixels: int | None = MAX_PIXELS) -> Image.Image:

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..config import PRECISIONS
+from ..config import MAX_PIXELS, PRECISIONS
 from ..data.dataset import load_tokenizer
 from ..data.masks import decode_rle, mask_to_rle
-from ..data.transforms import MAX_PIXELS, Letterbox, check_pixels, image_region, load_image, normalize_canvas
+from ..data.transforms import Letterbox, check_pixels, image_region, load_image, normalize_canvas
 from ..device import autocast, resolve_device
 from ..errors import InputError, InputTypeError
 from ..model import VGLAW
