@@ -57,6 +57,8 @@ BAD_VALUES = [  # (override, what the line must name)
     ("model.overrides.embed_dim=1e9", "'model.overrides.embed_dim' must be int, got 1000000000.0"),
     ("model.overrides.embed_dim=1000000000", "'model.overrides.embed_dim' must be in [1, 8192], got 1000000000"),
     ("model.overrides.num_heads=5", "'embed_dim' must be a multiple of num_heads 5, got 32"),
+    ("data.eval_splits=[val,nosuch]", "has no split 'nosuch'; its splits: ['train', 'val']"),  # a split the prepared folder lacks
+    ("data.train_split=trian", "'data.train_split': "),  # named before anything is written
 ]
 
 

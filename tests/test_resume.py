@@ -129,6 +129,10 @@ def test_a_run_stopped_by_ctrl_c_and_kill_9_and_resumed_equals_the_run_never_sto
     assert resumed["global_step"] == full["global_step"] == 6
     assert full["model"].keys() == resumed["model"].keys()
     assert all(torch.equal(full["model"][k], resumed["model"][k]) for k in full["model"])
+    # resuming a finished run trains nothing, and says so
+    caplog.clear()
+    assert main(cli(data, run, "--resume")) == 0
+    assert "nothing left to train" in caplog.text and epoch_lines(run) == (records, console)
 
 
 def test_resume_needs_a_run_and_a_new_run_needs_a_free_folder(tmp_path, synth_prepared, capsys):

@@ -508,7 +508,8 @@ def _check_options(parser: argparse.ArgumentParser, argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # other libraries: warnings only
+    logging.getLogger("vglaw").setLevel(logging.INFO)  # vglaw's own progress lines
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     _check_options(parser, argv)

@@ -319,6 +319,14 @@ def check_run(cfg: Config, world_size: int | None = None) -> None:
     if not cfg.data.prepared or not Path(cfg.data.prepared).is_dir():
         raise MissingFileError(f"config key 'data.prepared': {cfg.data.prepared!r} is not a folder "
                                f"(give the folder written by vglaw prepare)")
+    prepared = Path(cfg.data.prepared)
+    if not (prepared / "meta.json").is_file():
+        raise MissingFileError(f"config key 'data.prepared': {prepared} holds no meta.json (give the folder "
+                               f"written by vglaw prepare)")
+    have = sorted(f.stem for f in prepared.glob("*.jsonl"))
+    for key, split in [("data.train_split", cfg.data.train_split)] + [("data.eval_splits", s) for s in cfg.data.eval_splits]:
+        if split not in have:
+            raise MissingFileError(f"config key '{key}': {prepared} has no split {split!r}; its splits: {have}")
     if cfg.model.backbone_weights and not Path(cfg.model.backbone_weights).is_file():
         raise MissingFileError(f"config key 'model.backbone_weights': {cfg.model.backbone_weights} not found")
     _check_writable(Path(run.out))

@@ -310,6 +310,9 @@ def _train_epochs(run: TrainRun) -> dict:
     is written first, then ``best`` (when it improved), then ``last``: a run stopped anywhere in
     between redoes that epoch's end when resumed, and rewrites them."""
     cfg, out, metrics = run.cfg, run.out, {}
+    if run.state.epoch >= cfg.run.epochs:
+        log.warning("nothing left to train: %s is at epoch %d of run.epochs=%d (raise run.epochs to train on)",
+                    run.last_path, run.state.epoch, cfg.run.epochs)
     while run.state.epoch < cfg.run.epochs:
         epoch, started = run.state.epoch, time.time()
         losses, stopped = run.train_epoch()  # moves the state to the next epoch when this one is complete
