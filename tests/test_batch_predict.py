@@ -356,3 +356,16 @@ def test_an_output_that_is_an_input_is_refused_and_nothing_is_written(tmp_path, 
     with pytest.raises(InputError, match="is the input file .*model.safetensors"):
         predict_pairs(grounder, path, DEMO_CHECKPOINT / "model.safetensors", model_files=DEMO_FILES)
     assert not (tmp_path / "r.jsonl").exists() and not parts_folder(tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.parametrize("rows", [[{"id": 1, "image": "a.png", "text": "x"}, {"id": 1, "image": "a.png", "text": "y"}],
+                                  [{"image": "a.png"}]], ids=["duplicate-id", "no-text-column"])
+def test_a_bad_pairs_file_is_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys, rows):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the pairs file was read")
+
+    monkeypatch.setattr(Grounder, "from_pretrained", no_model)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    assert main(["predict", "--pairs", str(pairs), "--out", str(tmp_path / "out.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(pairs) in err[0] and not (tmp_path / "out.jsonl").exists()

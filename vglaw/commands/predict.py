@@ -70,7 +70,7 @@ def predict_pairs_file(checkpoint, pairs, *, out=None, image_root=None, masks: b
     default ``<pairs name>.vglaw.jsonl`` here), resumable, sharded under torchrun (see
     :mod:`vglaw.inference.batch`). Returns the run's summary."""
     from .. import distributed as dist
-    from ..inference.batch import check_outputs, file_ids, predict_pairs, written_results
+    from ..inference.batch import check_outputs, file_ids, predict_pairs, read_pairs, written_results
     from ..model.io import checkpoint_files
 
     out = Path(out or f"{Path(pairs).stem}.vglaw.jsonl")
@@ -78,11 +78,12 @@ def predict_pairs_file(checkpoint, pairs, *, out=None, image_root=None, masks: b
     # an output that is the pairs file or a model file is refused before the model loads (the
     # images are checked too, once the pairs are read)
     check_outputs({"--out": out, "--coco-results": coco_results}, file_ids([pairs, *model_files]))
+    records = read_pairs(pairs)  # a bad pairs file is one line before the model loads
     try:
         grounder = load_grounder(checkpoint, onnx, device=dist.init(device), precision=precision,
                                  mask_threshold=mask_threshold, min_score=min_score, max_pixels=max_pixels)
         summary = predict_pairs(grounder, pairs, out, model_files=model_files, image_root=image_root, masks=masks,
-                                batch_size=batch_size, num_workers=num_workers, coco=coco_results)
+                                batch_size=batch_size, num_workers=num_workers, coco=coco_results, pairs=records)
     except KeyboardInterrupt:  # every written line is kept (flushed per forward pass): say so
         raise Interrupted(f"{len(written_results(out))} result lines kept for {out}; rerun the same command to "
                           "continue") from None

@@ -308,8 +308,9 @@ def coco_results(lines: list[dict]) -> list[dict]:
 def predict_pairs(grounder: Grounder, pairs_path: str | os.PathLike, out: str | os.PathLike, *,
                   model_files: list[str | os.PathLike], image_root: str | os.PathLike | None = None,
                   masks: bool = False, batch_size: int = 32, num_workers: int = 2,
-                  coco: str | os.PathLike | None = None) -> dict:
-    """Ground every pair of ``pairs_path`` into the JSONL file ``out`` (see the module's
+                  coco: str | os.PathLike | None = None, pairs: list[dict] | None = None) -> dict:
+    """Ground every pair of ``pairs_path`` (``pairs``: its pairs, when already read with
+    :func:`read_pairs`) into the JSONL file ``out`` (see the module's
     docstring); ``model_files`` are the files ``grounder``'s model was loaded from (what the
     answers' ``made_from`` names), ``image_root`` (default: the pairs file's folder) is where image
     paths start. Returns a summary: pairs, already done, done now (over all processes), redone
@@ -319,7 +320,7 @@ def predict_pairs(grounder: Grounder, pairs_path: str | os.PathLike, out: str | 
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     pairs_path, out = Path(pairs_path), Path(out)
     image_root = Path(image_root) if image_root is not None else pairs_path.parent
-    pairs = read_pairs(pairs_path)
+    pairs = read_pairs(pairs_path) if pairs is None else pairs
     images = [os.path.join(os.path.abspath(image_root), p["image"]) for p in pairs]
     image_ids = file_ids(dict.fromkeys(images))
     check_outputs({"--out": out, "--coco-results": coco}, {**file_ids([pairs_path, *model_files]), **image_ids})
