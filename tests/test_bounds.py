@@ -20,7 +20,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
@@ -32,20 +31,10 @@ from vglaw.fileio import json_text
 from vglaw.inference import pictures
 from vglaw.inference.batch import key, made_from, predict_pairs, read_pairs
 from vglaw.inference.predictor import Grounder
-from vglaw.model import build_model
 from vglaw.model.io import checkpoint_files
 
-from conftest import randomize_
 from test_batch_predict import lines_of, one_colour_png, shapes_image, write_jsonl
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = randomize_(build_model("tiny", img_size=64, pretrain_img_size=64, window_size=2), seed=3)
-    path = tmp_path_factory.mktemp("ck") / "tiny"
-    model.save_pretrained(path)
-    return path
+from test_predict import checkpoint  # noqa: F401 - the tiny random checkpoint fixture
 
 
 @pytest.fixture(scope="module")
