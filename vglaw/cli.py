@@ -38,14 +38,21 @@ def _synth(args: argparse.Namespace) -> None:
 def _prepare(args: argparse.Namespace) -> None:
     if args.format == "seqtr" and not os.path.isdir(args.data_root):  # seqtr: the instances.json or its folder
         input_file("--data-root", args.data_root, "an instances.json file")
+    elif args.format == "own":
+        input_file("--data-root", args.data_root, "a JSONL, CSV or parquet file of your annotations")
     else:
         input_folder("--data-root", args.data_root, f"a {args.format} dataset folder")
     input_folder("--images", args.images, "a folder of images")
     output_folder("--out", args.out)
+    if args.exif is not None and args.format != "own":
+        raise InputError(f"--exif is for --format own; {args.format} files say nothing of EXIF frames")
+    if args.dataset is None and args.format != "own":
+        raise InputError(f"--dataset is required for the {args.format} format (refcoco, refcoco+, ...)")
     from .data.prepare import prepare
 
-    meta = prepare(fmt=args.format, data_root=args.data_root, dataset=args.dataset, image_root=args.images,
-                   out=args.out, split_by=args.split_by, skip_bad=args.skip_bad)
+    meta = prepare(fmt=args.format, data_root=args.data_root, dataset=args.dataset or Path(args.data_root).stem,
+                   image_root=args.images, out=args.out, split_by=args.split_by, skip_bad=args.skip_bad,
+                   exif=args.exif)
     print(f"wrote {args.out}: " + ", ".join(f"{split} {n}" for split, n in meta["splits"].items()))
     for split, check in meta.get("split_check", {}).items():
         print(f"  {split}: {check['refs']} refs (REFER: {check['refer_refs'] or 'unknown'})"
@@ -314,13 +321,20 @@ def _add_data_commands(commands) -> None:
     p.set_defaults(run=_synth)
 
     p = commands.add_parser("prepare", help="check a dataset and write vglaw's prepared form")
-    p.add_argument("--format", choices=["refer", "transvg", "seqtr", "hf-parquet"], default="refer",
-                   help="the annotation format of --data-root")
+    p.add_argument("--format", choices=["refer", "transvg", "seqtr", "hf-parquet", "own"], default="refer",
+                   help="the annotation format of --data-root (own: your own JSONL, CSV or parquet file, one "
+                        "record per expression: image, text, box_xyxy, optional mask_rle or polygon, split, id)")
     p.add_argument("--data-root", required=True,
                    help="refer: folder with <dataset>/refs(<splitBy>).p; transvg: folder with "
                         "<dataset>/<dataset>_<split>.pth; seqtr: the instances.json file or the folder with "
-                        "<dataset>/instances.json; hf-parquet: the Hub dataset folder (its .parquet files)")
-    p.add_argument("--dataset", required=True, help="refcoco, refcoco+, refcocog, refclef, synthref, ...")
+                        "<dataset>/instances.json; hf-parquet: the Hub dataset folder (its .parquet files); "
+                        "own: the annotation file")
+    p.add_argument("--dataset", default=None,
+                   help="refcoco, refcoco+, refcocog, refclef, synthref, ... (own: default the file's name)")
+    p.add_argument("--exif", choices=["displayed", "stored"], default=None,
+                   help="own: the frame of the boxes and masks of images with an EXIF orientation tag other "
+                        "than 1: displayed (as viewers show them) or stored (the pixels as stored); needed "
+                        "when there are such images")
     p.add_argument("--split-by", default="unc", help="REFER splitBy: unc, google, umd, berkeley")
     p.add_argument("--images", default=None,
                    help="folder of the image files (not needed for parquet files that embed them)")

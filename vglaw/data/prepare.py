@@ -22,10 +22,11 @@ from ..errors import InputError, MissingFileError
 from ..fileio import json_text
 from ..progress import progress as progress_bar
 from .hub_parquet import read_hf_parquet, split_report
+from .own import read_own
 from .readers import is_saiapr, locate_saiapr, read_refer, read_seqtr, read_transvg
 
 log = logging.getLogger(__name__)
-FORMATS = ("refer", "transvg", "seqtr", "hf-parquet")
+FORMATS = ("refer", "transvg", "seqtr", "hf-parquet", "own")
 
 
 class BadRecordsError(InputError):
@@ -70,9 +71,14 @@ def check_record(record: dict, image_root: Path, sizes: dict) -> str | None:
 
 
 def read_records(fmt: str, data_root: str | os.PathLike, dataset: str, split_by: str,
-                 out: Path) -> tuple[list[dict], Path | None]:
+                 out: Path, image_root: str | os.PathLike | None = None,
+                 exif: str | None = None) -> tuple[list[dict], Path | None]:
     """The reader's records of ``fmt``, and the image folder when the files embed the images
     (written under ``out``)."""
+    if fmt == "own":
+        if image_root is None:
+            raise InputError("--images is required for the own format: the folder of the image files")
+        return read_own(data_root, image_root, exif), None
     if fmt == "refer":
         return read_refer(data_root, dataset, split_by), None
     if fmt == "transvg":
@@ -86,20 +92,25 @@ def read_records(fmt: str, data_root: str | os.PathLike, dataset: str, split_by:
 
 
 def prepare(*, fmt: str, data_root: str | os.PathLike, dataset: str, image_root: str | os.PathLike | None,
-            out: str | os.PathLike, split_by: str = "unc", skip_bad: bool = False, progress: bool = True) -> dict:
+            out: str | os.PathLike, split_by: str = "unc", skip_bad: bool = False, progress: bool = True,
+            exif: str | None = None) -> dict:
     """Convert a dataset into vglaw's prepared form; returns meta.json's content.
 
     Args:
-        fmt: "refer", "transvg", "seqtr" or "hf-parquet".
+        fmt: "refer", "transvg", "seqtr", "hf-parquet" or "own" (your own annotations, see
+            :mod:`.own`).
         data_root: REFER: the folder holding ``<dataset>/``; TransVG: the folder holding
             ``<dataset>/<dataset>_<split>.pth``; SeqTR: the ``instances.json`` file or SeqTR's
             annotations folder (``<data_root>/<dataset>/instances.json``); hf-parquet: a Hub
-            dataset folder (its ``.parquet`` files, found recursively).
+            dataset folder (its ``.parquet`` files, found recursively); own: the JSONL, CSV or
+            parquet file.
         image_root: the folder with the image files (not needed for parquet files that embed them).
         skip_bad: drop bad records (and write ``dropped.json``) instead of stopping.
+        exif: own: the frame of the boxes of images with an EXIF orientation tag, "displayed" or
+            "stored" (see :func:`.own.read_own`).
     """
     out = Path(out)
-    records, embedded_images = read_records(fmt, data_root, dataset, split_by, out)
+    records, embedded_images = read_records(fmt, data_root, dataset, split_by, out, image_root, exif)
     if embedded_images is not None:
         image_root = embedded_images
     elif image_root is None:

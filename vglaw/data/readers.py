@@ -15,6 +15,7 @@ Formats:
 * SeqTR / SimVG ``instances.json``: ``{split: [{image_id, bbox, expressions, mask, width,
   height, ...}]}``, the file or SeqTR's ``annotations/<dataset>/`` folders.
 * Hugging Face Hub parquet copies (:mod:`.hub_parquet`).
+* Your own annotations, one record per expression in JSONL, CSV or parquet (:mod:`.own`).
 """
 from __future__ import annotations
 

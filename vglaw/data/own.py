@@ -1,0 +1,177 @@
+"""Your own annotations: one record per expression in a JSONL, CSV or parquet file.
+
+Fields of a record (the names ``vglaw predict --pairs --masks`` writes, so a results file can be
+corrected and trained on as it is):
+
+* ``image``: the image file, relative to ``--images``;
+* ``text``: the referring expression;
+* ``box_xyxy``: the target box, x0, y0, x1, y1 in pixels;
+* ``mask_rle`` (a COCO RLE ``{"size": [h, w], "counts": ...}``) or ``polygon`` (COCO polygons, a
+  list of flat ``[x0, y0, x1, y1, ...]`` lists): optional;
+* ``split``: optional, default ``train``; ``id``: optional, default the row's index.
+
+In CSV, ``box_xyxy``, ``mask_rle`` and ``polygon`` are JSON text (``"[10, 20, 110, 90]"``); other
+fields are ignored. Records with several boxes (``boxes``) or ``no_target: true`` are bad records:
+training them needs an existence output this version does not have.
+
+EXIF: phones store photos with an orientation tag, and tools disagree on whether boxes are drawn
+on the displayed (rotated) image or on the stored pixels. vglaw trains on the displayed image.
+Any image whose orientation tag is not 1 (rotations change its size; flips and 180 degrees keep
+it but move every box) stops the reader until ``exif`` says which frame the file's boxes and
+masks are in: ``displayed`` (kept as they are) or ``stored`` (turned into the displayed frame).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import InputError
+from .masks import decode_rle, encode_rle, mask_to_rle
+from .readers import bad_record
+
+EXIF_FRAMES = ("displayed", "stored")
+ORIENTATION = 0x0112  # the EXIF tag
+TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+             5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+             8: Image.Transpose.ROTATE_90}  # what PIL's ImageOps.exif_transpose applies for each orientation
+NOT_TRAINABLE = "no-target and multi-target records need the existence output, which this version does not have"
+
+
+def image_frame(path: Path) -> tuple[tuple[int, int], int] | None:
+    """(stored width, height) and EXIF orientation of an image, from its header; None when it
+    cannot be read (``prepare`` reports it)."""
+    try:
+        with Image.open(path) as img:
+            return img.size, int(img.getexif().get(ORIENTATION, 1) or 1)
+    except (OSError, ValueError, SyntaxError):
+        return None
+
+
+def displayed_point(x: float, y: float, size: tuple[int, int], orientation: int) -> tuple[float, float]:
+    """A point of the stored pixel frame (``size`` = stored width, height) in the displayed frame."""
+    w, h = size
+    return {1: (x, y), 2: (w - x, y), 3: (w - x, h - y), 4: (x, h - y), 5: (y, x), 6: (h - y, x),
+            7: (h - y, w - x), 8: (y, w - x)}[orientation]
+
+
+def displayed_box(box: list[float], size: tuple[int, int], orientation: int) -> list[float]:
+    """An x0, y0, x1, y1 box of the stored frame, in the displayed frame."""
+    (ax, ay), (bx, by) = (displayed_point(box[0], box[1], size, orientation),
+                          displayed_point(box[2], box[3], size, orientation))
+    return [min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)]
+
+
+def _json_field(value):
+    """A CSV cell holding JSON (a box, an RLE, polygons) as its value; other values as they are."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _box_problem(box) -> str | None:
+    if box is None:
+        return "no box_xyxy"
+    if (not isinstance(box, (list, tuple)) or len(box) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+        return f"box_xyxy must be four numbers x0, y0, x1, y1, got {json.dumps(box, default=repr)[:80]}"
+    if not all(math.isfinite(v) for v in box):
+        return f"box_xyxy {list(box)} is not finite"
+    if box[2] <= box[0] or box[3] <= box[1]:
+        return f"box_xyxy {list(box)} needs x1 > x0 and y1 > y0"
+    return None
+
+
+def _mask(row: dict, size: tuple[int, int], orientation: int, exif: str | None) -> dict | None:
+    """The record's mask as an RLE in the displayed frame (None without one); ValueError/InputError
+    when it does not fit the file's frame."""
+    frame = size if exif == "stored" else (size[::-1] if orientation in (5, 6, 7, 8) else size)
+    w, h = frame
+    if row.get("mask_rle") is not None:
+        seg = _json_field(row["mask_rle"])
+        if not isinstance(seg, dict) or list(seg.get("size", [])) != [h, w]:
+            got = seg.get("size") if isinstance(seg, dict) else type(seg).__name__
+            raise ValueError(f"mask_rle size {got} is not the {exif or 'stored'} frame's [{h}, {w}] (height, width)")
+    elif row.get("polygon") is not None:
+        seg = _json_field(row["polygon"])
+    else:
+        return None
+    rle = encode_rle(seg, h, w)
+    if exif == "stored" and orientation != 1:
+        turned = Image.fromarray(decode_rle(rle)).transpose(TRANSPOSE[orientation])
+        rle = mask_to_rle(np.asarray(turned))
+    return rle
+
+
+def read_own(path: str | os.PathLike, image_root: str | os.PathLike, exif: str | None = None) -> list[dict]:
+    """Records (as :mod:`.readers` makes them) of a JSONL, CSV or parquet file of your own
+    annotations; ``image_root`` holds the images. Boxes and masks come out in the displayed frame.
+    An image with an EXIF orientation other than 1 is an :class:`InputError` (naming the first and
+    the count) unless ``exif`` is ``"displayed"`` or ``"stored"``."""
+    from ..inference.batch import FORMATS, _rows  # the pairs files' reader (imported here: it imports vglaw.data)
+
+    path, image_root = Path(path), Path(image_root)
+    if exif not in (None, *EXIF_FRAMES):
+        raise InputError(f"--exif must be one of {EXIF_FRAMES}, got {exif!r}")
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise InputError(f"{path}: give your annotations as .jsonl, .csv or .parquet (got {path.suffix or 'no suffix'!r})")
+    rows = _rows(path, kind)
+    frames = {}
+    for row in rows:
+        name = row.get("image")
+        if isinstance(name, str) and name and name not in frames:
+            frames[name] = image_frame(image_root / name)
+    turned = [name for name, f in frames.items() if f is not None and f[1] != 1]
+    if turned and exif is None:
+        raise InputError(f"{len(turned)} image(s) carry an EXIF orientation tag other than 1 (first: "
+                         f"{image_root / turned[0]}, orientation {frames[turned[0]][1]}): say which frame {path}'s "
+                         "boxes are in, --exif displayed (as viewers show the image) or --exif stored (the pixels "
+                         "as stored)")
+    records = []
+    for i, row in enumerate(rows):
+        rid = row.get("id", i)
+        base = {"split": str(row.get("split") or "train"), "image": row.get("image"), "ref_id": rid, "ann_id": None,
+                "sent_id": i, "category_id": None, "image_id": None, "width": None, "height": None}
+        problem, box = None, _json_field(row.get("box_xyxy"))
+        text = row.get("text")
+        if row.get("error"):
+            problem = f"a results line without an answer ({row['error']})"
+        elif row.get("boxes") is not None or row.get("no_target") in (True, "true", "True", 1, "1"):
+            problem = NOT_TRAINABLE
+        elif not isinstance(base["image"], str) or not base["image"]:
+            problem = f"image must be a path, got {json.dumps(base['image'], default=repr)[:80]}"
+        elif text is None:
+            problem = "no text"
+        elif not isinstance(text, str):
+            problem = f"text must be a string, got {json.dumps(text, default=repr)[:80]}"
+        else:
+            problem = _box_problem(box)
+        frame = frames.get(base["image"]) if isinstance(base["image"], str) else None
+        if problem is None and frame is not None:
+            size, orientation = frame
+            shown = size[::-1] if orientation in (5, 6, 7, 8) else size
+            w, h = size if exif == "stored" else shown
+            if box[0] < -1 or box[1] < -1 or box[2] > w + 1 or box[3] > h + 1:  # 1 px of slack, as prepare's check
+                problem = f"box_xyxy {list(box)} lies outside the {w}x{h} {exif or 'image'} frame"
+            else:
+                if exif == "stored":
+                    box = displayed_box(box, size, orientation)
+                base["width"], base["height"] = shown
+                try:
+                    base["mask"] = _mask(row, size, orientation, exif)
+                except (ValueError, InputError) as e:
+                    problem = str(e)
+        if problem:
+            records.append(bad_record({**base, "sentence": text if isinstance(text, str) else None}, problem))
+            continue
+        x0, y0, x1, y1 = (float(v) for v in box)
+        records.append({"mask": None, **base, "box": [x0, y0, x1 - x0, y1 - y0], "sentence": text})
+    return records
