@@ -108,7 +108,8 @@ def test_bad_records_are_listed_with_their_reasons_and_skip_bad_keeps_the_rest(t
 def test_csv_and_parquet_hold_boxes_and_masks_as_json(tmp_path):
     polygon = [[10, 140, 50, 140, 50, 170, 10, 170]]
     (tmp_path / "mine.csv").write_text('image,text,box_xyxy,polygon,split\n'
-                                       f'shapes_0.jpg,the leftmost shape,"[10, 140, 50, 170]","{polygon}",val\n')
+                                       f'shapes_0.jpg,the leftmost shape,"[10, 140, 50, 170]","{polygon}",val\n'
+                                       'shapes_1.jpg,the topmost shape,"[1, 2, 3, 4]",,\n')  # empty: absent
     prepare(fmt="own", data_root=tmp_path / "mine.csv", dataset="mine", image_root=EXAMPLES, out=tmp_path / "csv",
             progress=False)
     pq = pytest.importorskip("pyarrow.parquet")
@@ -119,6 +120,7 @@ def test_csv_and_parquet_hold_boxes_and_masks_as_json(tmp_path):
                    tmp_path / "mine.parquet")
     prepare(fmt="own", data_root=tmp_path / "mine.parquet", dataset="mine", image_root=EXAMPLES,
             out=tmp_path / "parquet", progress=False)
+    assert load_split(tmp_path / "csv", "train")[1][0]["mask"] is None
     (record,), (same,) = load_split(tmp_path / "csv", "val")[1], load_split(tmp_path / "parquet", "val")[1]
     assert record["box"] == same["box"] == [10.0, 140.0, 40.0, 30.0]
     assert decode_rle(record["mask"])[140:170, 10:50].all() and decode_rle(record["mask"]).sum() == 40 * 30

@@ -98,7 +98,7 @@ def _mask(row: dict, size: tuple[int, int], orientation: int, exif: str | None) 
         seg = _json_field(row["mask_rle"])
         if not isinstance(seg, dict) or list(seg.get("size", [])) != [h, w]:
             got = seg.get("size") if isinstance(seg, dict) else type(seg).__name__
-            raise ValueError(f"mask_rle size {got} is not the {exif or 'stored'} frame's [{h}, {w}] (height, width)")
+            raise ValueError(f"mask_rle size {got} is not the {exif or 'image'} frame's [{h}, {w}] (height, width)")
     elif row.get("polygon") is not None:
         seg = _json_field(row["polygon"])
     else:
@@ -137,6 +137,7 @@ def read_own(path: str | os.PathLike, image_root: str | os.PathLike, exif: str |
                          "as stored)")
     records = []
     for i, row in enumerate(rows):
+        row = {k: v for k, v in row.items() if k == "text" or v not in ("", None)}  # empty CSV cells, parquet nulls
         rid = row.get("id", i)
         base = {"split": str(row.get("split") or "train"), "image": row.get("image"), "ref_id": rid, "ann_id": None,
                 "sent_id": i, "category_id": None, "image_id": None, "width": None, "height": None}
