@@ -3,6 +3,7 @@ intact), JSON that is always valid JSON, output folders that a command replaces 
 files in, and input paths that are regular files (not a FIFO that would block forever)."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -10,7 +11,7 @@ import stat
 from pathlib import Path
 from typing import Callable
 
-from .errors import InputError
+from .errors import InputError, MissingFileError
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
@@ -103,3 +104,52 @@ def special_file(path: str | os.PathLike) -> str | None:
     if stat.S_ISREG(mode):
         return None
     return next((kind for test, kind in SPECIAL_FILES.items() if test(mode)), "a special file")
+
+
+TABLE_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+
+
+def read_table(path: str | os.PathLike, what: str) -> list[dict]:
+    """The rows of a JSONL, CSV or parquet file (by its suffix), each a dict, in file order: a pairs
+    file, your own annotations. What cannot be read (not there, not a regular file, another
+    suffix, not UTF-8, a line that is not a JSON object, a broken CSV or parquet file) is one line,
+    an :class:`InputError` naming the file as ``what``."""
+    path = Path(path)
+    kind = special_file(path)
+    if kind is not None:
+        raise InputError(f"{what} {path} is {kind}, not a regular file")
+    if not path.is_file():
+        raise MissingFileError(f"{what} {path} not found")
+    kind = TABLE_FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise InputError(f"{what} {path}: give it as .jsonl, .csv or .parquet (got {path.suffix or 'no suffix'!r})")
+    return _rows(path, kind)
+
+
+def _rows(path: Path, kind: str) -> list[dict]:
+    """The rows of a table file of ``kind``; what cannot be read is one line naming the file."""
+    try:
+        if kind == "csv":
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                return list(csv.DictReader(f))
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pylist()
+        rows = []
+        with open(path, encoding="utf-8-sig") as f:
+            for number, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except (ValueError, RecursionError) as e:  # JSONDecodeError, an int of 4300+ digits, deep nesting
+                        raise InputError(f"{path}, line {number}: not JSON ({' '.join(str(e).split())})") from None
+                    if not isinstance(rows[-1], dict):
+                        raise InputError(f"{path}, line {number}: expected a JSON object")
+        return rows
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - csv.Error, and whatever pyarrow raises on a broken parquet file
+        raise InputError(f"{path}: not a {kind} file that can be read ({' '.join(str(e).split())})") from None

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
+from ..fileio import read_table
 from .masks import decode_rle, encode_rle, mask_to_rle
 from .readers import bad_record
 
@@ -115,15 +116,10 @@ def read_own(path: str | os.PathLike, image_root: str | os.PathLike, exif: str |
     annotations; ``image_root`` holds the images. Boxes and masks come out in the displayed frame.
     An image with an EXIF orientation other than 1 is an :class:`InputError` (naming the first and
     the count) unless ``exif`` is ``"displayed"`` or ``"stored"``."""
-    from ..inference.batch import FORMATS, _rows  # the pairs files' reader (imported here: it imports vglaw.data)
-
     path, image_root = Path(path), Path(image_root)
     if exif not in (None, *EXIF_FRAMES):
         raise InputError(f"--exif must be one of {EXIF_FRAMES}, got {exif!r}")
-    kind = FORMATS.get(path.suffix.lower())
-    if kind is None:
-        raise InputError(f"{path}: give your annotations as .jsonl, .csv or .parquet (got {path.suffix or 'no suffix'!r})")
-    rows = _rows(path, kind)
+    rows = read_table(path, "annotations file")
     frames = {}
     for row in rows:
         name = row.get("image")

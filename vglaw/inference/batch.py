@@ -21,7 +21,6 @@ links are followed) is refused before anything is written.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -36,13 +35,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import distributed as dist
 from ..data.transforms import Letterbox, normalize_canvas
-from ..errors import InputError, MissingFileError, VglawError
-from ..fileio import atomic_write, json_text, special_file
+from ..errors import InputError, VglawError
+from ..fileio import atomic_write, json_text, read_table
 from ..progress import progress
 from .postprocess import prediction_json
 from .predictor import Grounder, as_rgb, expression_problem
 
-FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 ERROR_KINDS = ("cannot read image", "image too large", "text must be a string", "text is not valid Unicode",
                "empty expression")  # how error lines begin, as the summary counts them
 
@@ -57,15 +55,7 @@ def read_pairs(path: str | os.PathLike) -> list[dict]:
     is kept with an ``error``, which becomes its results line; its ``text`` is the string as
     given, or None where it was not a string."""
     path = Path(path)
-    kind = special_file(path)
-    if kind is not None:
-        raise InputError(f"pairs file {path} is {kind}, not a regular file")
-    if not path.is_file():
-        raise MissingFileError(f"pairs file {path} not found")
-    suffix = FORMATS.get(path.suffix.lower())
-    if suffix is None:
-        raise InputError(f"{path}: give the pairs as .jsonl, .csv or .parquet (got {path.suffix or 'no suffix'!r})")
-    rows = _rows(path, suffix)
+    rows = read_table(path, "pairs file")
     for column in ("image", "text"):
         if rows and any(column not in r for r in rows):
             have = sorted(repr(k) for k in set().union(*(r.keys() for r in rows)))  # repr: one line, whatever the name
@@ -85,35 +75,6 @@ def read_pairs(path: str | os.PathLike) -> list[dict]:
         pairs.append({"id": pid, "image": r["image"], "text": text if isinstance(text, str) else None,
                       **({"error": problem} if problem else {})})
     return pairs
-
-
-def _rows(path: Path, kind: str) -> list[dict]:
-    """The rows of a pairs file, each a dict; what cannot be read is one line naming the file."""
-    try:
-        if kind == "csv":
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                return list(csv.DictReader(f))
-        if kind == "parquet":
-            import pyarrow.parquet as pq
-
-            return pq.read_table(path).to_pylist()
-        rows = []
-        with open(path, encoding="utf-8-sig") as f:
-            for number, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except (ValueError, RecursionError) as e:  # JSONDecodeError, an int of 4300+ digits, deep nesting
-                        raise InputError(f"{path}, line {number}: not JSON ({' '.join(str(e).split())})") from None
-                    if not isinstance(rows[-1], dict):
-                        raise InputError(f"{path}, line {number}: expected an object with image and text")
-        return rows
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
-    except InputError:
-        raise
-    except Exception as e:  # noqa: BLE001 - csv.Error, and whatever pyarrow raises on a broken parquet file
-        raise InputError(f"{path}: not a {kind} file that can be read ({' '.join(str(e).split())})") from None
 
 
 def key(pid) -> str:
