@@ -214,3 +214,12 @@ def test_calibrate_writes_a_file_of_its_own_and_replaces_only_when_asked(synth_p
     replaced = json.loads((checkpoint / CALIBRATION_NAME).read_text())
     assert replaced == json.loads(written.read_text())  # the same fit, now where predict and serve read it
     assert sorted(tmp_path.glob("calibration_*.json")) == [written]
+
+
+def test_calibrate_on_answers_all_wrong_is_one_line(runs, tmp_path, monkeypatch, capsys):
+    root, synth = runs  # a random model: every box of the split is wrong
+    monkeypatch.chdir(tmp_path)
+    assert main(["calibrate", "--checkpoint", str(root / "a" / "best"), "--data", str(synth), "--num-workers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs right and wrong answers" in err[0] and "boxes of the fitting split are wrong" in err[0], err
+    assert not list(tmp_path.glob("calibration_*.json"))

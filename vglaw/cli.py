@@ -366,7 +366,7 @@ def _add_weights_commands(commands) -> None:
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset")
     p.add_argument("--no-check", dest="check", action="store_false",
-                   help="skip the parity check (onnxruntime against PyTorch on one random input)")
+                   help="skip the parity check (by default onnxruntime is checked against PyTorch on one random input)")
     p.set_defaults(run=_export)
 
     p = commands.add_parser("push", help="upload a checkpoint directory to a Hugging Face Hub model repo")

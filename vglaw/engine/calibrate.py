@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..model.confidence import FEATURES, Calibrator, confidence_metrics
 
 
@@ -20,8 +21,8 @@ def fit_calibrator(features: dict[str, torch.Tensor], box_iou: torch.Tensor, *, 
     x = np.stack([features[name].double().numpy() for name in names], 1)  # (N, F)
     y = (box_iou >= 0.5).numpy()
     if y.all() or not y.any():
-        raise ValueError(f"a calibrator needs right and wrong answers to learn from; all {len(y)} boxes of the "
-                         f"fitting split are {'right' if y.all() else 'wrong'}")
+        raise InputError(f"a calibrator needs right and wrong answers to learn from; all {len(y)} boxes of the "
+                         f"fitting split are {'right' if y.all() else 'wrong'} (fit it on another split)")
     mean, scale = x.mean(0), x.std(0)
     scale[scale < 1e-12] = 1.0  # a constant feature gets a zero weight, not a division by zero
     fit = LogisticRegression(C=1.0, max_iter=1000).fit((x - mean) / scale, y)
