@@ -56,6 +56,7 @@ SECURITY_HEADERS = {
 }
 log = logging.getLogger(__name__)
 
+
 def parse_expressions(text: str | None) -> list[str]:
     """One expression per non-empty line, within the server's limits."""
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
