@@ -76,8 +76,8 @@ def test_bad_records_are_listed_with_their_reasons_and_skip_bad_keeps_the_rest(t
             {"image": "shapes_0.jpg", "text": "x", "box_xyxy": [50, 1, 50, 3]},
             {"image": "shapes_0.jpg", "text": "x", "box_xyxy": [1, 2, 3]},
             {"image": "shapes_0.jpg", "text": "x", "box_xyxy": [8, 133, 500, 173]},
-            {"image": "shapes_0.jpg", "text": "x", "boxes": [[1, 2, 3, 4], [5, 6, 7, 8]]},
-            {"image": "shapes_0.jpg", "text": "nothing there", "no_target": True},
+            {"image": "shapes_0.jpg", "text": "x", "boxes": [[1, 2, 3, 4], [5, 6, 7]]},
+            {"image": "shapes_0.jpg", "text": "nothing there", "no_target": True, "box_xyxy": [1, 2, 3, 4]},
             {"image": "nowhere.jpg", "text": "x", "box_xyxy": [1, 2, 3, 4]},
             {"text": "x", "box_xyxy": [1, 2, 3, 4]},
             {"image": "shapes_0.jpg", "text": "x", "box_xyxy": [math.nan, 2, 3, 4]}]  # JSON's NaN
@@ -87,14 +87,14 @@ def test_bad_records_are_listed_with_their_reasons_and_skip_bad_keeps_the_rest(t
     reasons = [b["reason"] for b in e.value.bad]
     assert len(reasons) == len(rows) - 1  # every row but the good one
     assert reasons[0] == "no text"
-    assert reasons[1] == "no box_xyxy"
+    assert reasons[1] == "no box_xyxy (nor boxes, nor no_target: true)"
     assert reasons[2] == "text must be a string, got 7"
     assert reasons[3].startswith("box_xyxy must be four numbers")
     assert reasons[4] == "box_xyxy [50, 1, 50, 3] needs x1 > x0 and y1 > y0"
     assert reasons[5].startswith("box_xyxy must be four numbers")
     assert reasons[6] == "box_xyxy [8, 133, 500, 173] lies outside the 213x194 image frame"
-    assert reasons[7] == reasons[8] == ("no-target and multi-target records need the existence output, which this "
-                                       "version does not have")
+    assert reasons[7] == "each of boxes must be four numbers x0, y0, x1, y1, got [5, 6, 7]"
+    assert reasons[8] == "a no_target record names no box (it has box_xyxy or boxes)"
     assert reasons[9].startswith("image file missing")
     assert reasons[10].startswith("image must be a path")
     assert reasons[11] == "box_xyxy [nan, 2, 3, 4] is not finite"

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .commands.checks import input_checkpoint, input_file, input_folder, output_file, output_folder
-from .config import MASK_THRESHOLD, MAX_PIXELS, PRECISIONS
+from .config import DATA_FORMATS, MASK_THRESHOLD, MAX_PIXELS, MIN_EXISTS, OWN_FORMATS, PRECISIONS
 from .errors import InputError, Interrupted, VglawError
 from .fileio import check_output_folder, json_text
 from .hub import DEMO_CHECKPOINT, DEMO_MARKER, push
@@ -31,22 +31,24 @@ def _synth(args: argparse.Namespace) -> None:
 
     sizes = {"train": args.train, "val": args.val, "testA": args.testA, "testB": args.testB}
     folder = generate(args.out, name=args.name, seed=args.seed, split_sizes=sizes, min_size=args.min_size,
-                      max_size=args.max_size)
-    print(f"wrote {folder}/refs(unc).p, {folder}/instances.json and images in {args.out}/images")
+                      max_size=args.max_size, no_target=args.no_target, multi_target=args.multi_target)
+    refs = "grefs(unc).json" if args.no_target or args.multi_target else "refs(unc).p"
+    print(f"wrote {folder}/{refs}, {folder}/instances.json and images in {args.out}/images")
 
 
 def _prepare(args: argparse.Namespace) -> None:
     if args.format == "seqtr" and not os.path.isdir(args.data_root):  # seqtr: the instances.json or its folder
         input_file("--data-root", args.data_root, "an instances.json file")
-    elif args.format == "own":
+    elif args.format in OWN_FORMATS:
         input_file("--data-root", args.data_root, "a JSONL, CSV or parquet file of your annotations")
     else:
         input_folder("--data-root", args.data_root, f"a {args.format} dataset folder")
     input_folder("--images", args.images, "a folder of images")
     output_folder("--out", args.out)
-    if args.exif is not None and args.format != "own":
-        raise InputError(f"--exif is for --format own; {args.format} files say nothing of EXIF frames")
-    if args.dataset is None and args.format != "own":
+    if args.exif is not None and args.format not in OWN_FORMATS:
+        raise InputError(f"--exif is for your own annotations (--format jsonl, csv, parquet or own); {args.format} "
+                         "files say nothing of EXIF frames")
+    if args.dataset is None and args.format not in OWN_FORMATS:
         raise InputError(f"--dataset is required for the {args.format} format (refcoco, refcoco+, ...)")
     from .data.prepare import prepare
 
@@ -54,6 +56,8 @@ def _prepare(args: argparse.Namespace) -> None:
                    image_root=args.images, out=args.out, split_by=args.split_by, skip_bad=args.skip_bad,
                    exif=args.exif)
     print(f"wrote {args.out}: " + ", ".join(f"{split} {n}" for split, n in meta["splits"].items()))
+    for split, counts in meta.get("targets", {}).items():
+        print(f"  {split}: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
     for split, check in meta.get("split_check", {}).items():
         print(f"  {split}: {check['refs']} refs (REFER: {check['refer_refs'] or 'unknown'})"
               + (f"; {check['note']}" if "note" in check else ""))
@@ -98,7 +102,7 @@ def _eval(args: argparse.Namespace) -> None:
     input_file("--calibration", args.calibration, "a calibrator file")
     output_file("--json", args.json, "a JSON file")
     from . import distributed
-    from .commands.eval import (SCORE_COLUMNS, check_default_output, checkpoint_label, format_table, plot_path,
+    from .commands.eval import (GREF_COLUMNS, SCORE_COLUMNS, check_default_output, checkpoint_label, format_table, plot_path,
                                 run_eval, write_results)
 
     out = Path(args.json or f"eval_{checkpoint_label(args.checkpoint)}.json")  # never inside the checkpoint or package
@@ -109,10 +113,14 @@ def _eval(args: argparse.Namespace) -> None:
     results, plot = run_eval(args.checkpoint, args.data, args.splits, mask_threshold=args.mask_threshold,
                              batch_size=args.batch_size, device=args.device, precision=args.precision,
                              num_workers=args.num_workers, protocol=args.protocol, calibration=args.calibration,
-                             with_plot=True)
+                             with_plot=True, min_exists=args.min_exists)
     if distributed.is_main():
         print(f"protocol {args.protocol}: {PROTOCOL_HELP[args.protocol]}")
         print(format_table(results))
+        if any("gres" in m for m in results.values()):
+            print("no-target and multi-target expressions (GRES in original pixels, N-acc/T-acc plain; see the JSON's "
+                  "gres/grec for ReLA's code's variants and the counts):")
+            print(format_table(results, GREF_COLUMNS))
         if any("auroc" in m for m in results.values()):
             print(format_table(results, SCORE_COLUMNS))
         else:
@@ -263,6 +271,8 @@ DEVICE_HELP = "auto (the GPU when there is one, else the CPU), cpu, cuda or cuda
 PRECISION_HELP = "arithmetic of the forward pass (bf16 pays off on GPUs and CPUs with AVX-512 BF16)"
 MASK_HELP = (f"a mask pixel is the object where its probability is above this (default: the checkpoint's, "
              f"{MASK_THRESHOLD} unless it says otherwise)")
+MIN_EXISTS_HELP = (f"a checkpoint with the existence output answers \"not found\" where the probability that the "
+                   f"expression names something in the image is below this (default {MIN_EXISTS})")
 MIN_SCORE_HELP = ("mark answers whose score (the calibrated probability that the box is right) is below this "
                   "as not found, instead of drawing them (needs a calibrated checkpoint)")
 DEMO_HELP = "a vglaw checkpoint directory, training .pt or Hub id (default: the bundled demo model)"
@@ -318,19 +328,26 @@ def _add_data_commands(commands) -> None:
         p.add_argument(f"--{split}", type=int, default=n, help=f"images in {split}")
     p.add_argument("--min-size", type=int, default=176, help="smallest image side in pixels")
     p.add_argument("--max-size", type=int, default=224, help="largest image side in pixels")
+    p.add_argument("--no-target", type=float, default=0.0,
+                   help="share of the refs naming nothing in the image (with --multi-target: gRefCOCO's layout, "
+                        "<out>/grefcoco/grefs(unc).json + instances.json)")
+    p.add_argument("--multi-target", type=float, default=0.0,
+                   help="share of the refs naming every shape that fits a description (\"all the red shapes\")")
     p.set_defaults(run=_synth)
 
     p = commands.add_parser("prepare", help="check a dataset and write vglaw's prepared form")
-    p.add_argument("--format", choices=["refer", "transvg", "seqtr", "hf-parquet", "own"], default="refer",
-                   help="the annotation format of --data-root (own: your own JSONL, CSV or parquet file, one "
-                        "record per expression: image, text, box_xyxy, optional mask_rle or polygon, split, id)")
+    p.add_argument("--format", choices=DATA_FORMATS, default="refer",
+                   help="the annotation format of --data-root (jsonl, csv, parquet: your own file, one record per "
+                        "expression: image, text, box_xyxy or boxes, optional mask_rle or polygon, no_target, split, "
+                        "id; own: the same, the table's kind from the file's suffix)")
     p.add_argument("--data-root", required=True,
-                   help="refer: folder with <dataset>/refs(<splitBy>).p; transvg: folder with "
+                   help="refer: folder with <dataset>/refs(<splitBy>).p; grefcoco: folder with "
+                        "<dataset>/grefs(<splitBy>).json (or .p) and instances.json; transvg: folder with "
                         "<dataset>/<dataset>_<split>.pth; seqtr: the instances.json file or the folder with "
                         "<dataset>/instances.json; hf-parquet: the Hub dataset folder (its .parquet files); "
-                        "own: the annotation file")
+                        "jsonl/csv/parquet/own: the annotation file")
     p.add_argument("--dataset", default=None,
-                   help="refcoco, refcoco+, refcocog, refclef, synthref, ... (own: default the file's name)")
+                   help="refcoco, refcoco+, refcocog, refclef, grefcoco, synthref, ... (your own file: default its name)")
     p.add_argument("--exif", choices=["displayed", "stored"], default=None,
                    help="own: the frame of the boxes and masks of images with an EXIF orientation tag other "
                         "than 1: displayed (as viewers show them) or stored (the pixels as stored); needed "
@@ -390,6 +407,7 @@ def _add_training_commands(commands) -> None:
     p.add_argument("--data", required=True, help="prepared dataset folder")
     p.add_argument("--splits", nargs="+", default=["val"], help="the splits to evaluate")
     p.add_argument("--mask-threshold", type=_probability, default=None, help=MASK_HELP)
+    p.add_argument("--min-exists", type=_probability, default=MIN_EXISTS, help=MIN_EXISTS_HELP)
     p.add_argument("--batch-size", type=_at_least(1), default=16, help="expressions per forward pass")
     p.add_argument("--num-workers", type=_at_least(0), default=2, help="data loader processes")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)

@@ -44,6 +44,9 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # every command's --precision choices
 OPTIMIZERS = ("adam_weight_decay", "adamw")  # optim.optimizer (vglaw.engine.optim)
 CROPS = ("canvas", "random")  # data.crop (vglaw.data.transforms.TrainAugment)
 MASK_THRESHOLD = 0.35  # the authors' mask threshold: the default of VGLAWConfig.mask_threshold
+MIN_EXISTS = 0.5  # an answer is "not found" where the existence output's probability is below this (--min-exists)
+OWN_FORMATS = ("jsonl", "csv", "parquet", "own")  # `vglaw prepare --format`: your own annotations (own: by suffix)
+DATA_FORMATS = ("refer", "grefcoco", "transvg", "seqtr", "hf-parquet", *OWN_FORMATS)
 MAX_PIXELS = 40_000_000  # the default most pixels (width x height) of an image vglaw decodes: a 12 MP photo passes
 MAX_SEED = 1_000_000  # the data seeds multiply run.seed into a 64-bit generator seed
 
@@ -130,6 +133,7 @@ class DataSection:
     flip_prob: float = setting(0.5, at_least=0, at_most=1)
     translate: bool = True
     skip_bad_images: bool = False  # skip unreadable images (counted in the log) instead of stopping
+    negatives: float = setting(0.0, at_least=0, at_most=1)  # share of training samples made no-target: the expression shown with another image (needs the existence output)
 
 
 @dataclass
@@ -156,6 +160,7 @@ class LossSection:
     giou: float = setting(1.0, at_least=0)
     focal: float = setting(1.0, at_least=0)
     dice: float = setting(1.0, at_least=0)
+    exists: float = setting(1.0, at_least=0)  # the existence output's BCE (models with model.overrides.existence only)
 
 
 @dataclass
@@ -327,6 +332,9 @@ def check_run(cfg: Config, world_size: int | None = None) -> None:
     for key, split in [("data.train_split", cfg.data.train_split)] + [("data.eval_splits", s) for s in cfg.data.eval_splits]:
         if split not in have:
             raise MissingFileError(f"config key '{key}': {prepared} has no split {split!r}; its splits: {have}")
+    if cfg.data.negatives > 0 and not cfg.model.overrides.get("existence"):
+        raise InputError(f"config key 'data.negatives' ({cfg.data.negatives}) trains the existence output: set "
+                         "model.overrides.existence: true (with model.init_from too)")
     if cfg.model.backbone_weights and not Path(cfg.model.backbone_weights).is_file():
         raise MissingFileError(f"config key 'model.backbone_weights': {cfg.model.backbone_weights} not found")
     _check_writable(Path(run.out))

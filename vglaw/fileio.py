@@ -109,9 +109,9 @@ def special_file(path: str | os.PathLike) -> str | None:
 TABLE_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
 
-def read_table(path: str | os.PathLike, what: str) -> list[dict]:
-    """The rows of a JSONL, CSV or parquet file (by its suffix), each a dict, in file order: a pairs
-    file, your own annotations. What cannot be read (not there, not a regular file, another
+def read_table(path: str | os.PathLike, what: str, kind: str | None = None) -> list[dict]:
+    """The rows of a JSONL, CSV or parquet file (``kind``: "jsonl", "csv" or "parquet"; None: by its
+    suffix), each a dict, in file order: a pairs file, your own annotations. What cannot be read (not there, not a regular file, another
     suffix, not UTF-8, a line that is not a JSON object, a broken CSV or parquet file) is one line,
     an :class:`InputError` naming the file as ``what``."""
     path = Path(path)
@@ -120,7 +120,7 @@ def read_table(path: str | os.PathLike, what: str) -> list[dict]:
         raise InputError(f"{what} {path} is {kind}, not a regular file")
     if not path.is_file():
         raise MissingFileError(f"{what} {path} not found")
-    kind = TABLE_FORMATS.get(path.suffix.lower())
+    kind = kind or TABLE_FORMATS.get(path.suffix.lower())
     if kind is None:
         raise InputError(f"{what} {path}: give it as .jsonl, .csv or .parquet (got {path.suffix or 'no suffix'!r})")
     return _rows(path, kind)

@@ -14,6 +14,7 @@ from ..data import GroundingDataset, load_tokenizer
 from ..data.prepare import load_split
 from ..engine.loop import eval_loader, evaluate
 from ..engine.metrics import MASK_THRESHOLDS
+from ..config import MIN_EXISTS
 from ..errors import InputError
 from ..fileio import json_text
 from ..model import VGLAW
@@ -24,6 +25,11 @@ log = logging.getLogger(__name__)
 # (metric, column title, format): REC is the box's Prec@0.5; RES the mask's IoUs and Prec@t
 COLUMNS = [("samples", "expressions", "{:d}"), ("prec@0.5", "box P@0.5", "{:.4f}"), ("mIoU", "mask mIoU", "{:.4f}"),
            ("oIoU", "mask oIoU", "{:.4f}")] + [(f"mask_prec@{t}", f"mask P@{t}", "{:.4f}") for t in MASK_THRESHOLDS]
+# expressions that may name no object or several (gRefCOCO): GRES as ReLA's evaluator computes it
+# (plain N-acc / T-acc; the ReLA-code variants are in the JSON under "gres") and GREC's precision
+GREF_COLUMNS = [("gIoU", "GRES gIoU", "{:.2f}"), ("cIoU", "GRES cIoU", "{:.2f}"), ("N-acc", "N-acc", "{:.2f}"),
+                ("T-acc", "T-acc", "{:.2f}")] + [(f"Pr@{t}", f"Pr@{t}", "{:.2f}") for t in (0.7, 0.8, 0.9)] + [
+                ("grec_precision", "GREC Prec@(F1=1, IoU>=0.5)", "{:.2f}")]
 # how well the calibrated score tells right boxes from wrong ones (a calibrated checkpoint only)
 SCORE_COLUMNS = [("auroc", "score AUROC", "{:.4f}"), ("ece", "score ECE", "{:.4f}")] + [
     (f"prec@0.5@{c}%", f"box P@0.5 at {c}%", "{:.4f}") for c in (50, 80, 100)]
@@ -36,6 +42,7 @@ def format_table(results: dict, columns=None) -> str:
     lines = ["| split | " + " | ".join(title for _, title, _ in columns) + " |",
              "|---|" + "---:|" * len(columns)]
     for split, m in results.items():
+        m = {**m, "grec_precision": m.get("grec", {}).get("Precision@(F1=1, IoU>=0.5)")}
         cells = [fmt.format(m[key]) if m.get(key) is not None else "-" for key, _, fmt in columns]
         lines.append(f"| {split} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -43,7 +50,7 @@ def format_table(results: dict, columns=None) -> str:
 
 def split_samples(model, prepared, split: str, *, device, batch_size: int = 16, num_workers: int = 2,
                   precision: str = "fp32", mask_threshold: float | None = None, tokenizer=None,
-                  protocol: str = "original") -> tuple[dict, dict]:
+                  protocol: str = "original", min_exists: float = MIN_EXISTS) -> tuple[dict, dict]:
     """``(metrics, samples)`` of ``model`` on a prepared split under ``protocol`` (see
     :func:`evaluate`); the model's calibrator, when it has one, adds the score's metrics.
     ``tokenizer``: a loaded tokenizer (default: the model's)."""
@@ -53,13 +60,13 @@ def split_samples(model, prepared, split: str, *, device, batch_size: int = 16, 
     with torch.inference_mode():
         return evaluate(model, eval_loader(ds, batch_size, num_workers), ds, device=device, precision=precision,
                         mask_threshold=mask_threshold, desc=f"eval {split}", calibrator=model.calibrator,
-                        with_samples=True, protocol=protocol)
+                        with_samples=True, protocol=protocol, min_exists=min_exists)
 
 
 def run_eval(checkpoint: str | os.PathLike, prepared: str | os.PathLike, splits: list[str], *,
              mask_threshold: float | None = None, batch_size: int = 16, device: str = "auto", precision: str = "fp32",
              num_workers: int = 2, tokenizer: str | None = None, protocol: str = "original",
-             calibration: str | os.PathLike | None = None, with_plot: bool = False):
+             calibration: str | os.PathLike | None = None, with_plot: bool = False, min_exists: float = MIN_EXISTS):
     """Metrics per split under ``protocol`` (with the mask threshold used: by default the
     checkpoint's), and the score's metrics when the model has a calibrator: the checkpoint's, or
     the file ``calibration`` (from ``vglaw calibrate --out``) in its place. With ``with_plot``,
@@ -83,12 +90,16 @@ def run_eval(checkpoint: str | os.PathLike, prepared: str | os.PathLike, splits:
                         "another split)", split, prepared)
         results[split], samples = split_samples(model, prepared, split, device=device, batch_size=batch_size,
                                                 num_workers=num_workers, precision=precision,
-                                                mask_threshold=mask_threshold, tokenizer=tok, protocol=protocol)
+                                                mask_threshold=mask_threshold, tokenizer=tok, protocol=protocol,
+                                                min_exists=min_exists)
         results[split]["mask_threshold"] = mask_threshold
-        if model.calibrator is not None:
-            curves[split] = (samples["score"].numpy(), (samples["box_iou"] >= 0.5).numpy())
+        if "gres" in results[split] and model.has_existence:
+            results[split]["min_exists"] = min_exists
+        single = ~samples["box_iou"].isnan()  # the score is P(box right): single-target expressions only
+        if model.calibrator is not None and single.any():
+            curves[split] = (samples["score"][single].numpy(), (samples["box_iou"][single] >= 0.5).numpy())
         if dist.is_main():
-            log.info("%s: %d expressions, box P@0.5 %.4f", split, results[split]["samples"],
+            log.info("%s: %d single-target expressions, box P@0.5 %s", split, results[split]["samples"],
                      results[split]["prec@0.5"])
     if not with_plot:
         return results

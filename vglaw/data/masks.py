@@ -39,6 +39,15 @@ def encode_rle(segmentation, height: int, width: int) -> dict:
     return _with_str_counts(rle)
 
 
+def union_rle(rles: list[dict], height: int, width: int) -> dict:
+    """The union of RLE masks of one image; an empty list gives the all-zero mask (a no-target
+    sample's target)."""
+    if not rles:
+        return mask_to_rle(np.zeros((height, width), np.uint8))
+    return rles[0] if len(rles) == 1 else _with_str_counts(
+        mask_utils.merge([_compressed(r, height, width) for r in rles]))
+
+
 def mask_to_rle(mask: np.ndarray) -> dict:
     """(H, W) bool or {0, 1} mask -> compressed COCO RLE with str counts (JSON-able)."""
     return _with_str_counts(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))
@@ -61,6 +70,25 @@ def decode_rle(rle: dict) -> np.ndarray:
     """COCO RLE -> (H, W) uint8 mask."""
     return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()
                               if isinstance(rle["counts"], str) else rle["counts"]})
+
+
+MIN_COMPONENT = 0.05  # a mask's part smaller than this share of its largest part is a speck, not an object
+
+
+def component_boxes(mask: np.ndarray) -> list[tuple[float, float, float, float]]:
+    """One x0, y0, x1, y1 box (pixel edges) per connected part of an (H, W) mask (8-connected),
+    largest first; parts under 5 % of the largest one's area are left out (specks of a
+    thresholded map). An empty mask has none."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(np.asarray(mask, bool), structure=np.ones((3, 3), bool))
+    if n == 0:
+        return []
+    areas = np.bincount(labels.ravel())[1:]
+    keep = [k for k in np.argsort(-areas, kind="stable") if areas[k] >= MIN_COMPONENT * areas.max()]
+    slices = ndimage.find_objects(labels)
+    return [(float(slices[k][1].start), float(slices[k][0].start), float(slices[k][1].stop), float(slices[k][0].stop))
+            for k in keep]
 
 
 def mask_intersection_union(pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray) -> tuple[int, int]:

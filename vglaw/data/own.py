@@ -5,14 +5,16 @@ corrected and trained on as it is):
 
 * ``image``: the image file, relative to ``--images``;
 * ``text``: the referring expression;
-* ``box_xyxy``: the target box, x0, y0, x1, y1 in pixels;
+* ``box_xyxy``: the target box, x0, y0, x1, y1 in pixels; or ``boxes``: a list of such boxes, one
+  per object the expression names (several: a multi-target record);
+* ``no_target``: true when the expression names nothing in the image (no box, an empty mask);
 * ``mask_rle`` (a COCO RLE ``{"size": [h, w], "counts": ...}``) or ``polygon`` (COCO polygons, a
   list of flat ``[x0, y0, x1, y1, ...]`` lists): optional;
 * ``split``: optional, default ``train``; ``id``: optional, default the row's index.
 
-In CSV, ``box_xyxy``, ``mask_rle`` and ``polygon`` are JSON text (``"[10, 20, 110, 90]"``); other
-fields are ignored. Records with several boxes (``boxes``) or ``no_target: true`` are bad records:
-training them needs an existence output this version does not have.
+In CSV, ``box_xyxy``, ``boxes``, ``mask_rle`` and ``polygon`` are JSON text (``"[10, 20, 110, 90]"``);
+``no_target`` is true/false (or 1/0); other fields are ignored. A multi-target record's mask (when
+given) is the union of its objects' masks; a no-target record's is empty.
 
 EXIF: phones store photos with an orientation tag, and tools disagree on whether boxes are drawn
 on the displayed (rotated) image or on the stored pixels. vglaw trains on the displayed image.
@@ -32,15 +34,15 @@ from PIL import Image
 
 from ..errors import InputError
 from ..fileio import read_table
-from .masks import decode_rle, encode_rle, mask_to_rle
-from .readers import bad_record
+from .masks import decode_rle, encode_rle, mask_to_rle, union_rle
+from .readers import bad_record, target_set
 
 EXIF_FRAMES = ("displayed", "stored")
+TRUE, FALSE = (True, "true", "True", "TRUE", 1, "1"), (False, "false", "False", "FALSE", 0, "0")
 ORIENTATION = 0x0112  # the EXIF tag
 TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
              8: Image.Transpose.ROTATE_90}  # what PIL's ImageOps.exif_transpose applies for each orientation
-NOT_TRAINABLE = "no-target and multi-target records need the existence output, which this version does not have"
 
 
 def image_frame(path: Path) -> tuple[tuple[int, int], int] | None:
@@ -77,16 +79,16 @@ def _json_field(value):
     return value
 
 
-def _box_problem(box) -> str | None:
+def _box_problem(box, name: str = "box_xyxy") -> str | None:
     if box is None:
-        return "no box_xyxy"
+        return "no box_xyxy (nor boxes, nor no_target: true)"
     if (not isinstance(box, (list, tuple)) or len(box) != 4
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
-        return f"box_xyxy must be four numbers x0, y0, x1, y1, got {json.dumps(box, default=repr)[:80]}"
+        return f"{name} must be four numbers x0, y0, x1, y1, got {json.dumps(box, default=repr)[:80]}"
     if not all(math.isfinite(v) for v in box):
-        return f"box_xyxy {list(box)} is not finite"
+        return f"{name} {list(box)} is not finite"
     if box[2] <= box[0] or box[3] <= box[1]:
-        return f"box_xyxy {list(box)} needs x1 > x0 and y1 > y0"
+        return f"{name} {list(box)} needs x1 > x0 and y1 > y0"
     return None
 
 
@@ -111,7 +113,32 @@ def _mask(row: dict, size: tuple[int, int], orientation: int, exif: str | None) 
     return rle
 
 
-def read_own(path: str | os.PathLike, image_root: str | os.PathLike, exif: str | None = None) -> list[dict]:
+def _target_boxes(row: dict) -> tuple[list | None, str | None]:
+    """(the record's boxes, x0 y0 x1 y1 each, or None for a single ``box_xyxy``; a problem)."""
+    no_target = row.get("no_target", False)
+    if no_target not in TRUE + FALSE:
+        return None, f"no_target must be true or false, got {json.dumps(no_target, default=repr)[:80]}"
+    has_box, boxes = row.get("box_xyxy") is not None, _json_field(row.get("boxes"))
+    if no_target in TRUE:
+        if has_box or boxes:
+            return None, "a no_target record names no box (it has box_xyxy or boxes)"
+        return [], None
+    if boxes is None:
+        return None, None
+    if has_box:
+        return None, "give box_xyxy or boxes, not both"
+    if not isinstance(boxes, list) or not boxes:
+        return None, (f"boxes must be a non-empty list of x0, y0, x1, y1 boxes (no_target: true for none), got "
+                      f"{json.dumps(boxes, default=repr)[:80]}")
+    for box in boxes:
+        problem = _box_problem(box, "each of boxes")
+        if problem:
+            return None, problem
+    return boxes, None
+
+
+def read_own(path: str | os.PathLike, image_root: str | os.PathLike, exif: str | None = None,
+             kind: str | None = None) -> list[dict]:
     """Records (as :mod:`.readers` makes them) of a JSONL, CSV or parquet file of your own
     annotations; ``image_root`` holds the images. Boxes and masks come out in the displayed frame.
     An image with an EXIF orientation other than 1 is an :class:`InputError` (naming the first and
@@ -119,7 +146,7 @@ def read_own(path: str | os.PathLike, image_root: str | os.PathLike, exif: str |
     path, image_root = Path(path), Path(image_root)
     if exif not in (None, *EXIF_FRAMES):
         raise InputError(f"--exif must be one of {EXIF_FRAMES}, got {exif!r}")
-    rows = read_table(path, "annotations file")
+    rows = read_table(path, "annotations file", None if kind == "own" else kind)
     frames = {}
     for row in rows:
         name = row.get("image")
@@ -139,28 +166,32 @@ def read_own(path: str | os.PathLike, image_root: str | os.PathLike, exif: str |
                 "sent_id": i, "category_id": None, "image_id": None, "width": None, "height": None}
         problem, box = None, _json_field(row.get("box_xyxy"))
         text = row.get("text")
+        boxes, problem = _target_boxes(row)
         if row.get("error"):
             problem = f"a results line without an answer ({row['error']})"
-        elif row.get("boxes") is not None or row.get("no_target") in (True, "true", "True", 1, "1"):
-            problem = NOT_TRAINABLE
+        elif problem is not None:
+            pass
         elif not isinstance(base["image"], str) or not base["image"]:
             problem = f"image must be a path, got {json.dumps(base['image'], default=repr)[:80]}"
         elif text is None:
             problem = "no text"
         elif not isinstance(text, str):
             problem = f"text must be a string, got {json.dumps(text, default=repr)[:80]}"
-        else:
+        elif boxes is None:
             problem = _box_problem(box)
+        boxes = [box] if boxes is None else boxes
         frame = frames.get(base["image"]) if isinstance(base["image"], str) else None
         if problem is None and frame is not None:
             size, orientation = frame
             shown = size[::-1] if orientation in (5, 6, 7, 8) else size
             w, h = size if exif == "stored" else shown
-            if box[0] < -1 or box[1] < -1 or box[2] > w + 1 or box[3] > h + 1:  # 1 px of slack, as prepare's check
-                problem = f"box_xyxy {list(box)} lies outside the {w}x{h} {exif or 'image'} frame"
+            outside = [b for b in boxes if b[0] < -1 or b[1] < -1 or b[2] > w + 1 or b[3] > h + 1]  # 1 px slack
+            if outside:
+                name = "box_xyxy" if "boxes" not in row else "a box of boxes"
+                problem = f"{name} {list(outside[0])} lies outside the {w}x{h} {exif or 'image'} frame"
             else:
                 if exif == "stored":
-                    box = displayed_box(box, size, orientation)
+                    boxes = [displayed_box(b, size, orientation) for b in boxes]
                 base["width"], base["height"] = shown
                 try:
                     base["mask"] = _mask(row, size, orientation, exif)
@@ -169,6 +200,12 @@ def read_own(path: str | os.PathLike, image_root: str | os.PathLike, exif: str |
         if problem:
             records.append(bad_record({**base, "sentence": text if isinstance(text, str) else None}, problem))
             continue
-        x0, y0, x1, y1 = (float(v) for v in box)
-        records.append({"mask": None, **base, "box": [x0, y0, x1 - x0, y1 - y0], "sentence": text})
+        xywh = [[float(x0), float(y0), float(x1) - float(x0), float(y1) - float(y0)] for x0, y0, x1, y1 in boxes]
+        if len(xywh) == 1:  # one target: the plain record
+            records.append({"mask": None, **base, "box": xywh[0], "sentence": text})
+        elif xywh:
+            records.append({"mask": None, **base, **target_set(xywh), "sentence": text})
+        else:  # no target: the empty mask
+            records.append({**base, **target_set([]), "mask": union_rle([], base["height"], base["width"]),
+                            "sentence": text})
     return records

@@ -18,15 +18,16 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..config import DATA_FORMATS, OWN_FORMATS
 from ..errors import InputError, MissingFileError
 from ..fileio import json_text
 from ..progress import progress as progress_bar
 from .hub_parquet import read_hf_parquet, split_report
 from .own import read_own
-from .readers import is_saiapr, locate_saiapr, read_refer, read_seqtr, read_transvg
+from .readers import is_saiapr, locate_saiapr, read_grefcoco, read_refer, read_seqtr, read_transvg
 
 log = logging.getLogger(__name__)
-FORMATS = ("refer", "transvg", "seqtr", "hf-parquet", "own")
+FORMATS = DATA_FORMATS
 
 
 class BadRecordsError(InputError):
@@ -61,13 +62,21 @@ def check_record(record: dict, image_root: Path, sizes: dict) -> str | None:
     record["width"], record["height"] = sizes[record["image"]]
     if not record.get("sentence") or not record["sentence"].strip():
         return "empty sentence"
-    x, y, w, h = record["box"]
-    if w <= 0 or h <= 0:
-        return f"box {record['box']} has zero or negative size"
     W, H = record["width"], record["height"]
-    if x < -1 or y < -1 or x + w > W + 1 or y + h > H + 1:  # 1 px of slack for rounding
-        return f"box {record['box']} lies outside the {W}x{H} image"
+    for box in record["boxes"] if "boxes" in record else [record["box"]]:
+        x, y, w, h = box
+        if w <= 0 or h <= 0:
+            return f"box {box} has zero or negative size"
+        if x < -1 or y < -1 or x + w > W + 1 or y + h > H + 1:  # 1 px of slack for rounding
+            return f"box {box} lies outside the {W}x{H} image"
     return None
+
+
+def target_counts(records: list[dict]) -> dict:
+    """How many records name no object, one, and several."""
+    counts = Counter("no-target" if r.get("no_target") else "multi-target" if len(r.get("boxes", [0])) > 1
+                     else "single-target" for r in records)
+    return {k: counts[k] for k in ("no-target", "single-target", "multi-target")}
 
 
 def read_records(fmt: str, data_root: str | os.PathLike, dataset: str, split_by: str,
@@ -75,12 +84,14 @@ def read_records(fmt: str, data_root: str | os.PathLike, dataset: str, split_by:
                  exif: str | None = None) -> tuple[list[dict], Path | None]:
     """The reader's records of ``fmt``, and the image folder when the files embed the images
     (written under ``out``)."""
-    if fmt == "own":
+    if fmt in OWN_FORMATS:
         if image_root is None:
-            raise InputError("--images is required for the own format: the folder of the image files")
-        return read_own(data_root, image_root, exif), None
+            raise InputError(f"--images is required for the {fmt} format: the folder of the image files")
+        return read_own(data_root, image_root, exif, fmt), None
     if fmt == "refer":
         return read_refer(data_root, dataset, split_by), None
+    if fmt == "grefcoco":
+        return read_grefcoco(data_root, dataset, split_by), None
     if fmt == "transvg":
         return read_transvg(data_root, dataset), None
     if fmt == "seqtr":
@@ -97,13 +108,13 @@ def prepare(*, fmt: str, data_root: str | os.PathLike, dataset: str, image_root:
     """Convert a dataset into vglaw's prepared form; returns meta.json's content.
 
     Args:
-        fmt: "refer", "transvg", "seqtr", "hf-parquet" or "own" (your own annotations, see
-            :mod:`.own`).
-        data_root: REFER: the folder holding ``<dataset>/``; TransVG: the folder holding
+        fmt: "refer", "grefcoco", "transvg", "seqtr", "hf-parquet" or "jsonl" / "csv" /
+            "parquet" / "own" (your own annotations, see :mod:`.own`).
+        data_root: REFER and gRefCOCO: the folder holding ``<dataset>/``; TransVG: the folder holding
             ``<dataset>/<dataset>_<split>.pth``; SeqTR: the ``instances.json`` file or SeqTR's
             annotations folder (``<data_root>/<dataset>/instances.json``); hf-parquet: a Hub
-            dataset folder (its ``.parquet`` files, found recursively); own: the JSONL, CSV or
-            parquet file.
+            dataset folder (its ``.parquet`` files, found recursively); own formats: the JSONL, CSV
+            or parquet file.
         image_root: the folder with the image files (not needed for parquet files that embed them).
         skip_bad: drop bad records (and write ``dropped.json``) instead of stopping.
         exif: own: the frame of the boxes of images with an EXIF orientation tag, "displayed" or
@@ -139,6 +150,9 @@ def prepare(*, fmt: str, data_root: str | os.PathLike, dataset: str, image_root:
                 f.write(json_text(record) + "\n")
     meta = {"dataset": dataset, "split_by": split_by, "format": fmt, "image_root": str(image_root),
             "splits": {split: len(items) for split, items in good.items()}}
+    generalized = {split: target_counts(items) for split, items in good.items() if any("boxes" in r for r in items)}
+    if generalized:  # no-target / single / multi-target expressions of each split
+        meta["targets"] = generalized
     if fmt == "hf-parquet":
         meta["split_check"] = split_report(records, dataset)
     (out / "meta.json").write_text(json_text(meta, indent=2) + "\n")

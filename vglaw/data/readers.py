@@ -6,7 +6,15 @@ A record is a plain dict::
     (pixels), sentence, ref_id, ann_id, sent_id, category_id, image_id,
     mask (COCO RLE {"size": [h, w], "counts": str}, or None when the source has no masks)
 
+A generalized record (gRefCOCO, your own no-target or multi-target annotations) names a set of
+objects that may be empty: it also has ``boxes`` (one [x, y, w, h] per object) and ``no_target``
+(True when the set is empty); its ``box`` is the boxes' union (None when empty) and its ``mask``
+the union of the objects' masks (all zero when empty). Single-target records have neither key.
+
 Formats:
+* gRefCOCO (ReLA's ``G_REFER``): ``<root>/<dataset>/grefs(<splitBy>).p`` (read first when
+  present, with the restricted unpickler) or ``.json``, + ``instances.json``; ``ann_id`` a list or
+  a scalar, ``[-1]`` with ``no_target`` for no target.
 * REFER API layout (lichengunc/refer): ``<root>/<dataset>/refs(<splitBy>).p`` +
   ``instances.json``; the pickle is read with the restricted unpickler.
 * TransVG / ReSC split files: ``<root>/<dataset>/<dataset>_<split>.pth``, tuples
@@ -28,7 +36,7 @@ from torchvision.ops import box_convert
 
 from ..errors import InputError, MissingFileError
 from ..unpickle import safe_pickle_load
-from .masks import encode_rle
+from .masks import encode_rle, union_rle
 
 COCO_PATTERN = "COCO_train2014_{:012d}.jpg"
 XYXY_TRANSVG = ("referit", "flickr")  # TransVG stores these boxes as x0, y0, x1, y1
@@ -127,6 +135,84 @@ def read_refer(root: str | os.PathLike, dataset: str, split_by: str) -> list[dic
                 continue
         for sent in ref["sentences"]:
             records.append({**base, "box": box, "mask": mask, "sentence": sent.get("sent", sent.get("raw", "")),
+                            "sent_id": sent.get("sent_id")})
+    return records
+
+
+def target_set(boxes: list[list[float]]) -> dict:
+    """The fields of a generalized record naming ``boxes`` ([x, y, w, h] each; [] for no target):
+    ``boxes``, ``no_target`` and ``box``, their union (None when empty)."""
+    if not boxes:
+        return {"box": None, "boxes": [], "no_target": True}
+    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
+    return {"box": [x0, y0, x1 - x0, y1 - y0], "boxes": [list(b) for b in boxes], "no_target": False}
+
+
+def read_grefcoco(root: str | os.PathLike, dataset: str = "grefcoco", split_by: str = "unc") -> list[dict]:
+    """Records of gRefCOCO as it ships: ``<root>/<dataset>/grefs(<splitBy>).p`` (read first when
+    present, as ReLA's loader does) or ``grefs(<splitBy>).json``, and ``instances.json``.
+
+    ``ann_id`` and ``category_id`` may be lists or scalars; ``ann_id: [-1]`` (with ``no_target``)
+    is a no-target ref, whose target mask is all zero. A multi-target ref's mask is the union of
+    its annotations' masks. Crowd annotations (``iscrowd: 1``) are left out of a ref's target set,
+    as ReLA's ``load_grefcoco_json`` does; a target ref left with none is a bad record."""
+    folder = Path(root) / dataset
+    pickled, as_json = folder / f"grefs({split_by}).p", folder / f"grefs({split_by}).json"
+    refs_path = pickled if pickled.is_file() else as_json
+    instances_path = folder / "instances.json"
+    for path in (refs_path, instances_path):
+        if not path.is_file():
+            raise MissingFileError(f"{path} not found (gRefCOCO layout: <data_root>/<dataset>/grefs(<splitBy>).json "
+                                    "or .p, and instances.json)")
+    if refs_path == pickled:
+        refs = safe_pickle_load(refs_path)
+    else:
+        try:
+            refs = json.loads(refs_path.read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(f"{refs_path} is not valid JSON: {e}") from None
+    if not isinstance(refs, list):
+        raise InputError(f"{refs_path}: expected a list of refs, got {type(refs).__name__}")
+    with open(instances_path) as f:
+        instances = json.load(f)
+    images = {img["id"]: img for img in instances["images"]}
+    anns = {ann["id"]: ann for ann in instances["annotations"]}
+    records = []
+    for ref in refs:
+        ann_ids = ref["ann_id"] if isinstance(ref["ann_id"], list) else [ref["ann_id"]]
+        img = images.get(ref["image_id"], {})
+        h, w = img.get("height"), img.get("width")
+        base = {"split": ref["split"], "image_id": ref["image_id"], "ref_id": ref["ref_id"], "ann_id": ann_ids,
+                "category_id": ref.get("category_id"), "image": image_file(dataset, ref["image_id"], img.get("file_name")),
+                "width": w, "height": h}
+        problem, boxes, masks = None, [], []
+        if ann_ids == [-1] or ref.get("no_target"):
+            if ann_ids != [-1]:
+                problem = f"ref {ref['ref_id']} says no_target but names annotations {ann_ids}"
+        else:
+            for ann_id in ann_ids:
+                ann = anns.get(ann_id)
+                if ann is None:
+                    problem = f"annotation {ann_id} missing from {instances_path}"
+                    break
+                if ann.get("iscrowd"):
+                    continue
+                boxes.append([float(v) for v in ann["bbox"]])
+                if ann.get("segmentation") and w and h:
+                    try:
+                        masks.append(encode_rle(ann["segmentation"], h, w))
+                    except ValueError as e:
+                        problem = f"annotation {ann_id} in {instances_path}: {e}"
+                        break
+            if problem is None and not boxes:
+                problem = f"every annotation of ref {ref['ref_id']} ({ann_ids}) is a crowd annotation"
+        if problem is not None:
+            records.append(bad_record(base, problem))
+            continue
+        mask = union_rle(masks, h, w) if w and h and (masks or not boxes) else None
+        for sent in ref["sentences"]:
+            records.append({**base, **target_set(boxes), "mask": mask, "sentence": sent.get("sent", sent.get("raw", "")),
                             "sent_id": sent.get("sent_id")})
     return records
 

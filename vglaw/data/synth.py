@@ -11,6 +11,13 @@ Layout written under ``out``::
     out/<name>/refs(unc).p        pickle (protocol 2, plain containers) of the refs
     out/<name>/instances.json     COCO-style images, annotations (polygons), categories
     out/images/COCO_train2014_<image id, 12 digits>.jpg
+
+With ``no_target`` or ``multi_target`` above 0 it writes gRefCOCO's layout instead
+(``out/grefcoco/grefs(unc).json`` + ``instances.json``, as the download ships them): a share of
+the refs names nothing in the image (an attribute combination no shape has: "the small blue
+triangle", ``ann_id: [-1]``, ``no_target: true``), another share every shape matching a
+description ("all the red shapes", "both circles": ``ann_id`` lists them); the rest name one
+shape as above (``ann_id`` a one-item list).
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import InputError
 from ..progress import progress as progress_bar
 
 COLOURS = {"red": (215, 45, 40), "green": (45, 170, 65), "blue": (45, 85, 215), "yellow": (230, 205, 40)}
@@ -144,17 +152,58 @@ def expressions(target: Shape, shapes: list[Shape], w: int, h: int) -> list[str]
     return sorted(set(out))
 
 
+PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "shape": "shapes"}
+
+
+def absent_expressions(shapes: list[Shape]) -> list[str]:
+    """Descriptions that fit none of ``shapes`` (an attribute combination no shape has)."""
+    out = []
+    for size in (None, *SIZES):
+        for colour in (None, *COLOURS):
+            for shape in (None, *SHAPES):
+                d = {k: v for k, v in (("size", size), ("colour", colour), ("shape", shape)) if v}
+                if d and not any(_matches(o, d) for o in shapes):
+                    out.append(f"the {_phrase(d)}")
+    return out
+
+
+def group_expressions(shapes: list[Shape]) -> list[tuple[str, list[int]]]:
+    """("all the red shapes", indexes of the shapes it names) for every description that fits two
+    or more of ``shapes`` but not all of them."""
+    groups = {}
+    for o in shapes:
+        for d in _descriptors(o):
+            if not d:
+                continue
+            members = tuple(i for i, x in enumerate(shapes) if _matches(x, d))
+            if 2 <= len(members) < len(shapes):
+                words = [d[k] for k in ("size", "colour") if k in d]
+                plural = " ".join(words + [PLURALS[d.get("shape", "shape")]])
+                groups.setdefault(members, set()).update(
+                    [f"all the {plural}", f"all {plural}"] + ([f"both {plural}", f"the two {plural}"]
+                                                               if len(members) == 2 else []))
+    return [(text, list(members)) for members, texts in groups.items() for text in sorted(texts)]
+
+
 def generate(out: str | Path, *, name: str = "synthref", seed: int = 0, split_sizes: dict | None = None,
              min_size: int = 176, max_size: int = 224, refs_per_image: int = 2, sents_per_ref: int = 3,
-             progress: bool = True) -> Path:
+             no_target: float = 0.0, multi_target: float = 0.0, progress: bool = True) -> Path:
     """Write a synthetic REFER-format dataset; returns ``out/<name>``.
 
     Args:
         split_sizes: images per split, default train 800, val 100, testA 100, testB 100.
         min_size, max_size: range of image width and height in pixels.
         refs_per_image, sents_per_ref: targets per image and expressions per target (at most).
+        no_target, multi_target: shares of the refs that name nothing / several shapes; either
+            above 0 writes gRefCOCO's layout, ``out/grefcoco`` unless ``name`` is given.
     """
     split_sizes = split_sizes or {"train": 800, "val": 100, "testA": 100, "testB": 100}
+    if not (0 <= no_target <= 1 and 0 <= multi_target <= 1 and no_target + multi_target <= 1):
+        raise InputError(f"--no-target {no_target} and --multi-target {multi_target} are shares of the refs: each in "
+                         "[0, 1], together at most 1")
+    generalized = no_target > 0 or multi_target > 0
+    if generalized and name == "synthref":
+        name = "grefcoco"
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / name).mkdir(parents=True, exist_ok=True)
@@ -183,19 +232,39 @@ def generate(out: str | Path, *, name: str = "synthref", seed: int = 0, split_si
         images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
         candidates = [(s, a, expressions(s, shapes, w, h)) for s, a in zip(shapes, ann_ids)]
         candidates = [c for c in candidates if c[2]]
-        for shape, ann_id, sents in rng.sample(candidates, min(refs_per_image, len(candidates))):
+        chosen_refs = [([shape], [ann_id], sents) for shape, ann_id, sents in
+                       rng.sample(candidates, min(refs_per_image, len(candidates)))]
+        if generalized:  # each ref slot: no target, several, or the single target drawn above
+            absent, groups = absent_expressions(shapes), group_expressions(shapes)
+            for k, ref in enumerate(chosen_refs):
+                u = rng.random()
+                if u < no_target and absent:
+                    chosen_refs[k] = ([], [-1], absent)
+                elif no_target <= u < no_target + multi_target and groups:
+                    members = rng.choice(groups)[1]
+                    chosen_refs[k] = ([shapes[i] for i in members], [ann_ids[i] for i in members],
+                                      [t for t, m in groups if m == members])
+        for targets, ref_ann_ids, sents in chosen_refs:
             chosen = rng.sample(sents, min(sents_per_ref, len(sents)))
             ref_id = len(refs) + 1
             sentences = []
             for sent in chosen:
                 sent_count += 1
                 sentences.append({"sent_id": sent_count, "sent": sent, "raw": sent, "tokens": sent.split()})
-            refs.append({"ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "split": split,
-                         "category_id": SHAPES.index(shape.shape) + 1,
-                         "file_name": f"{Path(file_name).stem}_{ann_id}.jpg",  # as REFER's refs: names no file
-                         "sent_ids": [s["sent_id"] for s in sentences], "sentences": sentences})
-    with open(out / name / "refs(unc).p", "wb") as f:
-        pickle.dump(refs, f, protocol=2)
+            categories = [SHAPES.index(t.shape) + 1 for t in targets]
+            ref = {"ref_id": ref_id, "ann_id": ref_ann_ids if generalized else ref_ann_ids[0],
+                   "image_id": image_id, "split": split,
+                   "category_id": (categories or [-1]) if generalized else categories[0],
+                   "file_name": f"{Path(file_name).stem}_{ref_ann_ids[0]}.jpg",  # as REFER's refs: names no file
+                   "sent_ids": [s["sent_id"] for s in sentences], "sentences": sentences}
+            if generalized:
+                ref["no_target"] = not targets
+            refs.append(ref)
+    if generalized:  # gRefCOCO ships its refs as JSON
+        (out / name / "grefs(unc).json").write_text(json.dumps(refs))
+    else:
+        with open(out / name / "refs(unc).p", "wb") as f:
+            pickle.dump(refs, f, protocol=2)
     with open(out / name / "instances.json", "w") as f:
         json.dump({"images": images, "annotations": annotations, "categories": CATEGORIES}, f)
     return out / name

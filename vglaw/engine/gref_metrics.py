@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torchvision.ops import generalized_box_iou
 
-from ..data.masks import mask_intersection_union
+from ..data.masks import component_boxes, mask_intersection_union
 from ..errors import InputError
 
 GRES_THRESHOLDS = (0.7, 0.8, 0.9)
@@ -205,3 +205,31 @@ def grec_summary(scores: Iterable[GrecScore]) -> dict:
     return {"samples": len(scores), "no-target samples": tp + fn, "target samples": tn + fp,
             "Precision@(F1=1, IoU>=0.5)": 100.0 * right / len(scores), **_existence(tp, fn, tn, fp),
             "TP": tp, "FN": fn, "TN": tn, "FP": fp, "right": right}
+
+
+# one sample's scores as a row of numbers (summed over processes by ``evaluate``)
+GREF_ROWS = GresScore._fields + tuple(f"grec_{name}" for name in GrecScore._fields)
+
+
+def gref_row(pred_mask, gt_mask, gt_boxes, no_target: bool, pred_no_target: bool | None, exists: float,
+             sample_id=None) -> list[float]:
+    """One answer's GRES and GREC scores as the numbers of :data:`GREF_ROWS`: its mask, its
+    no-target decision (None: an empty mask says no target) and, for GREC, one box per part of
+    its mask (:func:`~vglaw.data.masks.component_boxes`; none when it says no target), each scored
+    ``exists``; ``gt_boxes`` (M, 4) xyxy."""
+    gres = gres_score(pred_mask, gt_mask, no_target, pred_no_target, sample_id)
+    boxes = [] if gres.pred_no_target else component_boxes(np.asarray(pred_mask))
+    grec = grec_score(boxes, [exists] * len(boxes), gt_boxes, no_target, sample_id)
+    return [float(v) for v in (*gres, *grec)]
+
+
+def gref_summaries(rows: torch.Tensor) -> dict:
+    """The generalized metrics of a split from its (len(GREF_ROWS), N) rows: the GRES ones at the
+    top (``gIoU``, ``cIoU``, ``N-acc``, ``T-acc``, ``Pr@0.7`` ...), and the whole GRES and GREC
+    summaries under ``gres`` and ``grec``."""
+    n = len(GresScore._fields)
+    gres = [GresScore(int(r[0]), int(r[1]), float(r[2]), bool(r[3]), bool(r[4])) for r in rows[:n].T.tolist()]
+    grec = [GrecScore(int(r[0]), int(r[1]), int(r[2]), bool(r[3]), bool(r[4])) for r in rows[n:].T.tolist()]
+    gres_metrics = gres_summary(gres)
+    top = {k: gres_metrics[k] for k in ("gIoU", "cIoU", "N-acc", "T-acc", *(f"Pr@{t}" for t in GRES_THRESHOLDS))}
+    return {**top, "gres": gres_metrics, "grec": grec_summary(grec)}

@@ -14,8 +14,10 @@ from ..data import collate
 from ..data.transforms import image_region, normalize_canvas
 from ..device import autocast
 from ..errors import VglawError
-from ..model.confidence import FEATURES, confidence_features, confidence_metrics
+from ..model.confidence import FEATURES, answer_scores, confidence_features, confidence_metrics
 from ..progress import progress
+from ..config import MIN_EXISTS
+from .gref_metrics import GREF_ROWS, gref_row, gref_summaries
 from .losses import grounding_loss
 from .metrics import authors_target_box, make_meter
 from .samplers import ShardSampler
@@ -135,23 +137,34 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, state: Train
 @torch.no_grad()
 def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "fp32",
              mask_threshold: float | None = None, desc: str = "eval", calibrator=None, with_samples: bool = False,
-             protocol: str = "original"):
+             protocol: str = "original", min_exists: float = MIN_EXISTS):
     """REC and RES metrics of a split over all processes, under ``protocol`` (:mod:`.metrics`:
     ``original``, in original image pixels, or ``authors``, on the canvas as the authors'
     evaluation computes them).
 
+    On a split with no-target or multi-target expressions the REC and RES metrics are those of its
+    single-target expressions, and ``gres`` and ``grec`` hold the generalized metrics
+    (:mod:`.gref_metrics`) over all of them, in original pixels whatever ``protocol``: an answer
+    says "no target" where the existence output is below ``min_exists`` (a model without it: where
+    its mask is empty); its boxes are its mask's parts (:func:`~vglaw.data.masks.component_boxes`),
+    each scored with the existence probability (1 without the output).
+
     With a ``calibrator`` (:class:`~vglaw.model.confidence.Calibrator`) the metrics also say how
-    well its scores tell right boxes from wrong ones (:func:`.metrics.confidence_metrics`). With
-    ``with_samples``, returns ``(metrics, samples)``: ``samples`` holds per sample, in dataset
-    order, ``box_iou`` (N,) under the protocol, ``boxes`` (N, 4) xyxy in original pixels,
-    ``features`` {name: (N,)}, the confidence features, and with a calibrator ``score`` (N,)."""
+    well its scores tell right boxes from wrong ones on the single-target expressions
+    (:func:`~vglaw.model.confidence.confidence_metrics`). With ``with_samples``, returns
+    ``(metrics, samples)``: ``samples`` holds per sample, in dataset order, ``box_iou`` (N,) under
+    the protocol (NaN for a no-target or multi-target expression), ``boxes`` (N, 4) xyxy in
+    original pixels, ``features`` {name: (N,)}, the confidence features, ``exists`` (N,) for a
+    model with the existence output, and with a calibrator ``score`` (N,)."""
     meter = make_meter(protocol)
     model.eval()
-    if mask_threshold is None:  # the model's own (a DDP or compiled wrapper's inner model)
-        mask_threshold = getattr(model, "module", model).config.mask_threshold
+    core = getattr(model, "module", model)  # a DDP or compiled wrapper's inner model
+    if mask_threshold is None:
+        mask_threshold = core.config.mask_threshold
     n = len(dataset)  # per-sample values, each filled on one process and summed over them
-    # rows: box IoU, the box (4), the confidence features
-    per_sample = torch.zeros(5 + len(FEATURES), n, dtype=torch.float64)
+    # rows: box IoU, the box (4), the confidence features, existence, and the generalized scores
+    rows = 6 + len(FEATURES)
+    per_sample = torch.zeros(rows + len(GREF_ROWS), n, dtype=torch.float64)
     for batch in progress(loader, desc, show=dist.is_main(), unit="batch"):
         batch = to_device(batch, device)
         with autocast(device, precision):
@@ -159,33 +172,50 @@ def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "
                         batch["attention_mask"], box_attention=True)
         boxes = out["boxes"].float().cpu()  # one copy per batch, not one per sample
         probs = out["mask_logits"][:, 0].float().sigmoid().cpu()
+        exists = out["exists_logits"].float().sigmoid().cpu() if "exists_logits" in out else None
         inside = image_region(batch["extent"], out["mask_logits"].shape[-1], device)
         feats = torch.stack(list(confidence_features(out["boxes"], out["mask_logits"], out["box_attention"],
                                                      inside).values())).cpu()  # (F, B)
         canvas_masks = batch["mask"].cpu() if protocol == "authors" else None
         for j, meta in enumerate(batch["meta"]):
             letterbox, index = meta["letterbox"], meta["index"]
+            record = dataset.records[index]
             box = letterbox.boxes_to_original(boxes[j:j + 1])[0]
-            if protocol == "authors":  # the canvas: the box as predicted, the whole canvas's mask
+            single = len(record.get("boxes", [None])) == 1
+            per_sample[0, index] = math.nan
+            if single and protocol == "authors":  # the canvas: the box as predicted, the whole canvas's mask
                 has_mask = bool(batch["has_mask"][j])
-                per_sample[0, index] = meter.add(boxes[j], authors_target_box(dataset.records[index]["box"], letterbox),
+                per_sample[0, index] = meter.add(boxes[j], authors_target_box(record["box"], letterbox),
                                                  probs[j] > mask_threshold if has_mask else None,
                                                  canvas_masks[j] if has_mask else None)
-            else:
-                gt_box, gt_mask = dataset.gt_box(index).float(), dataset.gt_mask(index)
-                pred_mask = None
-                if gt_mask is not None:
-                    pred_mask = letterbox.maps_to_original(probs[j:j + 1])[0] > mask_threshold
-                per_sample[0, index] = meter.add(box, gt_box, pred_mask, gt_mask)
+            gt_mask = dataset.gt_mask(index) if protocol == "original" or dataset.generalized else None
+            pred_mask = None
+            if gt_mask is not None:
+                pred_mask = letterbox.maps_to_original(probs[j:j + 1])[0] > mask_threshold
+            if single and protocol == "original":
+                per_sample[0, index] = meter.add(box, dataset.gt_box(index).float(), pred_mask, gt_mask)
             per_sample[1:5, index] = box.double()
-            per_sample[5:, index] = feats[:, j].double()
+            per_sample[5:rows - 1, index] = feats[:, j].double()
+            per_sample[rows - 1, index] = math.nan if exists is None else exists[j].item()
+            if dataset.generalized:
+                p = 1.0 if exists is None else exists[j].item()
+                per_sample[rows:, index] = torch.tensor(gref_row(
+                    pred_mask, gt_mask, dataset.gt_boxes(index), bool(record.get("no_target")),
+                    None if exists is None else p < min_exists, p, sample_id=record.get("sent_id")),
+                    dtype=torch.float64)
     metrics = meter.summary(device)
     per_sample = dist.all_reduce_sum(per_sample.to(device)).cpu()
     samples = {"box_iou": per_sample[0], "boxes": per_sample[1:5].T.float(),
-               "features": dict(zip(FEATURES, per_sample[5:].float()))}
+               "features": dict(zip(FEATURES, per_sample[5:rows - 1].float()))}
+    if exists is not None or core.has_existence:
+        samples["exists"] = per_sample[rows - 1].float()
+    if dataset.generalized:
+        metrics.update(gref_summaries(per_sample[rows:]))
     if calibrator is not None:
-        samples["score"] = calibrator(samples["features"])
-        metrics.update(confidence_metrics(samples["score"].numpy(), (samples["box_iou"] >= 0.5).numpy()))
+        samples["score"] = answer_scores(calibrator, samples["features"], samples.get("exists"))
+        single = ~samples["box_iou"].isnan()
+        if single.any():
+            metrics.update(confidence_metrics(samples["score"][single].numpy(), (samples["box_iou"][single] >= 0.5).numpy()))
     return (metrics, samples) if with_samples else metrics
 
 

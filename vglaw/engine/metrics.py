@@ -72,7 +72,7 @@ class GroundingMeter:
         (the training device: CUDA under NCCL)."""
         s = dist.all_reduce_sum(self.sums.to(device, copy=True)).cpu()
         n, n_mask = int(s[0]), int(s[2])
-        out = {"samples": n, "prec@0.5": float(s[1] / n) if n else 0.0}
+        out = {"samples": n, "prec@0.5": float(s[1] / n) if n else None}
         if n_mask:
             out.update({"mIoU": float(s[3] / n_mask), "mask_samples": n_mask})
             if self.protocol == "original":

@@ -44,8 +44,9 @@ def build_train_model(cfg: Config):
     if cfg.model.cache_text and not cfg.model.freeze_text:
         raise InputError("model.cache_text needs model.freeze_text: a text encoder that trains changes its "
                          "output at every step, so there is nothing to keep")
-    if cfg.model.init_from:
-        model = VGLAW.from_pretrained(cfg.model.init_from)
+    if cfg.model.init_from:  # its architecture; model.overrides.existence: true adds the existence output
+        model = VGLAW.from_pretrained(cfg.model.init_from, **({"existence": True} if cfg.model.overrides.get(
+            "existence") else {}))
     else:
         model = build_model(cfg.model.name, **cfg.model.overrides)
     weights = cfg.model.backbone_weights
@@ -115,7 +116,8 @@ def _datasets(cfg: Config, model) -> tuple[GroundingDataset, dict[str, Grounding
                            translate=cfg.data.translate)
     train_ds = GroundingDataset(cfg.data.prepared, cfg.data.train_split, tokenizer=tokenizer, img_size=img_size,
                                 max_len=max_len, train=True, augment=augment, seed=cfg.run.seed,
-                                skip_bad=cfg.data.skip_bad_images)
+                                skip_bad=cfg.data.skip_bad_images, negatives=cfg.data.negatives,
+                                existence=model.has_existence)
     eval_sets = {s: GroundingDataset(cfg.data.prepared, s, tokenizer=tokenizer, img_size=img_size, max_len=max_len)
                  for s in cfg.data.eval_splits}
     return train_ds, eval_sets

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ..config import MASK_THRESHOLD, build_dataclass, check_allowed, setting, type_matches
 from ..errors import InputError, InputTypeError
 from ..hub import resolve_text_source
-from .heads import BoxHead, MaskHead
+from .heads import BoxHead, ExistenceHead, MaskHead
 from .law import LAW_TYPES, WeightGenerator
 from .text import TextEncoder
 from .vglaw import VGLAW
@@ -76,6 +76,9 @@ class VGLAWConfig:
     # a mask pixel is the object where sigmoid(logit) > this (the authors' value); checkpoints and
     # ONNX files carry it, and the predictor, evaluation and export read it from here
     mask_threshold: float = setting(MASK_THRESHOLD, at_least=0, at_most=1)
+    # not in the paper: an existence output (whether the expression names anything in the image),
+    # an MLP of width box_hidden_dim on the box head's pooled feature and the text [CLS] feature
+    existence: bool = False
 
     def __post_init__(self) -> None:
         """The rules between fields (each field's own range is checked by model_config_from_dict)."""
@@ -179,5 +182,8 @@ def build_model(name: str | VGLAWConfig = "vitb", *, load_text_weights: bool = T
                        hidden_dim=config.box_hidden_dim)
     mask_head = MaskHead(embed_dim=config.embed_dim, text_dim=text_dim, hidden_dim=config.mask_hidden_dim,
                          ln_eps=config.mask_ln_eps)
+    exists_head = None
+    if config.existence:
+        exists_head = ExistenceHead(embed_dim=config.embed_dim, text_dim=text_dim, hidden_dim=config.box_hidden_dim)
     return VGLAW(text_encoder=text_encoder, generator=generator, backbone=backbone, box_head=box_head,
-                 mask_head=mask_head, img_size=config.img_size, config=config)
+                 mask_head=mask_head, img_size=config.img_size, config=config, exists_head=exists_head)

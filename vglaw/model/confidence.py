@@ -213,6 +213,15 @@ class Calibrator:
         return cls.from_dict(d, str(path))
 
 
+def answer_scores(calibrator: Calibrator, features: dict[str, torch.Tensor],
+                  exists: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) the probability that each answer's box is right: the calibrator's (fitted on answers
+    to expressions that name one object), times ``exists``, the probability that the expression
+    names something in the image, for a model with the existence output."""
+    scores = calibrator(features)
+    return scores if exists is None else scores * exists.float().cpu().to(scores.device)
+
+
 def calibration_path(checkpoint: str | os.PathLike) -> Path:
     """Where a checkpoint's calibrator lives: ``calibration.json`` in a checkpoint directory,
     ``<file>.calibration.json`` beside a training checkpoint file."""

@@ -50,11 +50,14 @@ class BoxHead(nn.Module):
         Returns:
             (B, 4) box logits; ``sigmoid`` gives normalised (cx, cy, w, h) on the canvas.
         """
+        return self.mlp(self.pool(features, text_cls))
+
+    def pool(self, features: torch.Tensor, text_cls: torch.Tensor) -> torch.Tensor:
+        """The language-guided pooled feature the MLP reads: (B, C, H, W), (B, Dt) -> (B, C)."""
         tokens = features.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, HW, C), index h*W + w
         q = self.q_proj(text_cls)[:, None, None, :]  # (B, 1, 1, A)
         k = self.k_proj(tokens)[:, None]  # (B, 1, HW, A)
-        pooled = F.scaled_dot_product_attention(q, k, tokens[:, None])  # (B, 1, 1, C)
-        return self.mlp(pooled[:, 0, 0])
+        return F.scaled_dot_product_attention(q, k, tokens[:, None])[:, 0, 0]  # (B, 1, 1, C) -> (B, C)
 
     def attention(self, features: torch.Tensor, text_cls: torch.Tensor) -> torch.Tensor:
         """Where the pooling looks: its weights over the feature map, softmax(q.k / sqrt(A)),
@@ -64,6 +67,19 @@ class BoxHead(nn.Module):
         q, k = self.q_proj(text_cls), self.k_proj(tokens)  # (B, A), (B, HW, A)
         logits = (k @ q[:, :, None])[..., 0] / q.shape[-1] ** 0.5  # (B, HW, A) @ (B, A, 1) -> (B, HW)
         return logits.softmax(-1).view(B, H, W)
+
+
+class ExistenceHead(nn.Module):
+    """Whether the expression names anything in the image (not in the paper; off by default): an
+    MLP on the box head's language-guided pooled feature and the text [CLS] feature, one logit."""
+
+    def __init__(self, *, embed_dim: int = 768, text_dim: int = 768, hidden_dim: int = 256) -> None:
+        super().__init__()
+        self.mlp = MLP(in_dim=embed_dim + text_dim, hidden_dim=hidden_dim, out_dim=1, num_layers=2)
+
+    def forward(self, pooled: torch.Tensor, text_cls: torch.Tensor) -> torch.Tensor:
+        """(B, C) pooled feature and (B, Dt) text [CLS] -> (B,) logits; ``sigmoid`` gives ``exists``."""
+        return self.mlp(torch.cat([pooled, text_cls], -1))[:, 0]
 
 
 def conv_transpose_2x2(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:

@@ -26,14 +26,16 @@ from .vglaw import CONFIG_NAME, WEIGHTS_NAME, VGLAW
 
 
 def from_config_dict(config: dict, state: dict[str, torch.Tensor] | None = None, *,
-                     source: str = "state dict", strict: bool = True) -> VGLAW:
-    """Rebuild from ``VGLAW.config_dict()`` (no download) and, when given, load ``state``."""
+                     source: str = "state dict", strict: bool = True, new_existence: bool = False) -> VGLAW:
+    """Rebuild from ``VGLAW.config_dict()`` (no download) and, when given, load ``state``.
+    ``new_existence``: the existence output is added to a model saved without it (its head starts
+    from its initialisation, the rest is loaded strictly)."""
     config = dict(config)
     includes_text = config.pop("includes_text_encoder", True)
     model = build_model(model_config_from_dict(config), load_text_weights=not includes_text)
     if state is not None:
-        load_state(model, state, source=source, strict=strict,
-                   allow_missing=() if includes_text else ("text_encoder.",))
+        allow_missing = (() if includes_text else ("text_encoder.",)) + (("exists_head.",) if new_existence else ())
+        load_state(model, state, source=source, strict=strict, allow_missing=allow_missing)
     return model
 
 
@@ -100,14 +102,17 @@ def checkpoint_files(source: str | os.PathLike) -> list[Path]:
 
 def load_pretrained(source: str | os.PathLike, *, strict: bool = True, **overrides) -> VGLAW:
     """A model from a checkpoint directory, a training checkpoint file or a Hub repo id;
-    ``overrides`` replace config fields."""
+    ``overrides`` replace config fields (``existence=True`` adds the existence output to a model
+    saved without it, its head newly initialised: the start of a fine-tuning)."""
     path = resolve_checkpoint(source)
     if path.is_dir():
         config, state, origin = _read_directory(path)
     else:
         checkpoint = read_checkpoint_file(path)
         config, state, origin = checkpoint["model_config"], checkpoint["model"], path
-    model = from_config_dict({**config, **overrides}, state, source=str(origin), strict=strict)
+    new_existence = bool(overrides.get("existence")) and not config.get("existence")
+    model = from_config_dict({**config, **overrides}, state, source=str(origin), strict=strict,
+                             new_existence=new_existence)
     if calibration_path(path).is_file():
         model.calibrator = Calibrator.load(calibration_path(path))
     return model

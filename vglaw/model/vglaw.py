@@ -14,7 +14,7 @@ from ..fileio import atomic_write, json_text
 from ..hub import MINILM
 from .card import TRAINING_NAME, model_card
 from .confidence import CALIBRATION_NAME, Calibrator
-from .heads import BoxHead, MaskHead
+from .heads import BoxHead, ExistenceHead, MaskHead
 from .law import LawFactors, WeightGenerator
 from .text import TextEncoder
 from .vit import ViT
@@ -46,13 +46,15 @@ class VGLAW(nn.Module):
 
     def __init__(self, *, text_encoder: TextEncoder, generator: WeightGenerator | None,
                  backbone: ViT, box_head: BoxHead, mask_head: MaskHead, img_size: int,
-                 config=None) -> None:
+                 config=None, exists_head: ExistenceHead | None = None) -> None:
         super().__init__()
         self.text_encoder = text_encoder
         self.generator = generator
         self.backbone = backbone
         self.box_head = box_head
         self.mask_head = mask_head
+        if exists_head is not None:  # registered only when present: state dicts without it are unchanged
+            self.exists_head = exists_head
         self.img_size = img_size
         self.config = config  # the VGLAWConfig it was built from (for save_pretrained)
         self.freeze_text = False  # a frozen text encoder stays in eval mode (no dropout) when training
@@ -88,6 +90,8 @@ class VGLAW(nn.Module):
               ``box_logits`` (B, 4): the same before the sigmoid;
               ``mask_logits`` (B, 1, S, S): mask logits on the canvas;
               ``features`` (B, C, S/p, S/p): the backbone's last feature map;
+              ``exists_logits`` (B,), models with the existence output only: ``sigmoid`` gives the
+              probability that the expression names something in the image;
               ``box_attention`` (B, S/p, S/p), with ``box_attention=True``: where the box head's
               language-guided pooling looks (weights summing to 1 per sample).
         """
@@ -98,16 +102,24 @@ class VGLAW(nn.Module):
         law = self.law_factors(text, attention_mask) if use_law else None
         features = self.backbone(images, law)  # (B, C, h, w)
         text_cls = text[:, 0]  # (B, Dt)
-        box_logits = self.box_head(features, text_cls)
+        pooled = self.box_head.pool(features, text_cls)  # (B, C)
+        box_logits = self.box_head.mlp(pooled)
         out = {
             "boxes": box_logits.sigmoid(),
             "box_logits": box_logits,
             "mask_logits": self.mask_head(features, text_cls, self.img_size),
             "features": features,
         }
+        if self.has_existence:
+            out["exists_logits"] = self.exists_head(pooled, text_cls)
         if box_attention:
             out["box_attention"] = self.box_head.attention(features, text_cls)
         return out
+
+    @property
+    def has_existence(self) -> bool:
+        """Whether the model has the existence output (``config.existence``)."""
+        return hasattr(self, "exists_head")
 
     @property
     def spec(self) -> InferenceSpec:
@@ -159,4 +171,7 @@ class VGLAW(nn.Module):
         """The JSON-able config that rebuilds this architecture (text encoder shape included)."""
         if self.config is None:
             raise ValueError("this model has no config; build it with vglaw.build_model")
-        return {**asdict(self.config), "text_config": self.text_encoder.bert.config.to_diff_dict()}
+        config = {**asdict(self.config), "text_config": self.text_encoder.bert.config.to_diff_dict()}
+        if not config["existence"]:  # a model without it saves the config.json it always did
+            del config["existence"]
+        return config
