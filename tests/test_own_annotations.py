@@ -77,7 +77,7 @@ def test_bad_records_are_listed_with_their_reasons_and_skip_bad_keeps_the_rest(t
             {"image": "shapes_0.jpg", "text": "x", "box_xyxy": [1, 2, 3]},
             {"image": "shapes_0.jpg", "text": "x", "box_xyxy": [8, 133, 500, 173]},
             {"image": "shapes_0.jpg", "text": "x", "boxes": [[1, 2, 3, 4], [5, 6, 7]]},
-            {"image": "shapes_0.jpg", "text": "nothing there", "no_target": True, "box_xyxy": [1, 2, 3, 4]},
+            {"image": "shapes_0.jpg", "text": "nothing there", "no_target": True, "boxes": [[1, 2, 3, 4]]},
             {"image": "nowhere.jpg", "text": "x", "box_xyxy": [1, 2, 3, 4]},
             {"text": "x", "box_xyxy": [1, 2, 3, 4]},
             {"image": "shapes_0.jpg", "text": "x", "box_xyxy": [math.nan, 2, 3, 4]}]  # JSON's NaN
@@ -94,7 +94,7 @@ def test_bad_records_are_listed_with_their_reasons_and_skip_bad_keeps_the_rest(t
     assert reasons[5].startswith("box_xyxy must be four numbers")
     assert reasons[6] == "box_xyxy [8, 133, 500, 173] lies outside the 213x194 image frame"
     assert reasons[7] == "each of boxes must be four numbers x0, y0, x1, y1, got [5, 6, 7]"
-    assert reasons[8] == "a no_target record names no box (it has box_xyxy or boxes)"
+    assert reasons[8] == "a no_target record names no box (it has boxes)"
     assert reasons[9].startswith("image file missing")
     assert reasons[10].startswith("image must be a path")
     assert reasons[11] == "box_xyxy [nan, 2, 3, 4] is not finite"

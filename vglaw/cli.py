@@ -145,17 +145,30 @@ def _predict(args: argparse.Namespace) -> None:
     output_file("--out", args.out, "a picture file")
     output_file("--json", args.json, "a JSON file")
     from .commands.predict import predict
-    from .inference.predictor import printable
 
     result = predict(args.checkpoint, args.image, args.text, out=args.out, json_path=args.json,
                      heatmap=args.heatmap, onnx=args.onnx, device=args.device, precision=args.precision,
-                     mask_threshold=args.mask_threshold, min_score=args.min_score, max_pixels=args.max_pixels)
+                     mask_threshold=args.mask_threshold, min_score=args.min_score, max_pixels=args.max_pixels,
+                     min_exists=args.min_exists)
     for p in result["predictions"]:
-        box = ", ".join(f"{v:.1f}" for v in p["box_xyxy"])
-        score = "" if p["score"] is None else f", score {p['score']:.2f}"
-        found = "" if p["found"] else f"  NOT FOUND (score below --min-score {args.min_score})"
-        print(f'"{printable(p["text"])}": box ({box}), mask {p["mask_area"]} px{score}{found}')
+        print(answer_line(p, args))
     print("wrote " + ", ".join(result[k] for k in ("png", "heatmap_png", "json") if k in result))
+
+
+def answer_line(p: dict, args: argparse.Namespace) -> str:
+    """One answer of ``vglaw predict`` as printed: the expression and what was found for it."""
+    from .inference.predictor import printable
+
+    text = f'"{printable(p["text"])}": '
+    exists = "" if p.get("exists") is None else f", exists {p['exists']:.2f}"
+    score = "" if p["score"] is None else f", score {p['score']:.2f}"
+    if p.get("no_target"):
+        return f"{text}not found (the expression names nothing in the image{exists}, below --min-exists {args.min_exists})"
+    boxes = p.get("boxes", [p["box_xyxy"]])
+    where = "; ".join("(" + ", ".join(f"{v:.1f}" for v in b) + ")" for b in boxes) if len(boxes) > 1 else \
+        "(" + ", ".join(f"{v:.1f}" for v in p["box_xyxy"]) + ")"
+    found = "" if p["found"] else f"  NOT FOUND (score below --min-score {args.min_score})"
+    return f"{text}{'boxes' if len(boxes) > 1 else 'box'} {where}, mask {p['mask_area']} px{exists}{score}{found}"
 
 
 def _predict_pairs(args: argparse.Namespace) -> None:
@@ -174,7 +187,7 @@ def _predict_pairs(args: argparse.Namespace) -> None:
                                masks=args.masks, coco_results=args.coco_results, onnx=args.onnx,
                                batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
                                precision=args.precision, mask_threshold=args.mask_threshold,
-                               min_score=args.min_score, max_pixels=args.max_pixels)
+                               min_score=args.min_score, max_pixels=args.max_pixels, min_exists=args.min_exists)
         if distributed.is_main():
             errors = s["errors"]
             kinds = ", ".join(f"{n} {kind}" for kind, n in errors.items() if kind != "total" and n)
@@ -208,7 +221,7 @@ def _serve(args: argparse.Namespace) -> None:
     from .inference.serve import serve
 
     serve(args.checkpoint, host=args.host, port=args.port, device=args.device, precision=args.precision,
-          min_score=args.min_score, allow_origins=args.allow_origin)
+          min_score=args.min_score, allow_origins=args.allow_origin, min_exists=args.min_exists)
 
 
 def _calibrate(args: argparse.Namespace) -> None:
@@ -457,6 +470,7 @@ def _add_inference_commands(commands) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
     p.add_argument("--mask-threshold", type=_probability, default=None, help=MASK_HELP)
     p.add_argument("--min-score", type=_probability, default=None, help=MIN_SCORE_HELP)
+    p.add_argument("--min-exists", type=_probability, default=MIN_EXISTS, help=MIN_EXISTS_HELP)
     p.add_argument("--max-pixels", type=_at_least(1), default=MAX_PIXELS,
                    help="refuse images with more pixels (width x height), read from the file's header before decoding")
     pairs = p.add_argument_group("many pairs from a file (resumable; shards over torchrun --nproc_per_node N)")
@@ -477,6 +491,7 @@ def _add_inference_commands(commands) -> None:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
     p.add_argument("--min-score", type=_probability, default=None, help=MIN_SCORE_HELP)
+    p.add_argument("--min-exists", type=_probability, default=MIN_EXISTS, help=MIN_EXISTS_HELP)
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="also accept API calls and uploads from web pages on this origin (e.g. https://app.example.com; "
                         "repeatable); requests from other pages' origins are refused")

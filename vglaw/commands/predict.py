@@ -5,7 +5,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..config import MAX_PIXELS
+from ..config import MAX_PIXELS, MIN_EXISTS
 from ..errors import InputError, Interrupted
 from ..device import resolve_device
 from ..fileio import json_text
@@ -15,26 +15,29 @@ from ..inference.postprocess import predictions_json
 from ..inference.predictor import Grounder, as_rgb
 
 
-def load_grounder(checkpoint, onnx, *, device, precision, mask_threshold, min_score,
+def load_grounder(checkpoint, onnx, *, device, precision, mask_threshold, min_score, min_exists=MIN_EXISTS,
                   max_pixels=MAX_PIXELS) -> Grounder:
     """The grounder of ``vglaw predict``: onnxruntime on the ``onnx`` file, else PyTorch on
     ``checkpoint`` (default: the bundled demo model, with a warning on stderr)."""
     if checkpoint is not None and onnx is not None:
         raise InputError("give either --checkpoint or --onnx, not both")
     if onnx is not None:
-        return Grounder.from_onnx(onnx, mask_threshold=mask_threshold, min_score=min_score, max_pixels=max_pixels)
+        return Grounder.from_onnx(onnx, mask_threshold=mask_threshold, min_score=min_score, max_pixels=max_pixels,
+                                  min_exists=min_exists)
     return Grounder.from_pretrained(checkpoint_or_demo(checkpoint), device=device, precision=precision,
-                                    mask_threshold=mask_threshold, min_score=min_score, max_pixels=max_pixels)
+                                    mask_threshold=mask_threshold, min_score=min_score, max_pixels=max_pixels,
+                                    min_exists=min_exists)
 
 
 def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=None, heatmap: bool = False,
             onnx=None, device="auto", precision="fp32", mask_threshold=None, min_score=None,
-            max_pixels=MAX_PIXELS) -> dict:
+            max_pixels=MAX_PIXELS, min_exists=MIN_EXISTS) -> dict:
     """``vglaw predict``: ground the expressions, write the picture and the JSON (and with
     ``heatmap``, ``<out>.heatmap.png``: where the box head looks for each expression). With
     ``onnx`` (a file from ``vglaw export``) onnxruntime runs the model instead of PyTorch;
     with neither, the bundled demo model (a warning on stderr says what it knows). Answers scoring
-    below ``min_score`` are marked not found. An ``out`` or ``json_path`` that is the image (links
+    below ``min_score``, or whose expression names nothing in the image (``exists`` below
+    ``min_exists``, a model with the existence output), are marked not found. An ``out`` or ``json_path`` that is the image (links
     followed), the two being one file, or an ``out`` PIL cannot write a picture to is refused first."""
     from ..inference.batch import check_outputs, file_ids
 
@@ -48,7 +51,7 @@ def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=Non
     device = resolve_device(device)  # a bad device is the one line, before anything loads
     image = as_rgb(image_path, max_pixels)  # a bad or too large image fails before the model loads
     grounder = load_grounder(checkpoint, onnx, device=device, precision=precision, mask_threshold=mask_threshold,
-                             min_score=min_score, max_pixels=max_pixels)
+                             min_score=min_score, max_pixels=max_pixels, min_exists=min_exists)
     preds = grounder.predict(image, texts)
     result = predictions_json(str(image_path), image, preds)
     text = json_text(result, indent=2)  # a NaN answer stops here, before any file is written
@@ -65,7 +68,7 @@ def predict(checkpoint, image_path, texts: list[str], *, out=None, json_path=Non
 
 def predict_pairs_file(checkpoint, pairs, *, out=None, image_root=None, masks: bool = False, coco_results=None,
                        onnx=None, batch_size: int = 32, num_workers: int = 2, device="auto", precision="fp32",
-                       mask_threshold=None, min_score=None, max_pixels=MAX_PIXELS) -> dict:
+                       mask_threshold=None, min_score=None, max_pixels=MAX_PIXELS, min_exists=MIN_EXISTS) -> dict:
     """``vglaw predict --pairs``: every (image, expression) pair of a file into ``out`` (JSONL,
     default ``<pairs name>.vglaw.jsonl`` here), resumable, sharded under torchrun (see
     :mod:`vglaw.inference.batch`). Returns the run's summary."""
@@ -81,7 +84,8 @@ def predict_pairs_file(checkpoint, pairs, *, out=None, image_root=None, masks: b
     records = read_pairs(pairs)  # a bad pairs file is one line before the model loads
     try:
         grounder = load_grounder(checkpoint, onnx, device=dist.init(device), precision=precision,
-                                 mask_threshold=mask_threshold, min_score=min_score, max_pixels=max_pixels)
+                                 mask_threshold=mask_threshold, min_score=min_score, max_pixels=max_pixels,
+                                 min_exists=min_exists)
         summary = predict_pairs(grounder, pairs, out, model_files=model_files, image_root=image_root, masks=masks,
                                 batch_size=batch_size, num_workers=num_workers, coco=coco_results, pairs=records)
     except KeyboardInterrupt:  # every written line is kept (flushed per forward pass): say so

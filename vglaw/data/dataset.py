@@ -68,12 +68,15 @@ class GroundingDataset(Dataset):
         self.generalized = any("boxes" in r for r in self.records)
         self.negatives = negatives if train else 0.0
         self.targets = self.generalized or self.negatives > 0 or existence  # items carry exists / box_weight
-        # the categories annotated in each image, so that a negative's image holds none of its expression's
+        # the categories in each image (all its objects where the data lists them, else its records'
+        # targets), so that a negative's image holds none of its expression's; and a record of each image
         self.image_categories: dict[str, set] = {}
-        for r in self.records:
+        self.image_records: dict[str, int] = {}
+        for i, r in enumerate(self.records):
             cats = r.get("category_id")
-            cats = cats if isinstance(cats, list) else [cats]
+            cats = (cats if isinstance(cats, list) else [cats]) + r.get("image_categories", [])
             self.image_categories.setdefault(r["image"], set()).update(c for c in cats if c not in (None, -1))
+            self.image_records.setdefault(r["image"], i)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -7,7 +7,9 @@ corrected and trained on as it is):
 * ``text``: the referring expression;
 * ``box_xyxy``: the target box, x0, y0, x1, y1 in pixels; or ``boxes``: a list of such boxes, one
   per object the expression names (several: a multi-target record);
-* ``no_target``: true when the expression names nothing in the image (no box, an empty mask);
+* ``no_target``: true when the expression names nothing in the image (no box, an empty mask).
+  Where ``boxes`` or ``no_target: true`` say the target set, ``box_xyxy`` is ignored (in a results
+  file it is the box head's single box);
 * ``mask_rle`` (a COCO RLE ``{"size": [h, w], "counts": ...}``) or ``polygon`` (COCO polygons, a
   list of flat ``[x0, y0, x1, y1, ...]`` lists): optional;
 * ``split``: optional, default ``train``; ``id``: optional, default the row's index.
@@ -118,15 +120,13 @@ def _target_boxes(row: dict) -> tuple[list | None, str | None]:
     no_target = row.get("no_target", False)
     if no_target not in TRUE + FALSE:
         return None, f"no_target must be true or false, got {json.dumps(no_target, default=repr)[:80]}"
-    has_box, boxes = row.get("box_xyxy") is not None, _json_field(row.get("boxes"))
+    boxes = _json_field(row.get("boxes"))
     if no_target in TRUE:
-        if has_box or boxes:
-            return None, "a no_target record names no box (it has box_xyxy or boxes)"
+        if boxes:
+            return None, "a no_target record names no box (it has boxes)"
         return [], None
     if boxes is None:
         return None, None
-    if has_box:
-        return None, "give box_xyxy or boxes, not both"
     if not isinstance(boxes, list) or not boxes:
         return None, (f"boxes must be a non-empty list of x0, y0, x1, y1 boxes (no_target: true for none), got "
                       f"{json.dumps(boxes, default=repr)[:80]}")

@@ -4,7 +4,10 @@ A record is a plain dict::
 
     split, image (file name relative to the image root), width, height, box [x, y, w, h]
     (pixels), sentence, ref_id, ann_id, sent_id, category_id, image_id,
-    mask (COCO RLE {"size": [h, w], "counts": str}, or None when the source has no masks)
+    mask (COCO RLE {"size": [h, w], "counts": str}, or None when the source has no masks),
+    and where the source lists every object of the image (REFER, gRefCOCO): image_categories,
+    the categories of all of them (``data.negatives`` shows an expression only with images
+    holding none of its category)
 
 A generalized record (gRefCOCO, your own no-target or multi-target annotations) names a set of
 objects that may be empty: it also has ``boxes`` (one [x, y, w, h] per object) and ``no_target``
@@ -98,6 +101,14 @@ def gt_box_xyxy(record: dict) -> torch.Tensor:
     return box_convert(torch.tensor(record["box"], dtype=torch.float64)[None], "xywh", "xyxy")[0]
 
 
+def image_categories(instances: dict) -> dict:
+    """{image id: the sorted categories of all its annotated objects} of a COCO-style file."""
+    found = {}
+    for ann in instances["annotations"]:
+        found.setdefault(ann["image_id"], set()).add(ann.get("category_id"))
+    return {image: sorted(c for c in cats if c is not None) for image, cats in found.items()}
+
+
 def read_refer(root: str | os.PathLike, dataset: str, split_by: str) -> list[dict]:
     """Records of a REFER-layout dataset (all splits)."""
     folder = Path(root) / dataset
@@ -114,6 +125,7 @@ def read_refer(root: str | os.PathLike, dataset: str, split_by: str) -> list[dic
         instances = json.load(f)
     images = {img["id"]: img for img in instances["images"]}
     anns = {ann["id"]: ann for ann in instances["annotations"]}
+    categories = image_categories(instances)
     records = []
     for ref in refs:
         ann = anns.get(ref["ann_id"])
@@ -121,7 +133,8 @@ def read_refer(root: str | os.PathLike, dataset: str, split_by: str) -> list[dic
         base = {"split": ref["split"], "image_id": ref["image_id"], "ref_id": ref["ref_id"], "ann_id": ref["ann_id"],
                 "category_id": ref.get("category_id"),
                 "image": image_file(dataset, ref["image_id"], img.get("file_name")),
-                "width": img.get("width"), "height": img.get("height")}
+                "width": img.get("width"), "height": img.get("height"),
+                "image_categories": categories.get(ref["image_id"], [])}
         if ann is None:
             records.append(bad_record(base, f"annotation {ref['ann_id']} missing from instances.json"))
             continue
@@ -178,6 +191,7 @@ def read_grefcoco(root: str | os.PathLike, dataset: str = "grefcoco", split_by: 
         instances = json.load(f)
     images = {img["id"]: img for img in instances["images"]}
     anns = {ann["id"]: ann for ann in instances["annotations"]}
+    categories = image_categories(instances)
     records = []
     for ref in refs:
         ann_ids = ref["ann_id"] if isinstance(ref["ann_id"], list) else [ref["ann_id"]]
@@ -185,7 +199,7 @@ def read_grefcoco(root: str | os.PathLike, dataset: str = "grefcoco", split_by: 
         h, w = img.get("height"), img.get("width")
         base = {"split": ref["split"], "image_id": ref["image_id"], "ref_id": ref["ref_id"], "ann_id": ann_ids,
                 "category_id": ref.get("category_id"), "image": image_file(dataset, ref["image_id"], img.get("file_name")),
-                "width": w, "height": h}
+                "width": w, "height": h, "image_categories": categories.get(ref["image_id"], [])}
         problem, boxes, masks = None, [], []
         if ann_ids == [-1] or ref.get("no_target"):
             if ann_ids != [-1]:

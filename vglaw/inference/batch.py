@@ -176,14 +176,15 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: dict[str
 
 def settings_digest(grounder: Grounder, model_files, masks: bool) -> str:
     """What every answer depends on besides its pair: the model's files (content), the mask
-    threshold, the precision, the minimum score and whether masks are written. The device and
+    threshold, the precision, the minimum score and existence, and whether masks are written. The device and
     the batch size are left out: they change answers by float rounding at most."""
     model = hashlib.sha256()
     for path in model_files:
         with open(path, "rb") as f:
             model.update(hashlib.file_digest(f, "sha256").digest())
     return json.dumps({"model": model.hexdigest(), "mask_threshold": grounder.mask_threshold,
-                       "precision": grounder.precision, "min_score": grounder.min_score, "masks": masks})
+                       "precision": grounder.precision, "min_score": grounder.min_score, "masks": masks,
+                       "min_exists": grounder.min_exists})
 
 
 def made_from(pair: dict, image: str, image_id: os.stat_result | None, settings: str) -> str:
@@ -251,17 +252,22 @@ def current_results(lines: list[dict], digests: dict[str, str]) -> dict[str, dic
 def coco_results(lines: list[dict]) -> list[dict]:
     """The answers as a COCO results list (what pycocotools' ``loadRes`` reads): per pair,
     ``image_id`` (the pair's id), ``category_id`` 1, ``bbox`` (x, y, w, h pixels), ``score``
-    (1.0 for an uncalibrated checkpoint) and, when masks were written, ``segmentation`` (RLE)."""
+    (1.0 for an uncalibrated checkpoint) and, when masks were written, ``segmentation`` (RLE).
+    With the existence output: no entry for an answer that says the expression names nothing, and
+    one entry per box of ``boxes`` (the mask's parts) for one that names several, each with the
+    answer's score (and no segmentation: the mask is the parts' union)."""
     results = []
     for line in lines:
-        if "error" in line:
+        if "error" in line or line.get("no_target"):
             continue
-        x0, y0, x1, y1 = line["box_xyxy"]
-        entry = {"image_id": line["id"], "category_id": 1, "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],
-                 "score": 1.0 if line["score"] is None else line["score"]}
-        if "mask_rle" in line:
-            entry["segmentation"] = line["mask_rle"]
-        results.append(entry)
+        score = 1.0 if line["score"] is None else line["score"]
+        boxes = line["boxes"] if len(line.get("boxes", ())) > 1 else [line["box_xyxy"]]
+        for x0, y0, x1, y1 in boxes:
+            entry = {"image_id": line["id"], "category_id": 1, "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],
+                     "score": score}
+            if "mask_rle" in line and len(boxes) == 1:
+                entry["segmentation"] = line["mask_rle"]
+            results.append(entry)
     return results
 
 

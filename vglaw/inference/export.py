@@ -3,7 +3,8 @@ ONNX graph (:mod:`.onnx_runner` runs it with onnxruntime in place of the PyTorch
 
 The graph takes ``images`` (B, 3, S, S) float32 at the checkpoint's canvas size S and
 ``input_ids`` / ``attention_mask`` (B, L) int64, with B and L dynamic, and returns ``boxes``
-(B, 4), ``mask_logits`` (B, 1, S, S) and ``box_attention`` (B, S/p, S/p). What inference needs
+(B, 4), ``mask_logits`` (B, 1, S, S) and ``box_attention`` (B, S/p, S/p) (and ``exists_logits``
+(B,) for a model with the existence output). What inference needs
 besides (canvas size, maximum length, mask threshold, tokenizer, the confidence calibrator) is
 stored in the file's metadata under ``vglaw``.
 """
@@ -23,7 +24,7 @@ import torch.nn as nn
 from ..errors import MissingExtraError
 from ..fileio import atomic_write
 from ..model import VGLAW
-from .onnx_runner import OUTPUTS, OnnxModel
+from .onnx_runner import OnnxModel, output_names
 
 INPUTS = ("images", "input_ids", "attention_mask")
 DEFAULT_OPSET = 18
@@ -39,7 +40,7 @@ class _Graph(nn.Module):
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         out = self.model(images, input_ids, attention_mask, box_attention=True)
-        return tuple(out[name] for name in OUTPUTS)
+        return tuple(out[name] for name in output_names(self.model.has_existence))
 
 
 @contextlib.contextmanager
@@ -84,7 +85,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, opset:
     # assumes (the fused CPU kernels return another, and the merge of heads would not match it)
     with sdpa_kernel(SDPBackend.MATH), torch.no_grad(), _quiet():
         program = torch.onnx.export(_Graph(model).eval(), (images, ids, mask), input_names=list(INPUTS),
-                                    output_names=list(OUTPUTS), opset_version=opset, dynamo=True, verbose=False,
+                                    output_names=list(output_names(model.has_existence)), opset_version=opset, dynamo=True, verbose=False,
                                     dynamic_shapes={"images": {0: batch}, "input_ids": {0: batch, 1: length},
                                                     "attention_mask": {0: batch, 1: length}})
         graph = program.model_proto
@@ -114,5 +115,7 @@ def check_onnx(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, seed
     got = OnnxModel(onnx_path)(images, ids, mask)
     box = float((got["boxes"] - want["boxes"]).abs().max()) * model.img_size
     logits = float((got["mask_logits"] - want["mask_logits"]).abs().max())
+    exists = ("" if not model.has_existence else
+              f", existence logits within {float((got['exists_logits'] - want['exists_logits']).abs().max()):.2g}")
     return (f"onnxruntime vs PyTorch on a random input: boxes within {box:.2g} px of the {model.img_size} px "
-            f"canvas, mask logits within {logits:.2g}")
+            f"canvas, mask logits within {logits:.2g}{exists}")

@@ -12,6 +12,12 @@ from ..model import InferenceSpec
 from ..model.confidence import Calibrator
 
 OUTPUTS = ("boxes", "mask_logits", "box_attention")  # the graph's outputs, in order
+EXISTENCE_OUTPUT = "exists_logits"  # after them, for a model with the existence output
+
+
+def output_names(has_existence: bool) -> tuple[str, ...]:
+    """The graph's outputs of a model with or without the existence output."""
+    return OUTPUTS + ((EXISTENCE_OUTPUT,) if has_existence else ())
 
 
 class OnnxModel:
@@ -35,6 +41,8 @@ class OnnxModel:
             raise InputError(f"{path} was not written by vglaw export (no 'vglaw' metadata)")
         self.info = json.loads(meta["vglaw"])
         calibrator = self.info.get("calibrator")  # absent from files exported before vglaw scored answers
+        self.outputs = tuple(o.name for o in self.session.get_outputs())
+        self.has_existence = EXISTENCE_OUTPUT in self.outputs
         self.spec = InferenceSpec(**{f: self.info[f] for f in ("img_size", "max_len", "tokenizer", "mask_threshold")},
                                   calibrator=calibrator and Calibrator.from_dict(calibrator, f"{path}'s calibrator"))
 
@@ -44,7 +52,7 @@ class OnnxModel:
             raise InputError("an exported model always runs with LAW; use the PyTorch checkpoint to switch it off")
         feed = {"images": images.float().contiguous().numpy(), "input_ids": input_ids.long().numpy(),
                 "attention_mask": attention_mask.long().numpy()}
-        outs = dict(zip(OUTPUTS, (torch.from_numpy(o) for o in self.session.run(list(OUTPUTS), feed))))
+        outs = dict(zip(self.outputs, (torch.from_numpy(o) for o in self.session.run(list(self.outputs), feed))))
         if not box_attention:
             outs.pop("box_attention")
         return outs

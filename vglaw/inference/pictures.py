@@ -169,8 +169,8 @@ def upscale(image: Image.Image, min_side: int = 256) -> Image.Image:
 
 
 def answer_caption(p) -> str:
-    """An answer's caption: its expression, its score, and "not found" where it scored below
-    the minimum."""
+    """An answer's caption: its expression, its score, and "not found" where the expression names
+    nothing in the image or the answer scored below the minimum."""
     score = "" if p.score is None else f" (score {p.score:.2f})"
     return f"{p.text}{score}" + ("" if p.found else ": not found")
 
@@ -190,7 +190,9 @@ def draw_predictions(image: Image.Image, predictions) -> Image.Image:
                 mask = Image.fromarray(mask.astype(np.uint8)).resize(canvas.size, Image.NEAREST)
                 mask = np.asarray(mask).astype(bool)
             paint_mask(canvas, mask, colour(i))
-            ImageDraw.Draw(canvas).rectangle([v * factor for v in p.box], outline=colour(i), width=3)
+            boxes = p.boxes if len(p.boxes) > 1 else [p.box]  # several objects: a box per part of the mask
+            for box in boxes:
+                ImageDraw.Draw(canvas).rectangle([v * factor for v in box], outline=colour(i), width=3)
         lines.append((answer_caption(p), colour(i) if p.found else GREY))
     return with_caption(canvas, lines)
 

@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..config import MAX_PIXELS, PRECISIONS
+from ..config import MAX_PIXELS, MIN_EXISTS, PRECISIONS
 from ..data.dataset import load_tokenizer
-from ..data.masks import decode_rle, mask_to_rle
+from ..data.masks import component_boxes, decode_rle, mask_to_rle
 from ..data.transforms import Letterbox, check_pixels, image_region, load_image, normalize_canvas
 from ..device import autocast, resolve_device
 from ..errors import InputError, InputTypeError
 from ..model import VGLAW
-from ..model.confidence import confidence_features
+from ..model.confidence import answer_scores, confidence_features
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 log = logging.getLogger(__name__)
@@ -79,8 +79,13 @@ class Prediction:
     the mask logits (``mask`` is ``prob`` above the grounder's threshold); ``attention`` (H, W)
     float32 in [0, 1], where the box head's pooling looks, divided by its maximum (None where not
     asked for); ``score``, the calibrated probability that the box is right (IoU >= 0.5; None
-    uncalibrated); ``found``, False where the score is below the grounder's ``min_score`` (not
-    drawn, "not found").
+    uncalibrated; for a model with the existence output, times ``exists``); ``exists``, the
+    probability that the expression names something in the image (None for a model without the
+    existence output); ``no_target``, True where ``exists`` is below the grounder's ``min_exists``
+    (the expression names nothing in the image); ``found``, False where ``no_target`` or the score
+    is below the grounder's ``min_score`` (not drawn, "not found"); ``boxes``, one box per part of the
+    mask (derived from the mask, for expressions naming several objects: "all the red shapes"),
+    largest first, [] when not found; ``box`` stays the box head's single box.
 
     Memory does not grow with the image's size times the expressions: a prediction keeps its mask
     as RLE and its maps at the model's canvas size; ``mask``, ``prob`` and ``attention`` are made
@@ -88,16 +93,26 @@ class Prediction:
     """
 
     def __init__(self, text: str, box: tuple[float, float, float, float], mask, prob, attention,
-                 score: float | None = None, found: bool = True) -> None:
+                 score: float | None = None, found: bool = True, exists: float | None = None,
+                 no_target: bool = False) -> None:
         """``mask``: an (H, W) bool array or its COCO RLE; ``prob`` and ``attention``: (H, W)
         arrays or functions that make them; each None where it was not computed."""
-        self.text, self.box, self.score, self.found = text, box, score, found
+        self.text, self.box, self.score, self.exists = text, box, score, exists
+        self.no_target, self.found = no_target, found and not no_target
         self.mask_rle = mask if mask is None or isinstance(mask, dict) else mask_to_rle(mask)
         self._prob, self._attention = prob, attention
 
     @property
     def mask(self) -> np.ndarray | None:
         return None if self.mask_rle is None else decode_rle(self.mask_rle).astype(bool)
+
+    @property
+    def boxes(self) -> list[tuple[float, float, float, float]]:
+        """x0, y0, x1, y1 of each part of the mask (:func:`~vglaw.data.masks.component_boxes`),
+        largest first; [] when not found; ``[box]`` where no mask was computed."""
+        if not self.found:
+            return []
+        return [self.box] if self.mask_rle is None else component_boxes(self.mask)
 
     @property
     def prob(self) -> np.ndarray | None:
@@ -108,7 +123,8 @@ class Prediction:
         return self._attention() if callable(self._attention) else self._attention
 
     def __repr__(self) -> str:
-        return f"Prediction(text={self.text!r}, box={self.box}, score={self.score}, found={self.found})"
+        exists = "" if self.exists is None else f", exists={self.exists}"
+        return f"Prediction(text={self.text!r}, box={self.box}, score={self.score}{exists}, found={self.found})"
 
 
 def full_size(letterbox: Letterbox, canvas_map: torch.Tensor) -> np.ndarray:
@@ -147,17 +163,22 @@ class Grounder:
 
     def __init__(self, model, tokenizer=None, *, device: str | torch.device = "auto", precision: str = "fp32",
                  mask_threshold: float | None = None, min_score: float | None = None, compile: bool = False,
-                 max_pixels: int | None = MAX_PIXELS) -> None:
+                 max_pixels: int | None = MAX_PIXELS, min_exists: float = MIN_EXISTS) -> None:
         """``tokenizer``: default, the one ``model.spec`` names. ``device``: auto (the GPU when
         there is one), cpu, cuda or cuda:N. ``min_score``: answers scoring below it are marked
         not found (needs a calibrated model). ``compile`` runs the model through
         ``torch.compile`` (first call slower, later faster). ``max_pixels``: images with more
         pixels (width x height) are refused before decoding (default 40 million; None: no
-        limit): memory and time grow with the image's pixels."""
+        limit): memory and time grow with the image's pixels. ``min_exists``: a model with the
+        existence output answers "not found" where the probability that the expression names
+        something in the image is below it (default 0.5)."""
         if precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if min_score is not None and not 0.0 <= min_score <= 1.0:
             raise InputError(f"min_score is a probability in [0, 1], got {min_score}")
+        if not isinstance(min_exists, (int, float)) or not 0.0 <= min_exists <= 1.0:
+            raise InputError(f"min_exists is a probability in [0, 1], got {min_exists!r}")
+        self.min_exists = float(min_exists)
         if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 1):
             raise InputError(f"max_pixels must be a positive whole number of pixels (or None), got {max_pixels!r}")
         self.max_pixels = max_pixels
@@ -184,22 +205,22 @@ class Grounder:
     def from_pretrained(cls, checkpoint: str | os.PathLike, *, device: str = "auto", precision: str = "fp32",
                         tokenizer: str | None = None, mask_threshold: float | None = None,
                         min_score: float | None = None, compile: bool = False,
-                        max_pixels: int | None = MAX_PIXELS) -> "Grounder":
+                        max_pixels: int | None = MAX_PIXELS, min_exists: float = MIN_EXISTS) -> "Grounder":
         """From a vglaw checkpoint directory or a training checkpoint file."""
         device = resolve_device(device)  # a bad device fails before the model loads
         return cls(VGLAW.from_pretrained(checkpoint), tokenizer and load_tokenizer(tokenizer), device=device,
                    precision=precision, mask_threshold=mask_threshold, min_score=min_score, compile=compile,
-                   max_pixels=max_pixels)
+                   max_pixels=max_pixels, min_exists=min_exists)
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, *, tokenizer: str | None = None,
                   mask_threshold: float | None = None, min_score: float | None = None,
-                  max_pixels: int | None = MAX_PIXELS) -> "Grounder":
+                  max_pixels: int | None = MAX_PIXELS, min_exists: float = MIN_EXISTS) -> "Grounder":
         """From a file written by ``vglaw export``, run by onnxruntime on the CPU (LAW always on)."""
         from .onnx_runner import OnnxModel
 
         return cls(OnnxModel(path), tokenizer and load_tokenizer(tokenizer), device="cpu",
-                   mask_threshold=mask_threshold, min_score=min_score, max_pixels=max_pixels)
+                   mask_threshold=mask_threshold, min_score=min_score, max_pixels=max_pixels, min_exists=min_exists)
 
     def tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, int]]]:
         """Token ids and mask of ``texts`` on the device (padded to the longest, cut at the
@@ -277,18 +298,23 @@ class Grounder:
                                  align_corners=False)[:, 0].cpu()
             heats = heat / heat.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]
         scores = self.scores(out, letterbox)
+        exists = ([None] * n if "exists_logits" not in out else
+                  [round(e, 4) for e in out["exists_logits"].float().sigmoid().cpu().tolist()])
         return [Prediction(t, tuple(round(v, 2) for v in box.tolist()),
                            None if prob is None else mask_to_rle(full_size(letterbox, prob) > self.mask_threshold),
                            None if prob is None else partial(full_size, letterbox, prob.clone()),
                            None if heat is None else partial(full_size, letterbox, heat.clone()), score,
-                           score is None or self.min_score is None or score >= self.min_score)
-                for t, box, prob, heat, score in zip(texts, boxes, probs, heats, scores)]
+                           score is None or self.min_score is None or score >= self.min_score, e,
+                           e is not None and e < self.min_exists)
+                for t, box, prob, heat, score, e in zip(texts, boxes, probs, heats, scores, exists)]
 
     def scores(self, out: dict, letterbox: Letterbox) -> list[float | None]:
         """Each answer's calibrated probability of being right, from the forward pass's outputs
-        (None for every answer of an uncalibrated model)."""
+        (None for every answer of an uncalibrated model); for a model with the existence output,
+        times the probability that the expression names something in the image."""
         if self.calibrator is None:
             return [None] * len(out["boxes"])
         inside = image_region(torch.tensor([letterbox.extent] * len(out["boxes"])), self.spec.img_size)
         features = confidence_features(out["boxes"], out["mask_logits"], out["box_attention"], inside)
-        return [round(s, 4) for s in self.calibrator(features).cpu().tolist()]
+        exists = out["exists_logits"].float().sigmoid() if "exists_logits" in out else None
+        return [round(s, 4) for s in answer_scores(self.calibrator, features, exists).cpu().tolist()]

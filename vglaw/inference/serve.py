@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
+from ..config import MIN_EXISTS
 from ..data.transforms import load_image
 from ..errors import InputError, MissingExtraError
 from ..fileio import json_text
@@ -147,6 +148,13 @@ def describe(checkpoint: Path, grounder: Grounder) -> str:
 
 def scoring(grounder: Grounder) -> str:
     """What the page says about the scores beside each answer."""
+    exists = ("" if not getattr(grounder.model, "has_existence", False) else
+              " It says \"not found\" (and draws nothing) where the probability that the expression names something "
+              f"in the image is below {grounder.min_exists}.")
+    return exists + _score_words(grounder)
+
+
+def _score_words(grounder: Grounder) -> str:
     if grounder.calibrator is None:
         return " This checkpoint has no confidence calibrator: answers carry no score."
     hidden = "" if grounder.min_score is None else f" Answers scoring below {grounder.min_score} are shown as not found."
@@ -348,14 +356,16 @@ def launch(app, sock: socket.socket, *, allow_origins=(), block: bool = True):
 
 def serve(checkpoint: str | os.PathLike | None = None, *, host: str = "127.0.0.1", port: int = 7860,
           device: str = "auto", precision: str = "fp32", min_score: float | None = None, allow_origins=(),
-          block: bool = True):
+          block: bool = True, min_exists: float = MIN_EXISTS):
     """Load the checkpoint (default: the bundled demo model) and serve the app on ``host``:``port``
     (taken first, before the model loads); returns the uvicorn server. Answers scoring below
-    ``min_score`` are shown as not found; web pages on ``allow_origins`` may call the API."""
+    ``min_score``, or (a model with the existence output) whose expression names nothing in the
+    image by ``min_exists``, are shown as not found; web pages on ``allow_origins`` may call the API."""
     allow_origins = [check_origin(o) for o in allow_origins]
     sock = listen(host, port)
     checkpoint = Path(checkpoint or DEMO_CHECKPOINT)
-    grounder = Grounder.from_pretrained(checkpoint, device=device, precision=precision, min_score=min_score)
+    grounder = Grounder.from_pretrained(checkpoint, device=device, precision=precision, min_score=min_score,
+                                        min_exists=min_exists)
     app = build_app(grounder, checkpoint)
     print(f"vglaw serve: http://{host}:{sock.getsockname()[1]}/ (Ctrl+C stops it)", flush=True)
     return launch(app, sock, allow_origins=allow_origins, block=block)
