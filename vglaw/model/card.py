@@ -55,6 +55,8 @@ def _metrics(metrics: dict | None) -> list[str]:
     if not metrics:
         return ["No evaluation recorded with this checkpoint."]
     keys = ["samples", "prec@0.5", "mIoU", "oIoU"]
+    if any("gIoU" in m for m in metrics.values()):  # no-target and multi-target expressions (GRES, percent)
+        keys += ["gIoU", "cIoU", "N-acc", "T-acc"]
     lines = ["| split | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
     for split, m in metrics.items():
         cells = [f"{m[k]:.4f}" if isinstance(m.get(k), float) else str(m.get(k, "-")) for k in keys]
