@@ -67,9 +67,13 @@ def test_onnxruntime_gives_pytorchs_boxes_and_masks(exported, name, n_texts):
     assert (out["boxes"] - ref["boxes"]).abs().max() <= 1e-4  # normalised units
     assert (out["mask_logits"] - ref["mask_logits"]).abs().max() <= 1e-3
     assert (out["box_attention"] - ref["box_attention"]).abs().max() <= 1e-4
+    assert ("exists_logits" in out) == ("exists_logits" in ref) == torch_grounder.model.has_existence
+    if "exists_logits" in ref:  # the existence output (the demo model has it)
+        assert (out["exists_logits"] - ref["exists_logits"]).abs().max() <= 1e-4
     for a, b in zip(torch_grounder.predict(image, texts), onnx_grounder.predict(image, texts)):
         assert np.abs(np.subtract(a.box, b.box)).max() <= 1e-4 * max(image.size)
         assert (a.mask != b.mask).mean() <= 0.001
+        assert (a.exists is None) == (b.exists is None) and (a.exists is None or abs(a.exists - b.exists) <= 1e-4)
         # the score: the calibrator travels in the file's metadata (the tiny has none)
         assert (a.score is None) == (b.score is None) == (name == "tiny")
         if name == "demo":

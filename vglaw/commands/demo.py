@@ -277,12 +277,15 @@ def save_demo_checkpoint(first: Path, second: Path) -> None:
     prepared = load_config_prepared(second)
     meta = json.loads((Path(prepared) / "meta.json").read_text())
     log = [json.loads(line) for line in (second / "log.jsonl").read_text().splitlines()]
-    training = {"dataset": f"{record.get('dataset')}, then {meta['dataset']} (synthetic, gRefCOCO layout: "
-                           f"{meta['targets']['train']})", "format": f"{record.get('format')}, then {meta['format']}",
+    counts = ", ".join(f"{n:,} {kind}" for kind, n in meta["targets"]["train"].items())
+    training = {"dataset": f"{record.get('dataset')}, then {meta['dataset']} (synthetic, gRefCOCO layout: {counts})",
+                "format": f"{record.get('format')}, then {meta['format']}",
                 "split_by": record.get("split_by"), "prepared": f"{record.get('prepared')}, then {prepared}",
                 "splits": {f"{REPO_CONFIG.stem} {k}": v for k, v in record.get("splits", {}).items()}
                 | {f"{GREF_CONFIG.stem} {k}": v for k, v in meta["splits"].items()},
-                "epoch": log[-1]["epoch"], "epochs": len(log), "metrics": record.get("metrics"),
+                "epoch": log[-1]["epoch"], "epochs": f"{len(log)} of the second stage (the first: {record.get('epochs')})",
+                "metrics": {f"{split} ({REPO_CONFIG.stem}, the first stage's best)": m
+                            for split, m in (record.get("metrics") or {}).items()},
                 "command": f"vglaw demo --train   # {REPO_CONFIG.name} (seed 0: 3,000 training and 100 val images), "
                            f"then {GREF_CONFIG.name} from its best model (seed {GREF_SEED}, 2,000 images)"}
     model.save_pretrained(DEMO_CHECKPOINT, include_text_encoder=False, training=training)
@@ -300,15 +303,24 @@ def load_config_prepared(run: Path) -> str:
 
 def calibrate_demo_checkpoint(work: str | Path = "data/demo-calibration") -> Path:
     """``vglaw demo --calibrate``: fit the bundled checkpoint's confidence calibrator on a fresh
-    synthetic set of its own (seed 11, 300 images: neither the training set's seed nor the demo's)
-    and write it into the checkpoint folder."""
+    synthetic set of its own (seed 11, 300 images: neither the training set's seed nor the demo's;
+    in gRefCOCO's layout for a checkpoint with the existence output, so that its no-target
+    expressions teach the score to fall where the model says "absent") and write it into the
+    checkpoint folder."""
+    import json
+
     from .calibrate import calibrate
 
     work = Path(work)
-    generate(work, seed=CALIBRATION_SEED, split_sizes={"val": 300})
-    prepare(fmt="refer", data_root=work, dataset="synthref", image_root=work / "images", out=work / "prepared")
+    shutil.rmtree(work, ignore_errors=True)  # the set is made anew: its layout follows the checkpoint
+    existence = json.loads((DEMO_CHECKPOINT / "config.json").read_text()).get("existence", False)
+    shares = GREF_SHARES if existence else {}
+    generate(work, seed=CALIBRATION_SEED, split_sizes={"val": 300}, **shares)
+    prepare(fmt="grefcoco" if existence else "refer", data_root=work, dataset="grefcoco" if existence else "synthref",
+            image_root=work / "images", out=work / "prepared")
+    layout = ", gRefCOCO layout: 20 % no-target and 20 % multi-target refs" if existence else ""
     calibrator, path = calibrate(DEMO_CHECKPOINT, work / "prepared", "val", device="cpu", num_workers=0, describe={
-        "checkpoint": "the bundled demo model", "data": f"a synthetic set (seed {CALIBRATION_SEED}, 300 images; "
+        "checkpoint": "the bundled demo model", "data": f"a synthetic set (seed {CALIBRATION_SEED}, 300 images{layout}; "
         "vglaw demo --calibrate)"})
     print(f"calibrator fitted on {calibrator.fitted_on['samples']} expressions (seed {CALIBRATION_SEED}): "
           f"AUROC {calibrator.metrics['auroc']:.3f}, ECE {calibrator.metrics['ece']:.3f}; wrote {path}")

@@ -95,7 +95,7 @@ def run_eval(checkpoint: str | os.PathLike, prepared: str | os.PathLike, splits:
         results[split]["mask_threshold"] = mask_threshold
         if "gres" in results[split] and model.has_existence:
             results[split]["min_exists"] = min_exists
-        single = ~samples["box_iou"].isnan()  # the score is P(box right): single-target expressions only
+        single = samples["single"]  # the score's metrics: on the single-target expressions
         if model.calibrator is not None and single.any():
             curves[split] = (samples["score"][single].numpy(), (samples["box_iou"][single] >= 0.5).numpy())
         if dist.is_main():

@@ -8,19 +8,23 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..model.confidence import FEATURES, Calibrator, confidence_metrics
+from ..model.confidence import KNOWN_FEATURES, Calibrator, confidence_metrics
 
 
-def fit_calibrator(features: dict[str, torch.Tensor], box_iou: torch.Tensor, *, names=tuple(FEATURES),
+def fit_calibrator(features: dict[str, torch.Tensor], box_iou: torch.Tensor, *, names=None,
                    fitted_on: dict | None = None) -> Calibrator:
     """A logistic regression (scikit-learn's, L2 with C = 1, on standardised features) from the
-    features ``names`` to whether the box is right (``box_iou >= 0.5``); each feature's range on
-    the fitting data (which the calibrator clips to) and its metrics there are kept with it. Only
-    the expressions naming one object are fitted on (``box_iou`` is NaN for the others)."""
+    features ``names`` (default: every one given, the existence output's included) to whether
+    the box is right (``box_iou >= 0.5``); each feature's range on
+    the fitting data (which the calibrator clips to) and its metrics there are kept with it. The
+    expressions naming one object are fitted on, and those naming nothing (``box_iou`` 0: no box
+    is right for them), which teach the score to fall where the existence output says "absent";
+    multi-target ones (``box_iou`` NaN) are left out."""
     from sklearn.linear_model import LogisticRegression
 
-    single = ~torch.as_tensor(box_iou).isnan()
-    features, box_iou = {name: value[single] for name, value in features.items()}, box_iou[single]
+    names = tuple(name for name in KNOWN_FEATURES if name in features) if names is None else tuple(names)
+    scored = ~torch.as_tensor(box_iou).isnan()
+    features, box_iou = {name: value[scored] for name, value in features.items()}, box_iou[scored]
     x = np.stack([features[name].double().numpy() for name in names], 1)  # (N, F)
     y = (box_iou >= 0.5).numpy()
     if y.all() or not y.any():

@@ -14,7 +14,7 @@ from ..data import collate
 from ..data.transforms import image_region, normalize_canvas
 from ..device import autocast
 from ..errors import VglawError
-from ..model.confidence import FEATURES, answer_scores, confidence_features, confidence_metrics
+from ..model.confidence import EXISTS_FEATURE, FEATURES, confidence_features, confidence_metrics
 from ..progress import progress
 from ..config import MIN_EXISTS
 from .gref_metrics import GREF_ROWS, gref_row, gref_summaries
@@ -153,7 +153,8 @@ def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "
     well its scores tell right boxes from wrong ones on the single-target expressions
     (:func:`~vglaw.model.confidence.confidence_metrics`). With ``with_samples``, returns
     ``(metrics, samples)``: ``samples`` holds per sample, in dataset order, ``box_iou`` (N,) under
-    the protocol (NaN for a no-target or multi-target expression), ``boxes`` (N, 4) xyxy in
+    the protocol (0 for a no-target expression: no box is right; NaN for a multi-target one),
+    ``single`` (N,) bool, the single-target expressions, ``boxes`` (N, 4) xyxy in
     original pixels, ``features`` {name: (N,)}, the confidence features, ``exists`` (N,) for a
     model with the existence output, and with a calibrator ``score`` (N,)."""
     meter = make_meter(protocol)
@@ -172,7 +173,8 @@ def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "
                         batch["attention_mask"], box_attention=True)
         boxes = out["boxes"].float().cpu()  # one copy per batch, not one per sample
         probs = out["mask_logits"][:, 0].float().sigmoid().cpu()
-        exists = out["exists_logits"].float().sigmoid().cpu() if "exists_logits" in out else None
+        exists_logits = out["exists_logits"].float().cpu() if "exists_logits" in out else None
+        exists = None if exists_logits is None else exists_logits.sigmoid()
         inside = image_region(batch["extent"], out["mask_logits"].shape[-1], device)
         feats = torch.stack(list(confidence_features(out["boxes"], out["mask_logits"], out["box_attention"],
                                                      inside).values())).cpu()  # (F, B)
@@ -182,7 +184,7 @@ def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "
             record = dataset.records[index]
             box = letterbox.boxes_to_original(boxes[j:j + 1])[0]
             single = len(record.get("boxes", [None])) == 1
-            per_sample[0, index] = math.nan
+            per_sample[0, index] = 0.0 if record.get("no_target") else math.nan  # no box is right; several
             if single and protocol == "authors":  # the canvas: the box as predicted, the whole canvas's mask
                 has_mask = bool(batch["has_mask"][j])
                 per_sample[0, index] = meter.add(boxes[j], authors_target_box(record["box"], letterbox),
@@ -196,7 +198,7 @@ def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "
                 per_sample[0, index] = meter.add(box, dataset.gt_box(index).float(), pred_mask, gt_mask)
             per_sample[1:5, index] = box.double()
             per_sample[5:rows - 1, index] = feats[:, j].double()
-            per_sample[rows - 1, index] = math.nan if exists is None else exists[j].item()
+            per_sample[rows - 1, index] = math.nan if exists is None else exists_logits[j].item()
             if dataset.generalized:
                 p = 1.0 if exists is None else exists[j].item()
                 per_sample[rows:, index] = torch.tensor(gref_row(
@@ -207,13 +209,15 @@ def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "
     per_sample = dist.all_reduce_sum(per_sample.to(device)).cpu()
     samples = {"box_iou": per_sample[0], "boxes": per_sample[1:5].T.float(),
                "features": dict(zip(FEATURES, per_sample[5:rows - 1].float()))}
-    if exists is not None or core.has_existence:
-        samples["exists"] = per_sample[rows - 1].float()
+    if core.has_existence:
+        samples["features"][EXISTS_FEATURE] = per_sample[rows - 1].float()
+        samples["exists"] = per_sample[rows - 1].float().sigmoid()
     if dataset.generalized:
         metrics.update(gref_summaries(per_sample[rows:]))
+    samples["single"] = torch.tensor([len(r.get("boxes", [None])) == 1 for r in dataset.records])
     if calibrator is not None:
-        samples["score"] = answer_scores(calibrator, samples["features"], samples.get("exists"))
-        single = ~samples["box_iou"].isnan()
+        samples["score"] = calibrator(samples["features"])
+        single = samples["single"]
         if single.any():
             metrics.update(confidence_metrics(samples["score"][single].numpy(), (samples["box_iou"][single] >= 0.5).numpy()))
     return (metrics, samples) if with_samples else metrics

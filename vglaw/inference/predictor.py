@@ -20,7 +20,7 @@ from ..data.transforms import Letterbox, check_pixels, image_region, load_image,
 from ..device import autocast, resolve_device
 from ..errors import InputError, InputTypeError
 from ..model import VGLAW
-from ..model.confidence import answer_scores, confidence_features
+from ..model.confidence import confidence_features
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 log = logging.getLogger(__name__)
@@ -79,7 +79,8 @@ class Prediction:
     the mask logits (``mask`` is ``prob`` above the grounder's threshold); ``attention`` (H, W)
     float32 in [0, 1], where the box head's pooling looks, divided by its maximum (None where not
     asked for); ``score``, the calibrated probability that the box is right (IoU >= 0.5; None
-    uncalibrated; for a model with the existence output, times ``exists``); ``exists``, the
+    uncalibrated; for a model with the existence output, its logit is one of the calibrator's
+    features); ``exists``, the
     probability that the expression names something in the image (None for a model without the
     existence output); ``no_target``, True where ``exists`` is below the grounder's ``min_exists``
     (the expression names nothing in the image); ``found``, False where ``no_target`` or the score
@@ -310,11 +311,11 @@ class Grounder:
 
     def scores(self, out: dict, letterbox: Letterbox) -> list[float | None]:
         """Each answer's calibrated probability of being right, from the forward pass's outputs
-        (None for every answer of an uncalibrated model); for a model with the existence output,
-        times the probability that the expression names something in the image."""
+        (None for every answer of an uncalibrated model); with the existence output, the
+        calibrator also reads its logit."""
         if self.calibrator is None:
             return [None] * len(out["boxes"])
         inside = image_region(torch.tensor([letterbox.extent] * len(out["boxes"])), self.spec.img_size)
-        features = confidence_features(out["boxes"], out["mask_logits"], out["box_attention"], inside)
-        exists = out["exists_logits"].float().sigmoid() if "exists_logits" in out else None
-        return [round(s, 4) for s in answer_scores(self.calibrator, features, exists).cpu().tolist()]
+        features = confidence_features(out["boxes"], out["mask_logits"], out["box_attention"], inside,
+                                       out.get("exists_logits"))
+        return [round(s, 4) for s in self.calibrator(features).cpu().tolist()]

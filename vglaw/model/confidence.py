@@ -45,6 +45,10 @@ FEATURES = {
     "attention_entropy": "entropy of the box head's pooling weights / log(tokens): 0 on one token, 1 uniform",
     "attention_peak": "the largest pooling weight of the box head",
 }
+# a model with the existence output also gives this one (the calibrator then uses it: the score is
+# low where the model says the expression names nothing in the image)
+EXISTS_FEATURE = "exists_logit"
+KNOWN_FEATURES = {**FEATURES, EXISTS_FEATURE: "the existence output's logit (a model with the existence output)"}
 
 
 def _in_box(boxes_xyxy: torch.Tensor, size: int) -> torch.Tensor:
@@ -66,14 +70,16 @@ def _diag_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def confidence_features(boxes: torch.Tensor, mask_logits: torch.Tensor, box_attention: torch.Tensor,
-                        inside: torch.Tensor) -> dict[str, torch.Tensor]:
+                        inside: torch.Tensor, exists_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """
     Args:
         boxes: (B, 4) normalised (cx, cy, w, h) on the canvas; mask_logits: (B, 1, S, S);
         box_attention: (B, h, w) the box head's pooling weights; inside: (B, S, S) bool, the
-        image's pixels on each canvas (``vglaw.data.transforms.image_region``).
+        image's pixels on each canvas (``vglaw.data.transforms.image_region``); exists_logits:
+        (B,), a model with the existence output's.
     Returns:
-        {name: (B,) float32} for every name of :data:`FEATURES`, in that order.
+        {name: (B,) float32} for every name of :data:`FEATURES`, in that order, and
+        :data:`EXISTS_FEATURE` last when ``exists_logits`` is given.
     """
     logits = mask_logits[:, 0].float()
     B, S, _ = logits.shape
@@ -105,7 +111,7 @@ def confidence_features(boxes: torch.Tensor, mask_logits: torch.Tensor, box_atte
         "mask_logit_mean": (logits * fg).flatten(1).sum(1) / n_fg.clamp(min=1),
         "attention_entropy": entropy,
         "attention_peak": attention.amax(1),
-    }
+    } | ({} if exists_logits is None else {EXISTS_FEATURE: exists_logits.float().to(logits.device)})
 
 
 OLD_FILE_RANGE = 5.0  # a calibrator saved without its features' ranges clips each to mean +- this many scales
@@ -140,10 +146,10 @@ class Calibrator:
     high: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        unknown = [f for f in self.features if f not in FEATURES]
+        unknown = [f for f in self.features if f not in KNOWN_FEATURES]
         if unknown:
             raise InputError(f"the calibrator uses features this vglaw does not compute: {unknown} "
-                             f"(known: {', '.join(FEATURES)}); refit it with vglaw calibrate")
+                             f"(known: {', '.join(KNOWN_FEATURES)}); refit it with vglaw calibrate")
         lengths = {len(self.features), len(self.mean), len(self.scale), len(self.coef)}
         if len(lengths) != 1 or len(set(self.features)) != len(self.features):
             raise InputError("a calibrator needs one mean, scale and coefficient per feature, each feature once")
@@ -161,7 +167,9 @@ class Calibrator:
         """{name: (B,)} -> (B,) float32 probabilities in [0, 1]."""
         missing = [f for f in self.features if f not in features]
         if missing:
-            raise InputError(f"features {missing} are missing (given: {sorted(features)})")
+            also = (" (a calibrator fitted on a model with the existence output scores only such a model)"
+                    if EXISTS_FEATURE in missing else "")
+            raise InputError(f"features {missing} are missing (given: {sorted(features)}){also}")
         z = torch.full_like(features[self.features[0]], self.intercept, dtype=torch.float64)
         for name, mean, scale, coef, low, high in zip(self.features, self.mean, self.scale, self.coef, *self.ranges()):
             z = z + coef * (features[name].double().clamp(low, high) - mean) / scale
@@ -211,15 +219,6 @@ class Calibrator:
         except json.JSONDecodeError as e:
             raise InputError(f"{path} is not valid JSON: {e}") from None
         return cls.from_dict(d, str(path))
-
-
-def answer_scores(calibrator: Calibrator, features: dict[str, torch.Tensor],
-                  exists: torch.Tensor | None = None) -> torch.Tensor:
-    """(B,) the probability that each answer's box is right: the calibrator's (fitted on answers
-    to expressions that name one object), times ``exists``, the probability that the expression
-    names something in the image, for a model with the existence output."""
-    scores = calibrator(features)
-    return scores if exists is None else scores * exists.float().cpu().to(scores.device)
 
 
 def calibration_path(checkpoint: str | os.PathLike) -> Path:
