@@ -77,14 +77,17 @@ def test_features_equal_a_pixel_by_pixel_reference():
 
 
 def empty_answer() -> dict:
-    """The features of an answer whose mask is empty (every logit -5), attention spread evenly."""
+    """The features of an answer whose mask is empty (every logit -5), attention spread evenly,
+    from a model whose existence output is sure that something is there (logit +3)."""
     return confidence_features(torch.tensor([[0.5, 0.5, 0.2, 0.2]]), torch.full((1, 1, 8, 8), -5.0),
-                               torch.full((1, 10, 10), 0.01), image_region(torch.tensor([[0, 0, 8, 8]]), 8))
+                               torch.full((1, 10, 10), 0.01), image_region(torch.tensor([[0, 0, 8, 8]]), 8),
+                               torch.tensor([3.0]))
 
 
 def test_an_empty_mask_gives_zeros_not_nans():
     got = empty_answer()
     assert got["box_mask_iou"].item() == got["mask_confidence"].item() == got["mask_logit_mean"].item() == 0.0
+    assert got["exists_logit"].item() == 3.0
     assert all(torch.isfinite(v).all() for v in got.values())
     assert got["attention_entropy"].item() == pytest.approx(1.0)  # uniform over 100 tokens
     # and scores low: mask_peak is sigmoid(-5) = 0.007 here, fitted on 0.98 to 1.0 with scale 0.001
@@ -119,7 +122,7 @@ def test_the_calibrator_round_trips_through_its_file_and_a_checkpoint(tmp_path):
 
 def test_the_score_is_a_probability_even_for_extreme_features():
     calibrator = Calibrator.load(DEMO_CHECKPOINT / CALIBRATION_NAME)
-    extreme = {name: torch.tensor([-1e6, -1.0, 0.0, 1.0, 1e6]) for name in FEATURES}
+    extreme = {name: torch.tensor([-1e6, -1.0, 0.0, 1.0, 1e6]) for name in calibrator.features}
     scores = calibrator(extreme)
     assert scores.dtype == torch.float32 and torch.isfinite(scores).all()
     assert ((scores >= 0) & (scores <= 1)).all()

@@ -31,7 +31,8 @@ def _synth(args: argparse.Namespace) -> None:
 
     sizes = {"train": args.train, "val": args.val, "testA": args.testA, "testB": args.testB}
     folder = generate(args.out, name=args.name, seed=args.seed, split_sizes=sizes, min_size=args.min_size,
-                      max_size=args.max_size, no_target=args.no_target, multi_target=args.multi_target)
+                      max_size=args.max_size, no_target=args.no_target, multi_target=args.multi_target,
+                      empty_images=args.empty_images)
     refs = "grefs(unc).json" if args.no_target or args.multi_target else "refs(unc).p"
     print(f"wrote {folder}/{refs}, {folder}/instances.json and images in {args.out}/images")
 
@@ -346,6 +347,9 @@ def _add_data_commands(commands) -> None:
                         "<out>/grefcoco/grefs(unc).json + instances.json)")
     p.add_argument("--multi-target", type=float, default=0.0,
                    help="share of the refs naming every shape that fits a description (\"all the red shapes\")")
+    p.add_argument("--empty-images", type=float, default=0.0,
+                   help="share of the images with no shape at all, every expression on them naming nothing "
+                        "(with --no-target or --multi-target)")
     p.set_defaults(run=_synth)
 
     p = commands.add_parser("prepare", help="check a dataset and write vglaw's prepared form")

@@ -180,7 +180,7 @@ def _generalized(grounder: Grounder, data: Path, seed: int, images: int) -> tupl
              f"{counts['single-target']} single-target and {counts['multi-target']} multi-target expressions); GRES "
              "in original pixels with the plain N-acc / T-acc (metrics.json also has ReLA's code's variants), GREC as "
              "gRefCOCO's evaluator computes it:", "", table, "", "Its single-target expressions:", "", single, ""]
-    if "auroc" in metrics:
+    if metrics.get("auroc") is not None:  # None where every single-target answer is right (or wrong)
         lines.append(f"Scores on its single-target expressions: AUROC {metrics['auroc']:.3f}, ECE {metrics['ece']:.3f}.")
         checks[f"single-target score AUROC >= {SCORE_TARGETS['auroc']}"] = metrics["auroc"] >= SCORE_TARGETS["auroc"]
         checks[f"single-target score ECE <= {SCORE_TARGETS['ece']}"] = metrics["ece"] <= SCORE_TARGETS["ece"]

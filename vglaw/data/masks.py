@@ -91,6 +91,13 @@ def component_boxes(mask: np.ndarray) -> list[tuple[float, float, float, float]]
             for k in keep]
 
 
+def answer_boxes(mask: np.ndarray | None, box) -> list[tuple[float, float, float, float]]:
+    """The boxes of an answer that names something: one per part of its mask
+    (:func:`component_boxes`) when the mask has several parts, else ``[box]`` (the box head's)."""
+    parts = [] if mask is None else component_boxes(mask)
+    return parts if len(parts) > 1 else [tuple(float(v) for v in box)]
+
+
 def mask_intersection_union(pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray) -> tuple[int, int]:
     """Pixel counts of the intersection and union of two (H, W) masks (bool or {0, 1})."""
     p, g = torch.as_tensor(pred).bool(), torch.as_tensor(gt).bool()

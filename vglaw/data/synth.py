@@ -17,7 +17,7 @@ With ``no_target`` or ``multi_target`` above 0 it writes gRefCOCO's layout inste
 the refs names nothing in the image (an attribute combination no shape has: "the small blue
 triangle", ``ann_id: [-1]``, ``no_target: true``), another share every shape matching a
 description ("all the red shapes", "both circles": ``ann_id`` lists them); the rest name one
-shape as above (``ann_id`` a one-item list).
+shape as above (``ann_id`` a one-item list). ``empty_images`` adds scenes with no shape at all.
 """
 from __future__ import annotations
 
@@ -152,6 +152,7 @@ def expressions(target: Shape, shapes: list[Shape], w: int, h: int) -> list[str]
     return sorted(set(out))
 
 
+EXTREMES = ("leftmost", "rightmost", "topmost", "bottommost")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "shape": "shapes"}
 
 
@@ -187,7 +188,8 @@ def group_expressions(shapes: list[Shape]) -> list[tuple[str, list[int]]]:
 
 def generate(out: str | Path, *, name: str = "synthref", seed: int = 0, split_sizes: dict | None = None,
              min_size: int = 176, max_size: int = 224, refs_per_image: int = 2, sents_per_ref: int = 3,
-             no_target: float = 0.0, multi_target: float = 0.0, progress: bool = True) -> Path:
+             no_target: float = 0.0, multi_target: float = 0.0, empty_images: float = 0.0,
+             progress: bool = True) -> Path:
     """Write a synthetic REFER-format dataset; returns ``out/<name>``.
 
     Args:
@@ -196,12 +198,17 @@ def generate(out: str | Path, *, name: str = "synthref", seed: int = 0, split_si
         refs_per_image, sents_per_ref: targets per image and expressions per target (at most).
         no_target, multi_target: shares of the refs that name nothing / several shapes; either
             above 0 writes gRefCOCO's layout, ``out/grefcoco`` unless ``name`` is given.
+        empty_images: share of the images with no shape at all (all their refs no-target, "the
+            leftmost shape" included); with no_target or multi_target only.
     """
     split_sizes = split_sizes or {"train": 800, "val": 100, "testA": 100, "testB": 100}
     if not (0 <= no_target <= 1 and 0 <= multi_target <= 1 and no_target + multi_target <= 1):
         raise InputError(f"--no-target {no_target} and --multi-target {multi_target} are shares of the refs: each in "
                          "[0, 1], together at most 1")
     generalized = no_target > 0 or multi_target > 0
+    if not 0 <= empty_images <= 1 or (empty_images and not generalized):
+        raise InputError(f"--empty-images {empty_images} is a share of the images in [0, 1], for the gRefCOCO layout "
+                         "(with --no-target or --multi-target)")
     if generalized and name == "synthref":
         name = "grefcoco"
     out = Path(out)
@@ -214,7 +221,7 @@ def generate(out: str | Path, *, name: str = "synthref", seed: int = 0, split_si
     for image_id, split in enumerate(progress_bar(splits, "synth", show=progress), start=1):
         w, h = rng.randint(min_size, max_size), rng.randint(min_size, max_size)
         img = _background(rng, w, h)
-        shapes = _place_shapes(rng, w, h)
+        shapes = [] if empty_images and rng.random() < empty_images else _place_shapes(rng, w, h)
         draw = ImageDraw.Draw(img)
         ann_ids = []
         for shape in shapes:
@@ -234,6 +241,9 @@ def generate(out: str | Path, *, name: str = "synthref", seed: int = 0, split_si
         candidates = [c for c in candidates if c[2]]
         chosen_refs = [([shape], [ann_id], sents) for shape, ann_id, sents in
                        rng.sample(candidates, min(refs_per_image, len(candidates)))]
+        if not shapes:  # an empty scene: every expression names nothing, extremes included
+            chosen_refs = [([], [-1], absent_expressions([]) + [f"the {word} shape" for word in EXTREMES])
+                           for _ in range(refs_per_image)]
         if generalized:  # each ref slot: no target, several, or the single target drawn above
             absent, groups = absent_expressions(shapes), group_expressions(shapes)
             for k, ref in enumerate(chosen_refs):

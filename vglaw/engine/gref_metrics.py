@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torchvision.ops import generalized_box_iou
 
-from ..data.masks import component_boxes, mask_intersection_union
+from ..data.masks import answer_boxes, mask_intersection_union
 from ..errors import InputError
 
 GRES_THRESHOLDS = (0.7, 0.8, 0.9)
@@ -211,14 +211,15 @@ def grec_summary(scores: Iterable[GrecScore]) -> dict:
 GREF_ROWS = GresScore._fields + tuple(f"grec_{name}" for name in GrecScore._fields)
 
 
-def gref_row(pred_mask, gt_mask, gt_boxes, no_target: bool, pred_no_target: bool | None, exists: float,
+def gref_row(pred_mask, pred_box, gt_mask, gt_boxes, no_target: bool, pred_no_target: bool | None, exists: float,
              sample_id=None) -> list[float]:
     """One answer's GRES and GREC scores as the numbers of :data:`GREF_ROWS`: its mask, its
-    no-target decision (None: an empty mask says no target) and, for GREC, one box per part of
-    its mask (:func:`~vglaw.data.masks.component_boxes`; none when it says no target), each scored
-    ``exists``; ``gt_boxes`` (M, 4) xyxy."""
+    no-target decision (None: an empty mask says no target) and, for GREC, its boxes as
+    predictions give them (:func:`~vglaw.data.masks.answer_boxes`: one per part of a mask of
+    several parts, else ``pred_box``; none when it says no target), each scored ``exists``;
+    ``gt_boxes`` (M, 4) xyxy."""
     gres = gres_score(pred_mask, gt_mask, no_target, pred_no_target, sample_id)
-    boxes = [] if gres.pred_no_target else component_boxes(np.asarray(pred_mask))
+    boxes = [] if gres.pred_no_target else answer_boxes(np.asarray(pred_mask), pred_box)
     grec = grec_score(boxes, [exists] * len(boxes), gt_boxes, no_target, sample_id)
     return [float(v) for v in (*gres, *grec)]
 

@@ -146,7 +146,7 @@ def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "
     single-target expressions, and ``gres`` and ``grec`` hold the generalized metrics
     (:mod:`.gref_metrics`) over all of them, in original pixels whatever ``protocol``: an answer
     says "no target" where the existence output is below ``min_exists`` (a model without it: where
-    its mask is empty); its boxes are its mask's parts (:func:`~vglaw.data.masks.component_boxes`),
+    its mask is empty); its boxes are as predictions give them (:func:`~vglaw.data.masks.answer_boxes`),
     each scored with the existence probability (1 without the output).
 
     With a ``calibrator`` (:class:`~vglaw.model.confidence.Calibrator`) the metrics also say how
@@ -202,14 +202,14 @@ def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "
             if dataset.generalized:
                 p = 1.0 if exists is None else exists[j].item()
                 per_sample[rows:, index] = torch.tensor(gref_row(
-                    pred_mask, gt_mask, dataset.gt_boxes(index), bool(record.get("no_target")),
+                    pred_mask, box.tolist(), gt_mask, dataset.gt_boxes(index), bool(record.get("no_target")),
                     None if exists is None else p < min_exists, p, sample_id=record.get("sent_id")),
                     dtype=torch.float64)
     metrics = meter.summary(device)
     per_sample = dist.all_reduce_sum(per_sample.to(device)).cpu()
     samples = {"box_iou": per_sample[0], "boxes": per_sample[1:5].T.float(),
                "features": dict(zip(FEATURES, per_sample[5:rows - 1].float()))}
-    if core.has_existence:
+    if getattr(core, "has_existence", False):
         samples["features"][EXISTS_FEATURE] = per_sample[rows - 1].float()
         samples["exists"] = per_sample[rows - 1].float().sigmoid()
     if dataset.generalized:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from ..config import MAX_PIXELS, MIN_EXISTS, PRECISIONS
 from ..data.dataset import load_tokenizer
-from ..data.masks import component_boxes, decode_rle, mask_to_rle
+from ..data.masks import answer_boxes, decode_rle, mask_to_rle
 from ..data.transforms import Letterbox, check_pixels, image_region, load_image, normalize_canvas
 from ..device import autocast, resolve_device
 from ..errors import InputError, InputTypeError
@@ -109,11 +109,10 @@ class Prediction:
 
     @property
     def boxes(self) -> list[tuple[float, float, float, float]]:
-        """x0, y0, x1, y1 of each part of the mask (:func:`~vglaw.data.masks.component_boxes`),
-        largest first; [] when not found; ``[box]`` where no mask was computed."""
-        if not self.found:
-            return []
-        return [self.box] if self.mask_rle is None else component_boxes(self.mask)
+        """x0, y0, x1, y1 of each object the answer names: one per part of the mask when it has
+        several (:func:`~vglaw.data.masks.component_boxes`, largest first), else ``[box]``; []
+        when not found."""
+        return answer_boxes(self.mask, self.box) if self.found else []
 
     @property
     def prob(self) -> np.ndarray | None:
