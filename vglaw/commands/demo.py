@@ -20,10 +20,10 @@ import torch
 from ..data import GroundingDataset, prepare
 from ..data.synth import generate
 from ..engine.loop import eval_loader, evaluate
+from ..engine.metrics import separation_auroc
 from ..fileio import claim_output_folder, json_text, record_output_folder
 from ..hub import DEMO_CHECKPOINT, DEMO_MARKER
 from ..inference.predictor import Grounder, as_rgb
-from ..model.confidence import separation_auroc
 from .eval import format_table
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synth_tiny.yaml"

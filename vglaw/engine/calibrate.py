@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..model.confidence import KNOWN_FEATURES, Calibrator, confidence_metrics
+from ..model.confidence import KNOWN_FEATURES, Calibrator
+from .metrics import confidence_metrics
 
 
 def fit_calibrator(features: dict[str, torch.Tensor], box_iou: torch.Tensor, *, names=None,

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..fileio import atomic_write
-from ..model.io import read_checkpoint_file
+# the reader of what save_checkpoint writes is the checkpoint format's, in vglaw.model.io
+from ..model.io import read_checkpoint_file as load_checkpoint  # noqa: F401
 
 
 def rng_state() -> dict:
@@ -45,8 +46,3 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
             torch.save(state, f)
 
     atomic_write(path, write)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
-    return read_checkpoint_file(path)

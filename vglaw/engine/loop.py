@@ -14,12 +14,12 @@ from ..data import collate
 from ..data.transforms import image_region, normalize_canvas
 from ..device import autocast
 from ..errors import VglawError
-from ..model.confidence import EXISTS_FEATURE, FEATURES, confidence_features, confidence_metrics
+from ..model.confidence import EXISTS_FEATURE, FEATURES, confidence_features
 from ..progress import progress
 from ..config import MIN_EXISTS
 from .gref_metrics import GREF_ROWS, gref_row, gref_summaries
 from .losses import grounding_loss
-from .metrics import authors_target_box, make_meter
+from .metrics import authors_target_box, confidence_metrics, make_meter
 from .samplers import ShardSampler
 
 
@@ -151,7 +151,7 @@ def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "
 
     With a ``calibrator`` (:class:`~vglaw.model.confidence.Calibrator`) the metrics also say how
     well its scores tell right boxes from wrong ones on the single-target expressions
-    (:func:`~vglaw.model.confidence.confidence_metrics`). With ``with_samples``, returns
+    (:func:`~vglaw.engine.metrics.confidence_metrics`). With ``with_samples``, returns
     ``(metrics, samples)``: ``samples`` holds per sample, in dataset order, ``box_iou`` (N,) under
     the protocol (0 for a no-target expression: no box is right; NaN for a multi-target one),
     ``single`` (N,) bool, the single-target expressions, ``boxes`` (N, 4) xyxy in

@@ -18,8 +18,16 @@ against the ground-truth mask resized (nearest) and zero-padded onto the canvas,
 prediction's size only on an 896 canvas); per sample IoU = (I + 1e-10) / (U + 1e-10); mIoU = its
 mean; Prec@t counts IoU > t (strictly). They compute no oIoU, so this protocol reports none.
 Both are computed in float32, as their tensors are.
+
+The confidence metrics (:func:`confidence_metrics`, :func:`separation_auroc`) say how well a
+calibrator's scores tell right answers from wrong ones: AUROC, expected calibration error and
+Prec@0.5 of the most confident answers. They are computed from the score bins and the coverage
+curve of :mod:`vglaw.model.confidence`, which the reliability pictures (vglaw.inference, which does
+not import the engine) draw.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -30,9 +38,11 @@ from .. import distributed as dist
 from ..data.masks import iou_of_counts, mask_intersection_union
 from ..data.transforms import Letterbox
 from ..errors import InputError
+from ..model.confidence import coverage_curve, reliability_bins
 
 PROTOCOLS = ("original", "authors")
 MASK_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+COVERAGES = (0.5, 0.8, 1.0)  # confidence_metrics' prec@0.5@C%: Prec@0.5 over the C most confident answers
 
 
 class GroundingMeter:
@@ -145,3 +155,31 @@ def resize_nearest(mask: torch.Tensor, size: int) -> torch.Tensor:
     if mask.shape[-1] == size:
         return mask
     return F.interpolate(mask[None, None].float(), size=(size, size), mode="nearest")[0, 0] > 0
+
+
+def confidence_metrics(scores, correct) -> dict[str, float]:
+    """How well scores in [0, 1] tell right answers (``correct``) from wrong ones:
+    ``auroc`` (None when only one kind is present), ``ece`` (expected calibration error over
+    10 equal-width bins: sum over bins of count/n * |accuracy - mean score|), ``mean_score``, and
+    ``prec@0.5@C%``: Prec@0.5 over the C % most confident answers."""
+    from sklearn.metrics import roc_auc_score
+
+    scores, correct = np.asarray(scores, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+    n = len(scores)
+    bins = reliability_bins(scores, correct)
+    ece = sum(b["count"] / n * abs(b["accuracy"] - b["mean_score"]) for b in bins if b["count"])
+    curve = coverage_curve(scores, correct)
+    out = {"auroc": float(roc_auc_score(correct, scores)) if 0 < correct.sum() < n else None,
+           "ece": float(ece), "mean_score": float(scores.mean())}
+    out.update({f"prec@0.5@{round(c * 100)}%": float(curve[max(1, math.ceil(c * n)) - 1]) for c in COVERAGES})
+    return out
+
+
+def separation_auroc(positive, negative) -> float:
+    """The AUROC of telling the ``positive`` scores from the ``negative`` ones (e.g. right answers
+    against wrong answers to expressions that are not in their image)."""
+    from sklearn.metrics import roc_auc_score
+
+    positive, negative = np.asarray(positive, dtype=np.float64), np.asarray(negative, dtype=np.float64)
+    labels = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
+    return float(roc_auc_score(labels, np.r_[positive, negative]))

@@ -10,8 +10,9 @@ import json
 import os
 from pathlib import Path
 
+from ..checkpoint_names import TRAINING_NAME
+
 LICENSE = "apache-2.0"
-TRAINING_NAME = "training.json"  # the training record beside the weights; the card is rendered from it
 
 
 def read_training(directory: str | os.PathLike) -> dict | None:

@@ -24,13 +24,12 @@ import numpy as np
 import torch
 from torchvision.ops import box_convert
 
-from ..fileio import atomic_write, json_text
-
+from ..checkpoint_names import CALIBRATION_NAME
 from ..errors import InputError
+from ..fileio import atomic_write, json_text
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_NAME = "calibration.json"
 FG = 0.5  # a mask pixel counts as the object where its probability is above this (fixed: the
 #           features do not move with a user's --mask-threshold)
 
@@ -229,8 +228,7 @@ def calibration_path(checkpoint: str | os.PathLike) -> Path:
         checkpoint.name + "." + CALIBRATION_NAME)
 
 
-COVERAGES = (0.5, 0.8, 1.0)
-ECE_BINS = 10
+ECE_BINS = 10  # equal-width score bins of the reliability diagram and of the ECE
 
 
 def reliability_bins(scores: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
@@ -246,31 +244,3 @@ def coverage_curve(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
     """Prec@0.5 of the k most confident answers, k = 1..n (ties kept in input order)."""
     order = np.argsort(-scores, kind="stable")
     return np.cumsum(correct[order]) / np.arange(1, len(scores) + 1)
-
-
-def confidence_metrics(scores, correct) -> dict[str, float]:
-    """How well scores in [0, 1] tell right answers (``correct``) from wrong ones:
-    ``auroc`` (None when only one kind is present), ``ece`` (expected calibration error over
-    10 equal-width bins: sum over bins of count/n * |accuracy - mean score|), ``mean_score``, and
-    ``prec@0.5@C%``: Prec@0.5 over the C % most confident answers."""
-    from sklearn.metrics import roc_auc_score
-
-    scores, correct = np.asarray(scores, dtype=np.float64), np.asarray(correct, dtype=np.float64)
-    n = len(scores)
-    bins = reliability_bins(scores, correct)
-    ece = sum(b["count"] / n * abs(b["accuracy"] - b["mean_score"]) for b in bins if b["count"])
-    curve = coverage_curve(scores, correct)
-    out = {"auroc": float(roc_auc_score(correct, scores)) if 0 < correct.sum() < n else None,
-           "ece": float(ece), "mean_score": float(scores.mean())}
-    out.update({f"prec@0.5@{round(c * 100)}%": float(curve[max(1, math.ceil(c * n)) - 1]) for c in COVERAGES})
-    return out
-
-
-def separation_auroc(positive, negative) -> float:
-    """The AUROC of telling the ``positive`` scores from the ``negative`` ones (e.g. right answers
-    against wrong answers to expressions that are not in their image)."""
-    from sklearn.metrics import roc_auc_score
-
-    positive, negative = np.asarray(positive, dtype=np.float64), np.asarray(negative, dtype=np.float64)
-    labels = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
-    return float(roc_auc_score(labels, np.r_[positive, negative]))

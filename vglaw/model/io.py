@@ -1,12 +1,17 @@
-"""Loading VG-LAW models: the one loader behind ``VGLAW.from_pretrained``.
+"""The checkpoint format: the one home of saving and loading VG-LAW models.
 
-A checkpoint is a directory written by ``VGLAW.save_pretrained`` (``config.json`` +
-``model.safetensors``, no pickle), a training checkpoint file written by ``vglaw train``
-(``last.pt`` / ``best.pt``, read with ``torch.load(weights_only=True)``), or a Hugging Face Hub
-repo id (``USER/NAME``, through the local Hub cache). The config rebuilds the architecture and
-every weight is loaded strictly; a weight holding NaN or infinity is refused, naming the first such
-tensor. A confidence calibrator beside the weights (``calibration.json`` in the directory,
-``<file>.calibration.json`` beside a file) is loaded with them.
+``VGLAW.save_pretrained`` and ``VGLAW.from_pretrained`` are :func:`save_pretrained` and
+:func:`from_pretrained` here (``vglaw.model`` sets them on the class, so that the model's module
+needs to import neither this one nor the builder).
+
+A checkpoint is a directory written by :func:`save_pretrained` (``config.json`` +
+``model.safetensors``, no pickle, with the model card ``README.md``), a training checkpoint file
+written by ``vglaw train`` (``last.pt`` / ``best.pt``, read with ``torch.load(weights_only=True)``),
+or a Hugging Face Hub repo id (``USER/NAME``, through the local Hub cache). The config rebuilds the
+architecture and every weight is loaded strictly; a weight holding NaN or infinity is refused,
+naming the first such tensor. A confidence calibrator beside the weights (``calibration.json`` in
+the directory, ``<file>.calibration.json`` beside a file) is loaded with them. The file names are
+:mod:`vglaw.checkpoint_names`' (the Hub download fetches the same files).
 """
 from __future__ import annotations
 
@@ -15,14 +20,43 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+from ..checkpoint_names import CALIBRATION_NAME, CARD_NAME, CONFIG_NAME, TRAINING_NAME, WEIGHTS_NAME
 from ..errors import InputError, MissingFileError
+from ..fileio import atomic_write, json_text
 from ..hub import resolve_checkpoint
-from .build import build_model, model_config_from_dict
+from .build import build_model
+from .card import model_card
 from .confidence import Calibrator, calibration_path
+from .config import model_config_from_dict
 from .state import load_state
-from .vglaw import CONFIG_NAME, WEIGHTS_NAME, VGLAW
+from .vglaw import VGLAW
+
+
+def save_pretrained(model: VGLAW, directory: str | os.PathLike, include_text_encoder: bool = True,
+                    training: dict | None = None) -> None:
+    """Write ``config.json``, ``model.safetensors`` and the model card ``README.md`` into
+    ``directory`` (:func:`from_pretrained` reads them back; ``vglaw push`` uploads them to the
+    Hugging Face Hub).
+
+    With ``include_text_encoder=False`` the text encoder's weights are left out; loading then
+    takes them from ``config.text_encoder`` (a local pretrained directory). ``training`` (see
+    :func:`vglaw.model.card.model_card`) is saved as ``training.json`` and rendered into the card.
+    A calibrator is saved as ``calibration.json``.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()
+             if include_text_encoder or not k.startswith("text_encoder.")}
+    config = {**model.config_dict(), "includes_text_encoder": include_text_encoder}
+    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json_text(config, indent=2) + "\n"))
+    if training is not None:
+        atomic_write(directory / TRAINING_NAME, lambda p: p.write_text(json_text(training, indent=2) + "\n"))
+    if model.calibrator is not None:
+        model.calibrator.save(directory / CALIBRATION_NAME)
+    atomic_write(directory / CARD_NAME, lambda p: p.write_text(model_card(config, training)))
 
 
 def from_config_dict(config: dict, state: dict[str, torch.Tensor] | None = None, *,
@@ -51,8 +85,8 @@ def read_checkpoint_file(path: str | os.PathLike) -> dict:
         # unknown file: only its first line is kept, and only when it is not that advice
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         reason = type(e).__name__ if "weights_only" in reason else reason
-        raise InputError(f"{path} is not a vglaw checkpoint: give a checkpoint folder (config.json + "
-                         f"model.safetensors) or a training .pt written by vglaw train ({reason})") from None
+        raise InputError(f"{path} is not a vglaw checkpoint: give a checkpoint folder ({CONFIG_NAME} + "
+                         f"{WEIGHTS_NAME}) or a training .pt written by vglaw train ({reason})") from None
     missing = {"model", "model_config"} - set(state if isinstance(state, dict) else ())
     if missing:
         raise InputError(f"{path} is not a vglaw training checkpoint (lacks {sorted(missing)})")
@@ -91,7 +125,7 @@ def _read_directory(directory: Path) -> tuple[dict, dict[str, torch.Tensor], Pat
 
 
 def checkpoint_files(source: str | os.PathLike) -> list[Path]:
-    """The files a model loaded from ``source`` (as :func:`load_pretrained` takes it) is made of:
+    """The files a model loaded from ``source`` (as :func:`from_pretrained` takes it) is made of:
     config and weights (or the training checkpoint file), and the calibrator when there is one."""
     path = resolve_checkpoint(source)
     files = [path / CONFIG_NAME, path / WEIGHTS_NAME] if path.is_dir() else [path]
@@ -100,10 +134,13 @@ def checkpoint_files(source: str | os.PathLike) -> list[Path]:
     return files
 
 
-def load_pretrained(source: str | os.PathLike, *, strict: bool = True, **overrides) -> VGLAW:
-    """A model from a checkpoint directory, a training checkpoint file or a Hub repo id;
-    ``overrides`` replace config fields (``existence=True`` adds the existence output to a model
-    saved without it, its head newly initialised: the start of a fine-tuning)."""
+def from_pretrained(source: str | os.PathLike, *, device: str | torch.device | None = None, strict: bool = True,
+                    **overrides) -> VGLAW:
+    """The model saved in ``source``: a directory written by :func:`save_pretrained`, a training
+    checkpoint file (``last.pt`` / ``best.pt``) or a Hub repo id ``USER/NAME`` (through the local
+    Hub cache). Every weight is loaded strictly unless ``strict=False``; ``overrides`` replace
+    config fields (``existence=True`` adds the existence output to a model saved without it, its
+    head newly initialised: the start of a fine-tuning); ``device`` moves it there."""
     path = resolve_checkpoint(source)
     if path.is_dir():
         config, state, origin = _read_directory(path)
@@ -115,9 +152,4 @@ def load_pretrained(source: str | os.PathLike, *, strict: bool = True, **overrid
                              new_existence=new_existence)
     if calibration_path(path).is_file():
         model.calibrator = Calibrator.load(calibration_path(path))
-    return model
-
-
-def from_pretrained(directory: str | os.PathLike, **overrides) -> VGLAW:
-    """``VGLAW.from_pretrained`` (kept as ``vglaw.from_pretrained``)."""
-    return load_pretrained(directory, **overrides)
+    return model if device is None else model.to(device)

@@ -2,22 +2,19 @@
 -> box and mask heads."""
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors.torch import save_file
 
-from ..fileio import atomic_write, json_text
 from ..hub import MINILM
-from .card import TRAINING_NAME, model_card
-from .confidence import CALIBRATION_NAME, Calibrator
+from .confidence import Calibrator
+from .config import VGLAWConfig
 from .heads import BoxHead, ExistenceHead, MaskHead
 from .law import LawFactors, WeightGenerator
 from .text import TextEncoder
 from .vit import ViT
+
 
 @dataclass(frozen=True)
 class InferenceSpec:
@@ -33,20 +30,20 @@ class InferenceSpec:
     calibrator: Calibrator | None = None
 
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-CARD_NAME = "README.md"
-
-
 class VGLAW(nn.Module):
     """Language Adaptive Weight Generation for multi-task visual grounding (Su et al., CVPR 2023).
 
-    Build it with :func:`vglaw.build_model`; the parts are given as arguments here.
+    Build it with :func:`vglaw.build_model`; the parts are given as arguments here, with the
+    ``config`` they were built from (saved with the weights).
+
+    ``VGLAW.from_pretrained`` and ``model.save_pretrained`` are :func:`vglaw.model.io.from_pretrained`
+    and :func:`vglaw.model.io.save_pretrained`, set on the class by ``vglaw.model`` (io owns the
+    checkpoint format and imports this module; this module imports neither io nor the builder).
     """
 
     def __init__(self, *, text_encoder: TextEncoder, generator: WeightGenerator | None,
                  backbone: ViT, box_head: BoxHead, mask_head: MaskHead, img_size: int,
-                 config=None, exists_head: ExistenceHead | None = None) -> None:
+                 config: VGLAWConfig, exists_head: ExistenceHead | None = None) -> None:
         super().__init__()
         self.text_encoder = text_encoder
         self.generator = generator
@@ -56,7 +53,7 @@ class VGLAW(nn.Module):
         if exists_head is not None:  # registered only when present: state dicts without it are unchanged
             self.exists_head = exists_head
         self.img_size = img_size
-        self.config = config  # the VGLAWConfig it was built from (for save_pretrained)
+        self.config = config  # the VGLAWConfig it was built from (saved with the weights)
         self.freeze_text = False  # a frozen text encoder stays in eval mode (no dropout) when training
         self.calibrator: Calibrator | None = None  # scores answers (see vglaw.model.confidence)
 
@@ -128,49 +125,8 @@ class VGLAW(nn.Module):
                              tokenizer=str(self.config.text_encoder or MINILM),
                              mask_threshold=self.config.mask_threshold, calibrator=self.calibrator)
 
-    # ------------------------------------------------------------------ checkpoints
-    @classmethod
-    def from_pretrained(cls, source: str | os.PathLike, *, device: str | torch.device | None = None,
-                        strict: bool = True, **overrides) -> "VGLAW":
-        """The model saved in ``source``: a directory written by :meth:`save_pretrained`, a
-        training checkpoint file (``last.pt`` / ``best.pt``) or a Hub repo id ``USER/NAME``
-        (through the local Hub cache). Every weight is loaded strictly unless ``strict=False``;
-        ``overrides`` replace config fields; ``device`` moves it there."""
-        from .io import load_pretrained
-
-        model = load_pretrained(source, strict=strict, **overrides)
-        return model if device is None else model.to(device)
-
-    def save_pretrained(self, directory: str | os.PathLike, include_text_encoder: bool = True,
-                        training: dict | None = None) -> None:
-        """Write ``config.json``, ``model.safetensors`` and the model card ``README.md`` into
-        ``directory`` (:meth:`from_pretrained` reads them back; ``vglaw push``
-        uploads them to the Hugging Face Hub).
-
-        With ``include_text_encoder=False`` the text encoder's weights are left out; loading
-        then takes them from ``config.text_encoder`` (a local pretrained directory).
-        ``training`` (see :func:`vglaw.model.card.model_card`) is saved as ``training.json`` and
-        rendered into the card. A calibrator is saved as ``calibration.json``.
-        """
-        if self.config is None:
-            raise ValueError("this model has no config; build it with vglaw.build_model")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()
-                 if include_text_encoder or not k.startswith("text_encoder.")}
-        config = {**self.config_dict(), "includes_text_encoder": include_text_encoder}
-        atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-        atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json_text(config, indent=2) + "\n"))
-        if training is not None:
-            atomic_write(directory / TRAINING_NAME, lambda p: p.write_text(json_text(training, indent=2) + "\n"))
-        if self.calibrator is not None:
-            self.calibrator.save(directory / CALIBRATION_NAME)
-        atomic_write(directory / CARD_NAME, lambda p: p.write_text(model_card(config, training)))
-
     def config_dict(self) -> dict:
         """The JSON-able config that rebuilds this architecture (text encoder shape included)."""
-        if self.config is None:
-            raise ValueError("this model has no config; build it with vglaw.build_model")
         config = {**asdict(self.config), "text_config": self.text_encoder.bert.config.to_diff_dict()}
         if not config["existence"]:  # a model without it saves the config.json it always did
             del config["existence"]
