@@ -11,8 +11,10 @@ collective on CPU values a host round trip, and would need its own connections b
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -69,6 +71,17 @@ def _restart_store(timeout: datetime.timedelta) -> dist.Store | None:
 def shutdown() -> None:
     if is_enabled():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def group() -> Iterator[None]:
+    """A command's process group: the block joins it with :func:`init` (after checking its inputs,
+    so that a bad one is one line before a device is chosen) and leaves it on leaving the block,
+    however it leaves (an error, Ctrl-C). A no-op in a single process."""
+    try:
+        yield
+    finally:
+        shutdown()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -1,30 +1,27 @@
 """``vglaw eval``: REC and RES metrics of a checkpoint on prepared splits, under either protocol
-of :mod:`vglaw.engine.metrics`; and the output names that eval and calibrate share."""
+of :mod:`vglaw.engine.metrics`; and the output names that eval and calibrate share. Torch and
+the model are imported by the functions that run it, so that ``vglaw --help`` does not wait."""
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 from pathlib import Path
 
-import torch
-
-from .. import distributed as dist
-from ..data import GroundingDataset, load_tokenizer
-from ..data.prepare import load_split
-from ..engine.loop import eval_loader, evaluate
-from ..engine.metrics import MASK_THRESHOLDS
 from ..config import MIN_EXISTS
 from ..errors import InputError
 from ..fileio import json_text
-from ..model import VGLAW
-from ..model.confidence import Calibrator
+from .checks import input_checkpoint, input_file, input_folder, output_file
+from .options import add_answer_options, add_runtime_options
 
 log = logging.getLogger(__name__)
 
-# (metric, column title, format): REC is the box's Prec@0.5; RES the mask's IoUs and Prec@t
-COLUMNS = [("samples", "expressions", "{:d}"), ("prec@0.5", "box P@0.5", "{:.4f}"), ("mIoU", "mask mIoU", "{:.4f}"),
-           ("oIoU", "mask oIoU", "{:.4f}")] + [(f"mask_prec@{t}", f"mask P@{t}", "{:.4f}") for t in MASK_THRESHOLDS]
+PROTOCOL_HELP = {  # vglaw.engine.metrics says exactly what each computes
+    "original": "box and mask IoU in original image pixels (vglaw's default)",
+    "authors": "box and mask IoU on the padded canvas, computed as the authors' MindSpore evaluation does (box hit: "
+               "IoU >= 0.5; mask Prec@t: IoU > t; no oIoU)",
+}
 # expressions that may name no object or several (gRefCOCO): GRES as ReLA's evaluator computes it
 # (plain N-acc / T-acc; the ReLA-code variants are in the JSON under "gres") and GREC's precision
 GREF_COLUMNS = [("gIoU", "GRES gIoU", "{:.2f}"), ("cIoU", "GRES cIoU", "{:.2f}"), ("N-acc", "N-acc", "{:.2f}"),
@@ -35,10 +32,26 @@ SCORE_COLUMNS = [("auroc", "score AUROC", "{:.4f}"), ("ece", "score ECE", "{:.4f
     (f"prec@0.5@{c}%", f"box P@0.5 at {c}%", "{:.4f}") for c in (50, 80, 100)]
 
 
+def box_mask_columns() -> list[tuple[str, str, str]]:
+    """(metric, column title, format) of the box and mask metrics: REC is the box's Prec@0.5; RES
+    the mask's IoUs and Prec@t (also as ``COLUMNS``)."""
+    from ..engine.metrics import MASK_THRESHOLDS  # imports torch: not at `vglaw --help`
+
+    return [("samples", "expressions", "{:d}"), ("prec@0.5", "box P@0.5", "{:.4f}"), ("mIoU", "mask mIoU", "{:.4f}"),
+            ("oIoU", "mask oIoU", "{:.4f}")] + [(f"mask_prec@{t}", f"mask P@{t}", "{:.4f}") for t in MASK_THRESHOLDS]
+
+
+def __getattr__(name: str):
+    """``COLUMNS``: :func:`box_mask_columns`, made when asked for (its thresholds import torch)."""
+    if name == "COLUMNS":
+        return box_mask_columns()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def format_table(results: dict, columns=None) -> str:
     """The results as a Markdown table, one row per split; ``columns`` default: the box and mask
-    metrics (:data:`COLUMNS`)."""
-    columns = columns or COLUMNS
+    metrics (:func:`box_mask_columns`)."""
+    columns = columns or box_mask_columns()
     lines = ["| split | " + " | ".join(title for _, title, _ in columns) + " |",
              "|---|" + "---:|" * len(columns)]
     for split, m in results.items():
@@ -54,6 +67,11 @@ def split_samples(model, prepared, split: str, *, device, batch_size: int = 16, 
     """``(metrics, samples)`` of ``model`` on a prepared split under ``protocol`` (see
     :func:`evaluate`); the model's calibrator, when it has one, adds the score's metrics.
     ``tokenizer``: a loaded tokenizer (default: the model's)."""
+    import torch
+
+    from ..data import GroundingDataset, load_tokenizer
+    from ..engine.loop import eval_loader, evaluate
+
     if tokenizer is None:
         tokenizer = load_tokenizer(model.spec.tokenizer)
     ds = GroundingDataset(prepared, split, tokenizer=tokenizer, img_size=model.spec.img_size, max_len=model.spec.max_len)
@@ -73,6 +91,12 @@ def run_eval(checkpoint: str | os.PathLike, prepared: str | os.PathLike, splits:
     returns ``(results, plot)``: the score's reliability and coverage picture (a PIL image; None
     without a calibrator). Runs distributed when launched with torchrun (each sample once). A split
     that ``prepared`` does not have is refused before the model loads."""
+    from .. import distributed as dist
+    from ..data import load_tokenizer
+    from ..data.prepare import load_split
+    from ..model import VGLAW
+    from ..model.confidence import Calibrator
+
     for split in splits:  # a misspelt split is the one line before any split is evaluated
         load_split(prepared, split)
     calibrator = Calibrator.load(calibration) if calibration is not None else None  # a bad file: before the model
@@ -173,3 +197,60 @@ def write_results(results: dict, path: str | os.PathLike, plot=None, **info) -> 
     finally:
         for temp in temps.values():
             temp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- the command
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a vglaw checkpoint directory, training .pt or Hub id")
+    parser.add_argument("--data", required=True, help="prepared dataset folder")
+    parser.add_argument("--splits", nargs="+", default=["val"], help="the splits to evaluate")
+    add_answer_options(parser, min_score=False)
+    add_runtime_options(parser, batch_size=16, num_workers=2)
+    parser.add_argument("--protocol", choices=list(PROTOCOL_HELP), default="original",
+                        help="how boxes and masks are scored: " + "; ".join(f"{k}: {v}" for k, v in PROTOCOL_HELP.items()))
+    parser.add_argument("--calibration", default=None, metavar="FILE",
+                        help="score the answers with this calibrator (from vglaw calibrate) instead of the "
+                             "checkpoint's own")
+    parser.add_argument("--json", default=None,
+                        help="where to write the results (default: eval_<checkpoint folder>_<name>.json in the "
+                             "current folder, refused when it holds another checkpoint's); with a calibrator the score "
+                             "plots go beside it (.png), and a .png there from an earlier eval is replaced or removed")
+
+
+def run(args: argparse.Namespace) -> None:
+    input_checkpoint(args.checkpoint)
+    input_folder("--data", args.data, "a prepared dataset folder")
+    input_file("--calibration", args.calibration, "a calibrator file")
+    output_file("--json", args.json, "a JSON file")
+    out = Path(args.json or f"eval_{checkpoint_label(args.checkpoint)}.json")  # never inside the checkpoint or package
+    if args.json is None:
+        check_default_output(out, args.checkpoint, lambda d: d["checkpoint"], "--json")
+    elif plot_path(out) == out:
+        raise InputError(f"--json {out}: the score plot goes beside the results as {out.name}; name the results .json")
+    from .. import distributed
+
+    with distributed.group():
+        results, plot = run_eval(args.checkpoint, args.data, args.splits, mask_threshold=args.mask_threshold,
+                                 batch_size=args.batch_size, device=args.device, precision=args.precision,
+                                 num_workers=args.num_workers, protocol=args.protocol, calibration=args.calibration,
+                                 with_plot=True, min_exists=args.min_exists)
+        if distributed.is_main():
+            _report(results, plot, out, args)
+
+
+def _report(results: dict, plot, out: Path, args: argparse.Namespace) -> None:
+    """What ``vglaw eval`` prints and writes (rank 0)."""
+    print(f"protocol {args.protocol}: {PROTOCOL_HELP[args.protocol]}")
+    print(format_table(results))
+    if any("gres" in m for m in results.values()):
+        print("no-target and multi-target expressions (GRES in original pixels, N-acc/T-acc plain; see the JSON's "
+              "gres/grec for ReLA's code's variants and the counts):")
+        print(format_table(results, GREF_COLUMNS))
+    if any("auroc" in m for m in results.values()):
+        print(format_table(results, SCORE_COLUMNS))
+    else:
+        print("(the checkpoint has no confidence calibrator: no score metrics; fit one with vglaw calibrate and "
+              "give it with --calibration FILE)")
+    write_results(results, out, plot, checkpoint=str(args.checkpoint), data=str(args.data), protocol=args.protocol,
+                  calibration=args.calibration)
+    print("wrote " + ", ".join(map(str, [out] + ([plot_path(out)] if plot is not None else []))))
