@@ -56,18 +56,27 @@ def test_every_command_on_the_demo_model_warns_once(command, checkpoint, tmp_pat
     monkeypatch.setattr(Grounder, "from_pretrained", _refuse_to_load)  # each path up to loading the model
     (tmp_path / "pairs.jsonl").write_text(json.dumps({"image": "shapes_0.jpg", "text": "the red circle"}) + "\n")
     (tmp_path / "prepared").mkdir()
-    served, exported = [], []
-    _stub(monkeypatch, "vglaw.inference.serve", serve=lambda checkpoint, **kwargs: served.append(checkpoint))
+    exported = []  # serve runs for real up to loading the model, on a port the system picks
     _stub(monkeypatch, "vglaw.inference.export", check_onnx=lambda checkpoint, out: "parity: ok",
           export_onnx=lambda checkpoint, out, opset: exported.append(checkpoint) or tmp_path / "pairs.jsonl")
     argv = {"predict": ["predict", "--image", str(EXAMPLES / "shapes_0.jpg"), "--text", "the red circle"],
             "predict --pairs": ["predict", "--pairs", "pairs.jsonl", "--image-root", str(EXAMPLES),
                                 "--num-workers", "0"],
             "visualize": ["visualize", "--data", "prepared", "--index", "0", "--out", "viz"],
-            "serve": ["serve"], "export": ["export", "--out", "m.onnx"]}[command]
-    assert main(argv + checkpoint) == (0 if command in ("serve", "export") else 2)
+            "serve": ["serve", "--port", "0"], "export": ["export", "--out", "m.onnx"]}[command]
+    assert main(argv + checkpoint) == (0 if command == "export" else 2)
     assert demo_warnings() == 1
-    assert [Path(c).resolve() for c in served + exported] == ([DEMO_CHECKPOINT] if served or exported else [])
+    assert [Path(c).resolve() for c in exported] == ([DEMO_CHECKPOINT] if command == "export" else [])
+
+
+def test_serve_on_a_taken_port_is_one_line_without_the_demo_warning(monkeypatch, demo_warnings, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["serve", "--port", str(taken.getsockname()[1])]) == 2
+    assert demo_warnings() == 0 and "--port" in capsys.readouterr().err
 
 
 def test_another_checkpoint_gets_no_demo_warning(tmp_path, monkeypatch, demo_warnings):

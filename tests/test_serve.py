@@ -24,6 +24,7 @@ from vglaw.inference import serve as serve_module  # noqa: E402
 from vglaw.hub import DEMO_CHECKPOINT  # noqa: E402
 from vglaw.inference.predictor import Grounder  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["the small red circle", "the blue square"]
 FRIEND = "https://friend.example"  # the origin the server is told to accept requests from
 
@@ -95,6 +96,24 @@ def test_the_api_answers_as_the_predictor_does(server, grounder, tmp_path):
                                                              api_name="/ground")
     static = [list(p.box) for p in grounder.predict(path, TEXTS, use_law=False)]
     assert boxes_of(without_law) == static and static != boxes_of(result)
+
+
+def test_an_expression_naming_nothing_is_not_found_on_the_page_and_in_the_api(server, grounder):
+    from vglaw.inference.pictures import draw_predictions
+
+    image = ROOT / "vglaw" / "assets" / "examples" / "shapes_1.jpg"  # no blue circle in it
+    texts = ["the blue circle", "the yellow triangle"]
+    grounded, heatmaps, result = Client(server, verbose=False).predict(
+        handle_file(str(image)), "\n".join(texts), False, api_name="/ground")
+    absent, present = json.loads(result)["predictions"]
+    assert absent["no_target"] is True and absent["found"] is False and absent["boxes"] == []
+    assert absent["exists"] < grounder.min_exists <= present["exists"] and present["found"]
+    assert absent["exists"] == grounder.predict(image, texts)[0].exists  # as vglaw predict answers
+    # the page draws nothing for it, only its caption: "... : not found"
+    picture = np.asarray(Image.open(grounded).convert("RGB"))
+    assert np.array_equal(picture, np.asarray(draw_predictions(Image.open(image).convert("RGB"),
+                                                               grounder.predict(image, texts))))
+    assert heatmaps[0]["caption"].endswith(": not found")
 
 
 def awkward_files(folder: Path) -> list[Path]:

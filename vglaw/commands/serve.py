@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..hub import checkpoint_or_demo
 from .options import DEMO_HELP, add_answer_options, add_runtime_options
 
 
@@ -19,8 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    checkpoint = checkpoint_or_demo(args.checkpoint)
-    from ..inference.serve import serve
+    from ..inference.serve import serve  # it says so when it serves the bundled model
 
-    serve(checkpoint, host=args.host, port=args.port, device=args.device, precision=args.precision,
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, precision=args.precision,
           min_score=args.min_score, allow_origins=args.allow_origin, min_exists=args.min_exists)

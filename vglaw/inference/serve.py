@@ -30,7 +30,7 @@ from ..config import MIN_EXISTS
 from ..data.transforms import load_image
 from ..errors import InputError, MissingExtraError
 from ..fileio import json_text
-from ..hub import DEMO_CHECKPOINT, is_demo_checkpoint
+from ..hub import DEMO_CHECKPOINT, checkpoint_or_demo, is_demo_checkpoint
 from ..model.card import read_training, training_lines
 from .pictures import answer_caption, attention_tile, draw_predictions
 from .postprocess import predictions_json
@@ -363,7 +363,7 @@ def serve(checkpoint: str | os.PathLike | None = None, *, host: str = "127.0.0.1
     image by ``min_exists``, are shown as not found; web pages on ``allow_origins`` may call the API."""
     allow_origins = [check_origin(o) for o in allow_origins]
     sock = listen(host, port)
-    checkpoint = Path(checkpoint or DEMO_CHECKPOINT)
+    checkpoint = Path(checkpoint_or_demo(checkpoint))  # the bundled model says so once, after the port is taken
     grounder = Grounder.from_pretrained(checkpoint, device=device, precision=precision, min_score=min_score,
                                         min_exists=min_exists)
     app = build_app(grounder, checkpoint)
