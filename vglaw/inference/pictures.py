@@ -5,10 +5,11 @@ from __future__ import annotations
 import functools
 import logging
 import unicodedata
+from collections.abc import Callable
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 from torchvision.ops import box_iou
 
 from ..data.masks import decode_rle, mask_iou
@@ -16,10 +17,19 @@ from ..data.readers import gt_box_xyxy
 from ..model.confidence import coverage_curve, reliability_bins
 from .predictor import printable
 
-# colours that stand apart from the primaries that objects often have (and from a white page)
-COLOURS = [(230, 0, 230), (0, 190, 230), (255, 130, 0), (110, 60, 255), (0, 160, 120), (150, 80, 30)]
-GT_COLOUR, PRED_COLOUR = (0, 190, 230), (230, 0, 230)
-TEXT, GREY = (0, 0, 0), (90, 90, 90)
+# eight colours far apart in CIELAB (magenta, azure, vermilion, green, blue, olive, crimson, teal),
+# each dark enough to read as a caption on white; every line drawn in one has a black or white
+# edge (:func:`edge_colour`), so that it shows on any background, its own colour included
+COLOURS = [(255, 30, 225), (0, 150, 240), (255, 75, 30), (45, 165, 45), (45, 45, 240), (105, 90, 0),
+           (165, 0, 75), (0, 105, 105)]
+GT_COLOUR, PRED_COLOUR = COLOURS[1], COLOURS[0]
+TEXT, GREY, WHITE = (0, 0, 0), (90, 90, 90), (255, 255, 255)
+# cividis at ten even steps (viridisLite's cividis(10)): dark blue through grey to yellow, the
+# colour map of every heat map; its lightness grows evenly, and its muted middle stays apart from
+# the answers' colours
+CIVIDIS = torch.tensor([(0, 32, 77), (0, 51, 111), (57, 72, 107), (87, 93, 109), (112, 113, 115),
+                        (138, 135, 121), (166, 157, 117), (196, 181, 108), (228, 207, 91), (255, 234, 70)]) / 255
+ATTENTION_SCALE = "share of the box head's attention"
 HEAT_TILE = 1024  # an attention tile's longer side at most: the map it shows has a few dozen cells a side
 NO_GLYPH = chr(0x10FFFF)  # a noncharacter: no font has a glyph for it, so it draws the font's "missing" box
 log = logging.getLogger(__name__)
@@ -28,6 +38,19 @@ log = logging.getLogger(__name__)
 def colour(i: int) -> tuple[int, int, int]:
     """The colour of the i-th expression: its mask, box and caption share it."""
     return COLOURS[i % len(COLOURS)]
+
+
+def edge_colour(colour) -> tuple[int, int, int]:
+    """Black beside a light colour, white beside a dark one: the edge of every coloured line."""
+    r, g, b = colour[:3]
+    return TEXT if 0.299 * r + 0.587 * g + 0.114 * b > 100 else WHITE
+
+
+def px(size: tuple[int, int], base: float) -> int:
+    """A length (a line's width, a font's size) of ``base`` pixels on a picture up to 800 pixels
+    on its longer side, on a picture of ``size`` (W, H): larger ones get it in proportion, so that
+    shrunk to fit a screen they keep visible lines and readable captions."""
+    return max(1, round(base * max(1.0, max(size) / 800)))
 
 
 @functools.cache
@@ -73,34 +96,55 @@ def _warn_missing_glyphs() -> None:
                 "they are drawn without their accents, or as '?'; the JSON keeps the text as given")
 
 
-def overlay_mask(image: Image.Image, mask: np.ndarray, colour, fill: float = 0.25, outline: int = 2) -> Image.Image:
-    """The mask as a light fill and a solid outline, so that the object's own colour stays readable.
-    Only the mask's bounding box (and a margin) is worked on: on a large image, the cost is the
-    object's size, not the image's."""
+def overlay_mask(image: Image.Image, mask: np.ndarray, colour, fill: float = 0.25,
+                 outline: int | None = None) -> Image.Image:
+    """The mask as a light fill and a solid outline (``outline`` pixels wide, by default in
+    proportion to the image, see :func:`px`) with an edge either side (:func:`edge_colour`), so
+    that the object's own colour stays readable and the outline shows on any background. Only the
+    mask's bounding box (and a margin) is worked on: on a large image, the cost is the object's
+    size, not the image's."""
     out = image.copy()
     paint_mask(out, mask, colour, fill, outline)
     return out
 
 
-def paint_mask(image: Image.Image, mask: np.ndarray, colour, fill: float = 0.25, outline: int = 2) -> None:
+def paint_mask(image: Image.Image, mask: np.ndarray, colour, fill: float = 0.25, outline: int | None = None) -> None:
     """:func:`overlay_mask` drawn onto ``image`` itself."""
+    from scipy import ndimage
+
+    outline = px(image.size, 2) if outline is None else outline
+    edge = px(image.size, 1)
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if not len(rows):
         return
-    y0, x0 = max(int(rows[0]) - outline - 1, 0), max(int(cols[0]) - outline - 1, 0)
-    y1, x1 = min(int(rows[-1]) + outline + 2, mask.shape[0]), min(int(cols[-1]) + outline + 2, mask.shape[1])
-    inside = np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=np.uint8)  # (h, w) 0/1
-    m = Image.fromarray(inside * np.uint8(255))
-    inner = m.filter(ImageFilter.MinFilter(2 * outline + 1))  # the mask eroded by ``outline`` pixels
-    alpha = np.where(np.asarray(m) > np.asarray(inner), np.uint8(255), inside * np.uint8(fill * 255))
+    margin = outline + edge + 1
+    y0, x0 = max(int(rows[0]) - margin, 0), max(int(cols[0]) - margin, 0)
+    y1, x1 = min(int(rows[-1]) + margin + 1, mask.shape[0]), min(int(cols[-1]) + margin + 1, mask.shape[1])
+    inside = np.pad(np.asarray(mask[y0:y1, x0:x1], dtype=bool), 1)  # (h + 2, w + 2): the image's border counts as out
+    depth = ndimage.distance_transform_cdt(inside, metric="chessboard")[1:-1, 1:-1]  # inside: steps to the outside
+    away = ndimage.distance_transform_cdt(~inside, metric="chessboard")[1:-1, 1:-1]  # outside: steps to the mask
+    inside = inside[1:-1, 1:-1]
+    line = inside & (depth <= outline)
+    edges = (inside & ~line & (depth <= outline + edge)) | (~inside & (away <= edge))
+    alpha = np.where(line | edges, 255, np.where(inside, round(fill * 255), 0)).astype(np.uint8)
+    layer = np.where(edges[..., None], np.uint8(edge_colour(colour)), np.uint8(colour[:3]))  # (h, w, 3)
     box = (x0, y0, x1, y1)
-    image.paste(Image.composite(Image.new("RGB", (x1 - x0, y1 - y0), colour), image.crop(box),
-                                Image.fromarray(alpha)), box[:2])
+    image.paste(Image.composite(Image.fromarray(layer), image.crop(box), Image.fromarray(alpha)), box[:2])
 
 
-def draw_box(image: Image.Image, box, colour, width: int = 2) -> Image.Image:
+def outline_box(draw: ImageDraw.ImageDraw, box, colour, width: int, edge: int) -> None:
+    """A box's outline, ``width`` pixels wide inside ``box`` (x0, y0, x1, y1), with an edge
+    ``edge`` pixels wide either side of it (:func:`edge_colour`)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    draw.rectangle([x0 - edge, y0 - edge, x1 + edge, y1 + edge], outline=edge_colour(colour), width=width + 2 * edge)
+    draw.rectangle([x0, y0, x1, y1], outline=colour, width=width)
+
+
+def draw_box(image: Image.Image, box, colour, width: int | None = None) -> Image.Image:
+    """A copy of ``image`` with ``box`` outlined (``width`` pixels, by default in proportion to the image)."""
     image = image.copy()
-    ImageDraw.Draw(image).rectangle([float(v) for v in box], outline=colour, width=width)
+    width = px(image.size, 3) if width is None else width
+    outline_box(ImageDraw.Draw(image), box, colour, width, px(image.size, 1))
     return image
 
 
@@ -129,16 +173,19 @@ def fit_text(text: str, width: float, font, max_lines: int = 3) -> list[str]:
     return lines or [""]
 
 
-def with_caption(image: Image.Image, lines: list[tuple[str, tuple]], size: int = 14) -> Image.Image:
-    """The image with captions below it, each in its colour, wrapped to the image's width (see
-    :func:`drawable` for the characters the font cannot draw)."""
-    font = _font(size)
-    rows = [(row, colour) for text, colour in lines for row in fit_text(drawable(text, font), image.width - 12, font)]
-    out = Image.new("RGB", (image.width, image.height + (size + 6) * len(rows) + 6), (255, 255, 255))
+def with_caption(image: Image.Image, lines: list[tuple[str, tuple]], size: int | None = None) -> Image.Image:
+    """The image with captions below it (never over it), each in its colour, wrapped to the
+    image's width, ``size`` pixels high (by default in proportion to the image, see :func:`px`;
+    :func:`drawable` says which characters the font cannot draw)."""
+    size = size or px(image.size, 14)
+    font, pad = _font(size), round(size * 3 / 7)
+    rows = [(row, colour) for text, colour in lines
+            for row in fit_text(drawable(text, font), image.width - 2 * pad, font)]
+    out = Image.new("RGB", (image.width, image.height + (size + pad) * len(rows) + pad), WHITE)
     out.paste(image, (0, 0))
     draw = ImageDraw.Draw(out)
     for i, (text, colour) in enumerate(rows):
-        draw.text((6, image.height + 4 + i * (size + 6)), text, fill=colour, font=font)
+        draw.text((pad, image.height + pad * 2 // 3 + i * (size + pad)), text, fill=colour, font=font)
     return out
 
 
@@ -190,9 +237,9 @@ def draw_predictions(image: Image.Image, predictions) -> Image.Image:
                 mask = Image.fromarray(mask.astype(np.uint8)).resize(canvas.size, Image.NEAREST)
                 mask = np.asarray(mask).astype(bool)
             paint_mask(canvas, mask, colour(i))
-            boxes = p.boxes if len(p.boxes) > 1 else [p.box]  # several objects: a box per part of the mask
-            for box in boxes:
-                ImageDraw.Draw(canvas).rectangle([v * factor for v in box], outline=colour(i), width=3)
+            for box in p.boxes:  # several objects: a box per part of the mask
+                outline_box(ImageDraw.Draw(canvas), [v * factor for v in box], colour(i), px(canvas.size, 3),
+                            px(canvas.size, 1))
         lines.append((answer_caption(p), colour(i) if p.found else GREY))
     return with_caption(canvas, lines)
 
@@ -209,8 +256,8 @@ def sample_panel(image: Image.Image, text: str, gt_box, pred_box, gt_mask: np.nd
 
     ious = {"box_iou": float(box_iou(torch.tensor([gt_box], dtype=torch.float64),
                                      torch.tensor([pred_box], dtype=torch.float64))[0, 0])}
-    tiles = [with_caption(draw_box(big, [v * factor for v in gt_box], GT_COLOUR, 3), [("ground-truth box", GT_COLOUR)]),
-             with_caption(draw_box(big, [v * factor for v in pred_box], PRED_COLOUR, 3),
+    tiles = [with_caption(draw_box(big, [v * factor for v in gt_box], GT_COLOUR), [("ground-truth box", GT_COLOUR)]),
+             with_caption(draw_box(big, [v * factor for v in pred_box], PRED_COLOUR),
                           [(f"predicted box (IoU {ious['box_iou']:.2f}"
                             + ("" if score is None else f", score {score:.2f}") + ")", PRED_COLOUR)])]
     if gt_mask is not None:
@@ -219,13 +266,15 @@ def sample_panel(image: Image.Image, text: str, gt_box, pred_box, gt_mask: np.nd
     tiles.append(with_caption(overlay_mask(big, resize(pred_mask), PRED_COLOUR),
                               [("predicted mask" + (f" (IoU {ious['mask_iou']:.2f})" if "mask_iou" in ious else ""),
                                 PRED_COLOUR)]))
-    return with_caption(hstack(tiles), [(f'"{text}"', TEXT)]), ious
+    return with_caption(hstack(tiles), [(f'"{text}"', TEXT)], size=px(big.size, 14)), ious
 
 
 def heat_colours(values: torch.Tensor) -> torch.Tensor:
-    """Values in [0, 1] -> RGB in [0, 1] (black, red, yellow), the colour map of every heat map."""
-    v = values.clamp(0, 1)
-    return torch.stack([(v * 2).clamp(0, 1), (v * 2 - 1).clamp(0, 1), torch.zeros_like(v)], dim=-1)
+    """Values in [0, 1] -> RGB in [0, 1] on :data:`CIVIDIS`, the colour map of every heat map."""
+    v = values.clamp(0, 1) * (len(CIVIDIS) - 1)
+    low = v.floor().long().clamp(max=len(CIVIDIS) - 2)  # the step below each value
+    t = (v - low)[..., None]
+    return CIVIDIS[low] * (1 - t) + CIVIDIS[low + 1] * t  # (..., 3)
 
 
 def _heat(values: torch.Tensor, size: tuple[int, int], vmax: float) -> Image.Image:
@@ -234,26 +283,42 @@ def _heat(values: torch.Tensor, size: tuple[int, int], vmax: float) -> Image.Ima
     return img.resize(size, Image.BILINEAR)
 
 
-def with_colour_bar(image: Image.Image, top: str, bottom: str = "0", size: int = 12) -> Image.Image:
-    """The heat map ``image`` with its colour scale on the right, ``top`` and ``bottom`` its ends."""
+def with_colour_bar(image: Image.Image, top: str, bottom: str = "0", title: str = "") -> Image.Image:
+    """The heat map ``image`` with its colour scale on the right: ``top`` and ``bottom`` its
+    ends, ``title`` (what the colours measure) along it."""
+    size, gap, bar_w = px(image.size, 12), px(image.size, 4), px(image.size, 12)
     font = _font(size)
     bar_h = max(image.height - 2 * size, 8)
-    ramp = heat_colours(torch.linspace(1, 0, bar_h)[:, None].expand(bar_h, 12))
-    label_w = int(max(font.getlength(top), font.getlength(bottom))) + 4
-    out = Image.new("RGB", (image.width + 20 + label_w, image.height), (255, 255, 255))
+    ramp = heat_colours(torch.linspace(1, 0, bar_h)[:, None].expand(bar_h, bar_w))  # (bar_h, bar_w, 3)
+    label_x = image.width + 2 * gap + bar_w
+    title_x = label_x + int(max(font.getlength(top), font.getlength(bottom))) + gap
+    along = text_along(title, image.height, font) if title else Image.new("RGB", (0, 0))
+    out = Image.new("RGB", (title_x + along.width + gap, image.height), WHITE)
     out.paste(image, (0, 0))
-    out.paste(Image.fromarray((ramp.numpy() * 255).astype(np.uint8)), (image.width + 4, size))
+    out.paste(Image.fromarray((ramp.numpy() * 255).astype(np.uint8)), (image.width + gap, size))
+    out.paste(along, (title_x, (image.height - along.height) // 2))
     draw = ImageDraw.Draw(out)
-    draw.text((image.width + 18, 0), top, fill=TEXT, font=font)
-    draw.text((image.width + 18, image.height - size - 2), bottom, fill=TEXT, font=font)
+    draw.text((label_x, 0), top, fill=TEXT, font=font)
+    draw.text((label_x, image.height - size - 2), bottom, fill=TEXT, font=font)
     return out
+
+
+def text_along(text: str, length: int, font) -> Image.Image:
+    """``text`` in at most two lines of at most ``length`` pixels, turned to read upwards (a scale's title)."""
+    lines = fit_text(drawable(text, font), length, font, max_lines=2)
+    step = font.getbbox("Ag")[3] * 5 // 4
+    out = Image.new("RGB", (length, step * len(lines)), WHITE)
+    draw = ImageDraw.Draw(out)
+    for i, line in enumerate(lines):
+        draw.text(((length - font.getlength(line)) / 2, i * step), line, fill=TEXT, font=font)
+    return out.rotate(90, expand=True)
 
 
 def attention_overlay(image: Image.Image, attention: np.ndarray, alpha: float = 0.6) -> Image.Image:
     """The box head's attention (H, W) in [0, 1] as a heat map blended over the image, with its
-    colour scale (1: the map's maximum)."""
+    colour scale (from 0 to the map's maximum) titled :data:`ATTENTION_SCALE`."""
     heat = _heat(torch.tensor(attention, dtype=torch.float32), image.size, 1.0)
-    return with_colour_bar(Image.blend(image, heat, alpha), "max")
+    return with_colour_bar(Image.blend(image, heat, alpha), "max", "0", ATTENTION_SCALE)
 
 
 def attention_tile(image: Image.Image, prediction, caption_colour=TEXT, caption: bool = True) -> Image.Image:
@@ -265,7 +330,7 @@ def attention_tile(image: Image.Image, prediction, caption_colour=TEXT, caption:
         big = ImageOps.contain(big, (HEAT_TILE, HEAT_TILE))
     factor = big.width / image.width
     attention = np.asarray(Image.fromarray(prediction.attention).resize(big.size, Image.BILINEAR))
-    tile = draw_box(attention_overlay(big, attention), [v * factor for v in prediction.box], (255, 255, 255), 2)
+    tile = draw_box(attention_overlay(big, attention), [v * factor for v in prediction.box], WHITE, px(big.size, 2))
     if not caption:
         return tile
     return with_caption(tile, [(f'"{prediction.text}"', caption_colour),
@@ -313,40 +378,59 @@ def law_panel(grounder, image: Image.Image, texts: list[str]) -> Image.Image:
 
 def confidence_plot(splits: dict[str, tuple[np.ndarray, np.ndarray]], size: int = 280) -> Image.Image:
     """Per split (``{name: (scores, right)}``), a reliability diagram (per score bin, the share of
-    right answers against the mean score; the diagonal is perfect calibration; bar width grows
-    with the bin's count) beside the coverage-precision curve (Prec@0.5 of the most confident
-    answers against the share of answers kept)."""
-    font, pad = _font(12), 36
+    right answers against the mean score; the diagonal is perfect calibration) beside the
+    coverage-precision curve (Prec@0.5 of the most confident answers against the share of
+    answers kept)."""
     rows = []
     for name, (scores, right) in splits.items():
-        tiles = []
-        for title in ("reliability: share right per score bin", "Prec@0.5 of the most confident answers"):
-            tile = Image.new("RGB", (size + pad + 10, size + 50), (255, 255, 255))
-            draw = ImageDraw.Draw(tile)
-            at = lambda x, y: (pad + x * size, 10 + (1 - y) * size)  # noqa: E731 - (0..1, 0..1) -> pixels
-            draw.rectangle([at(0, 1), at(1, 0)], outline=GREY)
-            for v in (0.0, 0.5, 1.0):
-                draw.text((at(v, 0)[0] - 8, size + 14), f"{v:g}", fill=GREY, font=font)  # below the frame
-                draw.text((4, at(0, v)[1] - 6), f"{v:g}", fill=GREY, font=font)
-            if title.startswith("reliability"):
-                draw.line([at(0, 0), at(1, 1)], fill=GREY, width=1)
-                bins = reliability_bins(scores, right)
-                for b in bins:
-                    if b["count"]:
-                        draw.rectangle([at(b["low"] + 0.01, b["accuracy"]), at(b["high"] - 0.01, 0)],
-                                       fill=COLOURS[1] + (0,), outline=COLOURS[1])
-                        draw.ellipse([*(v - 3 for v in at(b["mean_score"], b["accuracy"])),
-                                      *(v + 3 for v in at(b["mean_score"], b["accuracy"]))], fill=COLOURS[0])
-                        top = at(0, b["accuracy"])[1]  # the count above its bar, or inside it near the frame
-                        draw.text((at(b["low"], 0)[0] + 2, top - 16 if top >= 26 else top + 8), str(b["count"]),
-                                  fill=GREY if top >= 26 else TEXT, font=font)
-                xlabel = "score (dot: bin's mean; number: answers)"
-            else:
-                curve = coverage_curve(scores, right)
-                n = len(curve)
-                draw.line([at((k + 1) / n, curve[k]) for k in range(n)], fill=COLOURS[0], width=2)
-                xlabel = "coverage: share of answers kept"
-            draw.text((pad, size + 30), xlabel, fill=TEXT, font=font)
-            tiles.append(with_caption(tile, [(f"{name}: {title}", TEXT)]))
-        rows.append(hstack(tiles))
+        reliability, draw, at = _plot_frame(size, "score (dot: bin's mean; number: answers)")
+        _reliability(draw, at, reliability_bins(scores, right))
+        coverage, draw, at = _plot_frame(size, "coverage: share of answers kept")
+        curve = coverage_curve(scores, right)
+        draw.line([at((k + 1) / len(curve), c) for k, c in enumerate(curve)], fill=COLOURS[0], width=2)
+        rows.append(hstack([with_caption(reliability, [(f"{name}: reliability: share right per score bin", TEXT)]),
+                            with_caption(coverage, [(f"{name}: Prec@0.5 of the most confident answers", TEXT)])]))
     return vstack(rows)
+
+
+def _plot_frame(size: int, xlabel: str) -> tuple[Image.Image, ImageDraw.ImageDraw, Callable]:
+    """An empty plot, ``size`` pixels a side, with 0, 0.5 and 1 on both axes: (its image, its
+    ImageDraw, ``at``: (x, y) in [0, 1] -> pixels)."""
+    font, pad = _font(12), 36
+    tile = Image.new("RGB", (size + pad + 10, size + 50), WHITE)
+    draw = ImageDraw.Draw(tile)
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return pad + x * size, 10 + (1 - y) * size
+
+    draw.rectangle([at(0, 1), at(1, 0)], outline=GREY)
+    for v in (0.0, 0.5, 1.0):
+        draw.text((at(v, 0)[0] - 8, size + 14), f"{v:g}", fill=GREY, font=font)  # below the frame
+        draw.text((4, at(0, v)[1] - 6), f"{v:g}", fill=GREY, font=font)
+    draw.text((pad, size + 30), xlabel, fill=TEXT, font=font)
+    return tile, draw, at
+
+
+def _reliability(draw: ImageDraw.ImageDraw, at, bins: list[dict], dot: int = 3) -> None:
+    """The reliability diagram's diagonal, bars and dots (``dot`` pixels in radius), each bin's
+    count centred on its bar, clear of its dot: above it (on white, over the diagonal), or below
+    it where the frame's top is near."""
+    font, frame_top = _font(12), at(0, 1)[1]
+    draw.line([at(0, 0), at(1, 1)], fill=GREY, width=1)
+    for b in (b for b in bins if b["count"]):
+        draw.rectangle([at(b["low"] + 0.01, b["accuracy"]), at(b["high"] - 0.01, 0)], fill=COLOURS[1])
+        x, y = at(b["mean_score"], b["accuracy"])
+        draw.ellipse([x - dot, y - dot, x + dot, y + dot], fill=COLOURS[0])
+        text = _short_count(b["count"])
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        above = y - dot - 3 - bottom  # the text's bottom 3 pixels above the dot
+        inside = above + top < frame_top
+        xy = (at((b["low"] + b["high"]) / 2, 0)[0] - (left + right) / 2, y + dot + 3 - top if inside else above)
+        if not inside:
+            draw.rectangle(draw.textbbox(xy, text, font=font), fill=WHITE)  # over the diagonal
+        draw.text(xy, text, fill=TEXT if inside else GREY, font=font)
+
+
+def _short_count(n: int) -> str:
+    """A count in four characters at most (it fits over its bar): 438, 1.2k, 12k."""
+    return str(n) if n < 1000 else f"{n / 1000:.1f}k" if n < 9950 else f"{round(n / 1000)}k"
