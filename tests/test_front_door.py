@@ -229,7 +229,7 @@ def test_heat_maps_have_a_colour_scale():
     assert out.width > image.width and out.height == image.height
     bar = np.asarray(out)[:, image.width + 4:image.width + 16]
     top, bottom = bar[13].mean(0), bar[-14].mean(0)
-    assert top[0] > 240 and top[1] > 200 and bottom.max() < 40  # yellow (the maximum) over black (0)
+    assert top[0] > 220 and top[1] > 190 and bottom.max() < 110 and bottom[2] > bottom[0] + 50  # yellow (max) over dark blue (0)
 
 
 def test_every_panel_of_a_sample_is_labelled(monkeypatch):
