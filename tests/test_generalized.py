@@ -292,7 +292,7 @@ def test_component_boxes_are_the_parts_of_the_mask_largest_first():
     mask = np.zeros((20, 30), bool)
     mask[2:5, 3:7] = True  # 12 px
     mask[10:18, 20:28] = True  # 64 px
-    mask[0, 29] = True  # 1 px: a speck under 5 % of the largest part
+    mask[0, 25:29] = True  # 4 px: a speck under 10 % of the largest part (6 px would be kept)
     assert component_boxes(mask) == [(20.0, 10.0, 28.0, 18.0), (3.0, 2.0, 7.0, 5.0)]
     assert component_boxes(np.zeros((4, 4), bool)) == []
 

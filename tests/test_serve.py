@@ -98,6 +98,20 @@ def test_the_api_answers_as_the_predictor_does(server, grounder, tmp_path):
     assert boxes_of(without_law) == static and static != boxes_of(result)
 
 
+def test_the_readmes_gradio_client_example_prints_what_the_readme_shows(server, monkeypatch, capsys):
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    mark = "<!-- what it prints against `vglaw serve` on the bundled model; tests/test_serve.py runs it -->"
+    at = text.index(mark)
+    code = re.findall(r"```python\n(.*?)```", text[:at], re.S)[-1]
+    shown = re.match(r"```text\n(.*?)```", text[at + len(mark):].lstrip("\n"), re.S).group(1)
+    assert 'Client("http://127.0.0.1:7860/")' in code
+    monkeypatch.chdir(ROOT)  # its paths start at the repository's root
+    exec(code.replace("http://127.0.0.1:7860/", server), {})
+    assert capsys.readouterr().out.splitlines() == shown.splitlines()
+
+
 def test_an_expression_naming_nothing_is_not_found_on_the_page_and_in_the_api(server, grounder):
     from vglaw.inference.pictures import draw_predictions
 

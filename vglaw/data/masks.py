@@ -72,12 +72,12 @@ def decode_rle(rle: dict) -> np.ndarray:
                               if isinstance(rle["counts"], str) else rle["counts"]})
 
 
-MIN_COMPONENT = 0.05  # a mask's part smaller than this share of its largest part is a speck, not an object
+MIN_COMPONENT = 0.1  # a mask's part smaller than this share of its largest part is a speck, not an object
 
 
 def component_boxes(mask: np.ndarray) -> list[tuple[float, float, float, float]]:
     """One x0, y0, x1, y1 box (pixel edges) per connected part of an (H, W) mask (8-connected),
-    largest first; parts under 5 % of the largest one's area are left out (specks of a
+    largest first; parts under 10 % of the largest one's area are left out (specks of a
     thresholded map). An empty mask has none."""
     from scipy import ndimage
 

@@ -199,7 +199,7 @@ def generate(out: str | Path, *, name: str = "synthref", seed: int = 0, split_si
         no_target, multi_target: shares of the refs that name nothing / several shapes; either
             above 0 writes gRefCOCO's layout, ``out/grefcoco`` unless ``name`` is given.
         empty_images: share of the images with no shape at all (all their refs no-target, "the
-            leftmost shape" included); with no_target or multi_target only.
+            leftmost shape" included), half of them one flat colour; with no_target or multi_target only.
     """
     split_sizes = split_sizes or {"train": 800, "val": 100, "testA": 100, "testB": 100}
     if not (0 <= no_target <= 1 and 0 <= multi_target <= 1 and no_target + multi_target <= 1):
@@ -220,8 +220,12 @@ def generate(out: str | Path, *, name: str = "synthref", seed: int = 0, split_si
     splits = [s for s, n in split_sizes.items() for _ in range(n)]
     for image_id, split in enumerate(progress_bar(splits, "synth", show=progress), start=1):
         w, h = rng.randint(min_size, max_size), rng.randint(min_size, max_size)
-        img = _background(rng, w, h)
-        shapes = [] if empty_images and rng.random() < empty_images else _place_shapes(rng, w, h)
+        empty = bool(empty_images) and rng.random() < empty_images
+        if empty and rng.random() < 0.5:  # half the empty scenes: one flat colour, anywhere in 0-255
+            img = Image.new("RGB", (w, h), tuple(rng.randint(0, 255) for _ in range(3)))
+        else:
+            img = _background(rng, w, h)
+        shapes = [] if empty else _place_shapes(rng, w, h)
         draw = ImageDraw.Draw(img)
         ann_ids = []
         for shape in shapes:
