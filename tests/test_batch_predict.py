@@ -101,7 +101,12 @@ def test_the_batch_path_equals_grounder_predict_pair_by_pair(tmp_path, grounder)
     assert_equal_to_pair_by_pair(lines, pairs, tmp_path, grounder)
     assert not parts_folder(tmp_path / "out.jsonl").exists()
     coco = json.loads((tmp_path / "coco.json").read_text())
-    assert coco == coco_results(lines) and len(coco) == len(pairs)
+    # one entry per object the answer names: none for "not found", each of several boxes
+    assert coco == coco_results(lines) and len(coco) == sum(0 if line["no_target"] else len(line["boxes"])
+                                                             for line in lines)
+    assert [c["image_id"] for c in coco] == [line["id"] for line in lines for _ in
+                                             ([] if line["no_target"] else line["boxes"])]
+    assert lines[0]["boxes"] == [lines[0]["box_xyxy"]]  # one object: the box head's box
     x0, y0, x1, y1 = lines[0]["box_xyxy"]
     assert coco[0]["image_id"] == "q0" and coco[0]["bbox"] == pytest.approx([x0, y0, x1 - x0, y1 - y0], abs=0.01)
     assert coco[0]["segmentation"] == lines[0]["mask_rle"] and coco[0]["score"] == lines[0]["score"]
