@@ -1,4 +1,4 @@
-"""The ``vglaw`` command line: ``vglaw <command> --help`` for each command."""
+"""The vglaw command line: vglaw <command> --help for each command."""
 from __future__ import annotations
 
 import argparse

@@ -275,9 +275,9 @@ class TrainRun:
             for key, value in values.items():
                 if isinstance(value, (int, float)):  # the gres / grec summaries repeat their scalars at the top
                     self.writer.add_scalar(f"{split}/{key}", value, self.state.global_step)
-        log.info("epoch %d: loss %.4f %s", epoch, losses.get("loss", float("nan")),
-                 " ".join(f"{s}: " + " ".join(f"{k} {m[k]:.4f}" for k in ("prec@0.5", "mIoU", "gIoU", "N-acc")
-                                              if m.get(k) is not None) for s, m in metrics.items()))
+        log.info("epoch %d: loss %.4f%s", epoch, losses.get("loss", float("nan")),
+                 "".join(f" {s}: " + " ".join(f"{k} {m[k]:.4f}" for k in ("prec@0.5", "mIoU", "gIoU", "N-acc")
+                                               if m.get(k) is not None) for s, m in metrics.items()))
 
 
 def selection_score(metrics: dict) -> float:
@@ -341,4 +341,7 @@ def _train_epochs(run: TrainRun) -> dict:
             break
     if run.writer is not None:
         run.writer.close()
+    if dist.is_main():
+        best = f"{out / 'best'} (the best epoch's model, for predict and eval); " if (out / "best").is_dir() else ""
+        log.info("done: %s%s (the run, to resume)", best, run.last_path)
     return metrics
