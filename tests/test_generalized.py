@@ -120,6 +120,34 @@ def test_grefcoco_reads_the_pickle_first_as_relas_loader_does(tmp_path):
     assert len(load_split(tmp_path / "p", "val")[1]) == 4
 
 
+def test_a_broken_grefcoco_download_is_one_line_naming_the_file(tmp_path, capsys):
+    root = write_grefcoco(tmp_path / "d")
+    args = ["prepare", "--format", "grefcoco", "--data-root", str(root), "--dataset", "grefcoco",
+            "--images", str(root / "train2014"), "--out", str(tmp_path / "p")]
+    (root / "grefcoco" / "grefs(unc).json").write_text('[{"ref_id": 1, ')  # cut short
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "grefs(unc).json is not valid JSON" in err[0]
+    (root / "grefcoco" / "grefs(unc).json").unlink()
+    assert main(args) == 2
+    assert "grefs(unc).json not found (gRefCOCO layout" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("argv", [["predict", "--image", "x.jpg", "--text", "a", "--min-exists", "1.5"],
+                                  ["eval", "--checkpoint", "x", "--data", "y", "--min-exists", "-0.1"],
+                                  ["train", "--config", "configs/synth_gref.yaml", "data.negatives=1.5"]])
+def test_values_out_of_range_are_one_line(argv, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own refusal: usage and one error line
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert ("--min-exists" in err or "data.negatives" in err) and "Traceback" not in err
+
+
 def test_refer_data_prepares_exactly_as_before(synth_prepared):
     # single-target data: no target-set fields, no "targets" in meta.json, items without existence targets
     meta, records = load_split(synth_prepared, "train")
@@ -280,6 +308,20 @@ def test_synth_writes_grefcoco_layout_with_ground_truth_that_fits_the_expression
     assert kinds["none"] and kinds["multi"] and kinds["single"]
     assert main(["prepare", "--format", "grefcoco", "--data-root", str(tmp_path), "--dataset", "grefcoco",
                  "--images", str(tmp_path / "images"), "--out", str(tmp_path / "p")]) == 0
+
+
+def test_synth_expressions_name_what_the_generator_placed():
+    from vglaw.data.synth import Shape, absent_expressions, group_expressions
+
+    shapes = [Shape("circle", "red", "small", 20, 20, 5), Shape("circle", "blue", "large", 60, 20, 8),
+              Shape("square", "red", "large", 40, 60, 8)]
+    absent = absent_expressions(shapes)
+    assert {"the triangle", "the blue square", "the small blue circle", "the small square"} <= set(absent)
+    assert not {"the circle", "the red circle", "the small red circle", "the large shape", "the red shape",
+                "the large red square"} & set(absent)
+    groups = dict(group_expressions(shapes))
+    assert groups["all the circles"] == [0, 1] and groups["both red shapes"] == [0, 2]
+    assert groups["all the large shapes"] == [1, 2] and "all the shapes" not in groups  # all three: not a group
 
 
 def test_synth_refuses_shares_outside_zero_to_one(tmp_path, capsys):

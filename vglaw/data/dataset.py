@@ -13,7 +13,7 @@ from torchvision.ops import box_convert
 from ..errors import InputError
 from .prepare import load_split
 from .masks import decode_rle, union_rle
-from .readers import gt_box_xyxy, target_set
+from .readers import gt_box_xyxy, is_generalized, target_count, target_set
 from .transforms import TrainAugment, eval_transform, load_image, make_sample, swap_left_right
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class GroundingDataset(Dataset):
         self.augment = (augment or TrainAugment(img_size)) if train else None
         self.seed, self.epoch = seed, 0
         self.skip_bad = skip_bad
-        self.generalized = any("boxes" in r for r in self.records)
+        self.generalized = is_generalized(self.records)
         self.negatives = negatives if train else 0.0
         self.targets = self.generalized or self.negatives > 0 or existence  # items carry exists / box_weight
         # the categories in each image (all its objects where the data lists them, else its records'
@@ -73,9 +73,8 @@ class GroundingDataset(Dataset):
         self.image_categories: dict[str, set] = {}
         self.image_records: dict[str, int] = {}
         for i, r in enumerate(self.records):
-            cats = r.get("category_id")
-            cats = (cats if isinstance(cats, list) else [cats]) + r.get("image_categories", [])
-            self.image_categories.setdefault(r["image"], set()).update(c for c in cats if c not in (None, -1))
+            seen = self.image_categories.setdefault(r["image"], set())
+            seen.update(categories(r), r.get("image_categories", []))
             self.image_records.setdefault(r["image"], i)
 
     def set_epoch(self, epoch: int) -> None:
@@ -119,8 +118,7 @@ class GroundingDataset(Dataset):
         """Another record's index whose image can show ``index``'s expression as a no-target
         sample (another image, none of the expression's categories annotated there), or None."""
         record = self.records[index]
-        cats = record.get("category_id")
-        cats = set(cats if isinstance(cats, list) else [cats]) - {None, -1}
+        cats = categories(record)
         for _ in range(20):
             j = int(torch.randint(len(self), (1,), generator=gen))
             image = self.records[j]["image"]
@@ -145,10 +143,11 @@ class GroundingDataset(Dataset):
 
     def _item(self, index: int, epoch: int) -> dict:
         record, text = self.records[index], self.records[index]["sentence"]
-        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+        key = (self.seed * 1_000_003 + epoch) * 10_000_019 + index
+        gen = torch.Generator().manual_seed(key)
         if self.negatives > 0 and not record.get("no_target"):
             # its own generator, so that the augmentation draws what it draws without negatives
-            neg_gen = torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 10_000_019 + index) * 7 + 1)
+            neg_gen = torch.Generator().manual_seed(key * 7 + 1)
             other = (self.negative_image(index, neg_gen)
                      if float(torch.rand(1, generator=neg_gen)) < self.negatives else None)
             if other is not None:
@@ -191,8 +190,15 @@ class GroundingDataset(Dataset):
         }
         if self.targets:
             item["exists"] = torch.tensor(0.0 if no_target else 1.0)
-            item["box_weight"] = torch.tensor(1.0 if "boxes" not in record or len(record["boxes"]) == 1 else 0.0)
+            item["box_weight"] = torch.tensor(1.0 if target_count(record) == 1 else 0.0)
         return item
+
+
+def categories(record: dict) -> set:
+    """The categories a record's expression names (``category_id``, a list or a scalar; -1 and
+    None name none)."""
+    cats = record.get("category_id")
+    return set(cats if isinstance(cats, list) else [cats]) - {None, -1}
 
 
 def collate(items: list[dict]) -> dict:

@@ -24,7 +24,8 @@ from ..fileio import json_text
 from ..progress import progress as progress_bar
 from .hub_parquet import read_hf_parquet, split_report
 from .own import read_own
-from .readers import is_saiapr, locate_saiapr, read_grefcoco, read_refer, read_seqtr, read_transvg
+from .readers import (is_generalized, is_saiapr, locate_saiapr, read_grefcoco, read_refer, read_seqtr, read_transvg,
+                      target_count)
 
 log = logging.getLogger(__name__)
 FORMATS = DATA_FORMATS
@@ -63,7 +64,7 @@ def check_record(record: dict, image_root: Path, sizes: dict) -> str | None:
     if not record.get("sentence") or not record["sentence"].strip():
         return "empty sentence"
     W, H = record["width"], record["height"]
-    for box in record["boxes"] if "boxes" in record else [record["box"]]:
+    for box in record.get("boxes", [record["box"]]):
         x, y, w, h = box
         if w <= 0 or h <= 0:
             return f"box {box} has zero or negative size"
@@ -74,8 +75,8 @@ def check_record(record: dict, image_root: Path, sizes: dict) -> str | None:
 
 def target_counts(records: list[dict]) -> dict:
     """How many records name no object, one, and several."""
-    counts = Counter("no-target" if r.get("no_target") else "multi-target" if len(r.get("boxes", [0])) > 1
-                     else "single-target" for r in records)
+    counts = Counter(("no-target", "single-target")[n] if n < 2 else "multi-target"
+                     for n in map(target_count, records))
     return {k: counts[k] for k in ("no-target", "single-target", "multi-target")}
 
 
@@ -150,7 +151,7 @@ def prepare(*, fmt: str, data_root: str | os.PathLike, dataset: str, image_root:
                 f.write(json_text(record) + "\n")
     meta = {"dataset": dataset, "split_by": split_by, "format": fmt, "image_root": str(image_root),
             "splits": {split: len(items) for split, items in good.items()}}
-    generalized = {split: target_counts(items) for split, items in good.items() if any("boxes" in r for r in items)}
+    generalized = {split: target_counts(items) for split, items in good.items() if is_generalized(items)}
     if generalized:  # no-target / single / multi-target expressions of each split
         meta["targets"] = generalized
     if fmt == "hf-parquet":

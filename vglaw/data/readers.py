@@ -174,6 +174,16 @@ def target_set(boxes: list[list[float]]) -> dict:
     return {"box": [x0, y0, x1 - x0, y1 - y0], "boxes": [list(b) for b in boxes], "no_target": False}
 
 
+def target_count(record: dict) -> int:
+    """How many objects a record names: 0 (no target), 1, or more (a multi-target record)."""
+    return len(record["boxes"]) if "boxes" in record else 1
+
+
+def is_generalized(records: list[dict]) -> bool:
+    """Whether any of ``records`` names no object or several (it carries a target set)."""
+    return any("boxes" in r for r in records)
+
+
 def read_grefcoco(root: str | os.PathLike, dataset: str = "grefcoco", split_by: str = "unc") -> list[dict]:
     """Records of gRefCOCO as it ships: ``<root>/<dataset>/grefs(<splitBy>).p`` (read first when
     present, as ReLA's loader does) or ``grefs(<splitBy>).json``, and ``instances.json``.

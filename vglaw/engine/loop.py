@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from .. import distributed as dist
 from ..data import collate
+from ..data.readers import target_count
 from ..data.transforms import image_region, normalize_canvas
 from ..device import autocast
 from ..errors import VglawError
@@ -183,7 +184,7 @@ def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "
             letterbox, index = meta["letterbox"], meta["index"]
             record = dataset.records[index]
             box = letterbox.boxes_to_original(boxes[j:j + 1])[0]
-            single = len(record.get("boxes", [None])) == 1
+            single = target_count(record) == 1
             per_sample[0, index] = 0.0 if record.get("no_target") else math.nan  # no box is right; several
             if single and protocol == "authors":  # the canvas: the box as predicted, the whole canvas's mask
                 has_mask = bool(batch["has_mask"][j])
@@ -214,7 +215,7 @@ def evaluate(model, loader, dataset, *, device: torch.device, precision: str = "
         samples["exists"] = per_sample[rows - 1].float().sigmoid()
     if dataset.generalized:
         metrics.update(gref_summaries(per_sample[rows:]))
-    samples["single"] = torch.tensor([len(r.get("boxes", [None])) == 1 for r in dataset.records])
+    samples["single"] = torch.tensor([target_count(r) == 1 for r in dataset.records])
     if calibrator is not None:
         samples["score"] = calibrator(samples["features"])
         single = samples["single"]

@@ -12,8 +12,9 @@ def prediction_json(p) -> dict:
     where the expression names nothing here or the score is below the minimum asked for); and for
     a model with the existence output ``exists`` (the probability that the expression names
     something in the image), ``no_target`` (exists below the minimum) and ``boxes`` (one box per
-    part of the mask when it has several, else the box head's; [] when not found). ``boxes`` and ``no_target`` are the fields your own
-    annotations use: a results file can be corrected and trained on."""
+    part of the mask when it has several, else the box head's; [] when not found). ``boxes`` and
+    ``no_target`` are the fields your own annotations use: a results file can be corrected and
+    trained on."""
     rle = p.mask_rle  # the mask as the prediction keeps it: no full-size array is made here
     masks = {} if rle is None else {"mask_rle": rle, "mask_area": int(mask_utils.area(rle))}
     line = {"text": p.text, "box_xyxy": list(p.box), **masks, "score": p.score, "found": p.found}

@@ -85,8 +85,9 @@ class Prediction:
     existence output); ``no_target``, True where ``exists`` is below the grounder's ``min_exists``
     (the expression names nothing in the image); ``found``, False where ``no_target`` or the score
     is below the grounder's ``min_score`` (not drawn, "not found"); ``boxes``, one box per part of the
-    mask (derived from the mask, for expressions naming several objects: "all the red shapes"),
-    largest first, [] when not found; ``box`` stays the box head's single box.
+    mask when it has several (derived from the mask, for expressions naming several objects: "all
+    the red shapes"), largest first, else ``[box]``, [] when not found; ``box`` stays the box
+    head's single box.
 
     Memory does not grow with the image's size times the expressions: a prediction keeps its mask
     as RLE and its maps at the model's canvas size; ``mask``, ``prob`` and ``attention`` are made

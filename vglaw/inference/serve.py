@@ -30,7 +30,7 @@ from ..config import MIN_EXISTS
 from ..data.transforms import load_image
 from ..errors import InputError, MissingExtraError
 from ..fileio import json_text
-from ..hub import DEMO_CHECKPOINT, checkpoint_or_demo, is_demo_checkpoint
+from ..hub import checkpoint_or_demo, is_demo_checkpoint
 from ..model.card import read_training, training_lines
 from .pictures import answer_caption, attention_tile, draw_predictions
 from .postprocess import predictions_json
