@@ -42,6 +42,23 @@ THRESHOLDS = {"prec@0.5": 0.85, "mIoU": 0.70, "shuffled_drop": 0.40}
 SCORE_TARGETS = {"auroc": 0.85, "ece": 0.05, "prec@0.5@80%": 0.93, "shuffled_auroc": 0.80}
 
 
+def synthetic_set(folder: Path, seed: int, split_sizes: dict, *, progress: bool = True, **shares) -> Path:
+    """A synthetic set generated into ``folder`` and prepared into ``folder/prepared`` (returned):
+    the REFER layout, or with ``shares`` above 0 (``no_target``, ``multi_target``, ``empty_images``:
+    see :func:`~vglaw.data.synth.generate`) gRefCOCO's."""
+    layout = ("grefcoco", "grefcoco") if any(shares.values()) else ("refer", "synthref")
+    generate(folder, seed=seed, split_sizes=split_sizes, progress=progress, **shares)
+    prepare(fmt=layout[0], data_root=folder, dataset=layout[1], image_root=folder / "images", out=folder / "prepared",
+            progress=progress)
+    return folder / "prepared"
+
+
+def val_set(grounder: Grounder, prepared: Path) -> GroundingDataset:
+    """The ``val`` split of a prepared set, as ``grounder``'s model reads it."""
+    return GroundingDataset(prepared, "val", tokenizer=grounder.tokenizer, img_size=grounder.spec.img_size,
+                            max_len=grounder.spec.max_len)
+
+
 def shuffled(dataset: GroundingDataset, seed: int = 0) -> GroundingDataset:
     """The same samples, each with the expression of another sample (a derangement)."""
     n = len(dataset.records)
@@ -90,10 +107,7 @@ def run_demo(out: str | Path = "vglaw-demo", *, checkpoint: str | Path | None = 
     model = grounder.model
     data = out / "data"
     print(f"[2/4] generating a fresh synthetic set ({images} images, seed {seed}) in {data}", flush=True)
-    generate(data, seed=seed, split_sizes={"val": images})
-    prepare(fmt="refer", data_root=data, dataset="synthref", image_root=data / "images", out=data / "prepared")
-    ds = GroundingDataset(data / "prepared", "val", tokenizer=grounder.tokenizer, img_size=grounder.spec.img_size,
-                          max_len=grounder.spec.max_len)
+    ds = val_set(grounder, synthetic_set(data, seed, {"val": images}))
     print(f"[3/4] evaluating on {len(ds)} expressions, then with the expressions shuffled", flush=True)
     metrics, samples = _metrics(model, ds)
     print(f"      as written: REC Prec@0.5 {metrics['prec@0.5']:.4f}, mIoU {metrics.get('mIoU', 0):.4f}", flush=True)
@@ -167,11 +181,7 @@ def _generalized(grounder: Grounder, data: Path, seed: int, images: int) -> tupl
     print(f"      a fresh gRefCOCO-layout set ({images} images, seed {seed}, "
           f"{GREF_SHARES['no_target']:.0%} no-target and {GREF_SHARES['multi_target']:.0%} multi-target refs)",
           flush=True)
-    generate(data, seed=seed, split_sizes={"val": images}, **GREF_SHARES, progress=False)
-    prepare(fmt="grefcoco", data_root=data, dataset="grefcoco", image_root=data / "images", out=data / "prepared",
-            progress=False)
-    ds = GroundingDataset(data / "prepared", "val", tokenizer=grounder.tokenizer, img_size=grounder.spec.img_size,
-                          max_len=grounder.spec.max_len)
+    ds = val_set(grounder, synthetic_set(data, seed, {"val": images}, progress=False, **GREF_SHARES))
     metrics, _ = _metrics(grounder.model, ds)
     checks = {f"{k} >= {v:g}": metrics[k] is not None and metrics[k] >= v for k, v in GREF_TARGETS.items()}
     counts = ds.meta["targets"]["val"]
@@ -249,15 +259,13 @@ def train_demo_checkpoint(work: str | Path = "data/demo-train", *, config: str |
     from ..engine.train import train
 
     work = Path(work)
-    generate(work, seed=0, split_sizes={"train": 3000, "val": 100})
-    prepare(fmt="refer", data_root=work, dataset="synthref", image_root=work / "images", out=work / "prepared")
-    cfg = load_config(config, [f"data.prepared={work / 'prepared'}", f"run.out={work / 'run'}"] + (overrides or []))
+    prepared = synthetic_set(work, 0, {"train": 3000, "val": 100})
+    cfg = load_config(config, [f"data.prepared={prepared}", f"run.out={work / 'run'}"] + (overrides or []))
     shutil.rmtree(work / "run", ignore_errors=True)  # a new run each time: train refuses a folder holding one
     train(cfg)
     gref = work / "gref"
-    generate(gref, seed=GREF_SEED, split_sizes={"train": 2000}, **GREF_SHARES, empty_images=GREF_EMPTY)
-    prepare(fmt="grefcoco", data_root=gref, dataset="grefcoco", image_root=gref / "images", out=gref / "prepared")
-    cfg = load_config(gref_config, [f"data.prepared={gref / 'prepared'}", f"run.out={gref / 'run'}",
+    prepared = synthetic_set(gref, GREF_SEED, {"train": 2000}, **GREF_SHARES, empty_images=GREF_EMPTY)
+    cfg = load_config(gref_config, [f"data.prepared={prepared}", f"run.out={gref / 'run'}",
                                     f"model.init_from={work / 'run' / 'best'}"] + (overrides or []))
     shutil.rmtree(gref / "run", ignore_errors=True)
     train(cfg)
@@ -317,11 +325,9 @@ def calibrate_demo_checkpoint(work: str | Path = "data/demo-calibration") -> Pat
     shutil.rmtree(work, ignore_errors=True)  # the set is made anew: its layout follows the checkpoint
     existence = json.loads((DEMO_CHECKPOINT / "config.json").read_text()).get("existence", False)
     shares = GREF_SHARES if existence else {}
-    generate(work, seed=CALIBRATION_SEED, split_sizes={"val": 300}, **shares)
-    prepare(fmt="grefcoco" if existence else "refer", data_root=work, dataset="grefcoco" if existence else "synthref",
-            image_root=work / "images", out=work / "prepared")
+    prepared = synthetic_set(work, CALIBRATION_SEED, {"val": 300}, **shares)
     layout = ", gRefCOCO layout: 20 % no-target and 20 % multi-target refs" if existence else ""
-    calibrator, path = calibrate(DEMO_CHECKPOINT, work / "prepared", "val", device="cpu", num_workers=0, describe={
+    calibrator, path = calibrate(DEMO_CHECKPOINT, prepared, "val", device="cpu", num_workers=0, describe={
         "checkpoint": "the bundled demo model", "data": f"a synthetic set (seed {CALIBRATION_SEED}, 300 images{layout}; "
         "vglaw demo --calibrate)"})
     print(f"calibrator fitted on {calibrator.fitted_on['samples']} expressions (seed {CALIBRATION_SEED}): "
