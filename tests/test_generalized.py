@@ -386,6 +386,25 @@ def test_answers_carry_exists_boxes_per_part_and_not_found_below_min_exists():
     assert lenient.predict(image, "the purple elephant").found
 
 
+def test_sample_panels_of_no_target_and_multi_target_records(tmp_path):
+    from vglaw.inference.pictures import record_panel
+    from vglaw.inference.predictor import Grounder
+
+    root = write_grefcoco(tmp_path / "d")
+    prepare(fmt="grefcoco", data_root=root, dataset="grefcoco", image_root=root / "train2014", out=tmp_path / "p",
+            progress=False, skip_bad=True)
+    _, (multi, _, none, _) = load_split(tmp_path / "p", "val")
+    base = build_model("tiny", img_size=32, patch_size=8, pretrain_img_size=32, window_size=2, existence=True).eval()
+    image = Image.open(root / "train2014" / none["image"]).convert("RGB")
+    absent = Grounder(Fixed(base, 0.1, [(0.0, 0.0, 0.5, 0.5)]), load_tokenizer(), device="cpu")
+    present = Grounder(Fixed(base, 0.9, [(0.0, 0.0, 0.5, 0.5)]), load_tokenizer(), device="cpu")
+    assert record_panel(absent, image, none)[1]["box_iou"] == 1.0  # nothing named, nothing found: right
+    assert record_panel(present, image, none)[1]["box_iou"] == 0.0
+    assert record_panel(absent, image, multi)[1]["box_iou"] == 0.0
+    panel, ious = record_panel(present, image, multi)  # the boxes' union against the answer's box
+    assert panel.width > image.width and 0.0 <= ious["box_iou"] <= 1.0
+
+
 def test_coco_results_leave_out_no_target_answers_and_list_each_part():
     from vglaw.inference.batch import coco_results
 

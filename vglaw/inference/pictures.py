@@ -247,19 +247,27 @@ def draw_predictions(image: Image.Image, predictions) -> Image.Image:
 def sample_panel(image: Image.Image, text: str, gt_box, pred_box, gt_mask: np.ndarray | None,
                  pred_mask: np.ndarray, score: float | None = None) -> tuple[Image.Image, dict]:
     """Ground-truth box | predicted box | ground-truth mask | predicted mask, each labelled, with
-    the expression, the IoUs and (when given) the answer's score."""
+    the expression, the IoUs and (when given) the answer's score. ``gt_box`` None: the expression
+    names nothing; ``pred_box`` None: the answer is "not found" (box IoU 1 when both are None, 0
+    when one is, as GRES scores a no-target sample)."""
     big = upscale(image)
     factor = big.width / image.width
 
     def resize(mask):
         return np.asarray(Image.fromarray(mask.astype(np.uint8)).resize(big.size, Image.NEAREST)).astype(bool)
 
-    ious = {"box_iou": float(box_iou(torch.tensor([gt_box], dtype=torch.float64),
-                                     torch.tensor([pred_box], dtype=torch.float64))[0, 0])}
-    tiles = [with_caption(draw_box(big, [v * factor for v in gt_box], GT_COLOUR), [("ground-truth box", GT_COLOUR)]),
-             with_caption(draw_box(big, [v * factor for v in pred_box], PRED_COLOUR),
-                          [(f"predicted box (IoU {ious['box_iou']:.2f}"
-                            + ("" if score is None else f", score {score:.2f}") + ")", PRED_COLOUR)])]
+    if gt_box is None or pred_box is None:
+        ious = {"box_iou": float(gt_box is None and pred_box is None)}
+    else:
+        ious = {"box_iou": float(box_iou(torch.tensor([gt_box], dtype=torch.float64),
+                                         torch.tensor([pred_box], dtype=torch.float64))[0, 0])}
+    scored = "" if score is None else f", score {score:.2f}"
+    tiles = [with_caption(big.copy() if gt_box is None else draw_box(big, [v * factor for v in gt_box], GT_COLOUR),
+                          [("ground-truth box" + (": none, the expression names nothing" if gt_box is None else ""),
+                            GT_COLOUR)]),
+             with_caption(big.copy() if pred_box is None else draw_box(big, [v * factor for v in pred_box], PRED_COLOUR),
+                          [(f"predicted box{': not found' if pred_box is None else ''} (IoU {ious['box_iou']:.2f}"
+                            f"{scored})", PRED_COLOUR)])]
     if gt_mask is not None:
         ious["mask_iou"] = mask_iou(gt_mask, pred_mask)
         tiles.append(with_caption(overlay_mask(big, resize(gt_mask), GT_COLOUR), [("ground-truth mask", GT_COLOUR)]))
@@ -341,7 +349,8 @@ def record_panel(grounder, image: Image.Image, record: dict) -> tuple[Image.Imag
     """:func:`sample_panel` for a prepared record on its image, with the grounder's prediction."""
     pred = grounder.predict(image, record["sentence"])
     gt_mask = decode_rle(record["mask"]).astype(bool) if record.get("mask") else None
-    return sample_panel(image, record["sentence"], gt_box_xyxy(record).tolist(), pred.box, gt_mask, pred.mask,
+    gt_box = None if record.get("box") is None else gt_box_xyxy(record).tolist()  # a multi-target record: the union
+    return sample_panel(image, record["sentence"], gt_box, pred.box if pred.found else None, gt_mask, pred.mask,
                         pred.score)
 
 
